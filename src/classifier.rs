@@ -1,0 +1,168 @@
+//! Classifying images end to end: decode, preprocess, batch, forward, rank.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use crate::model::{LoadedModel, ViTConfig, ViTForImageClassification};
+use crate::preprocess::{load_rgb, PixelValues, PreprocessConfig};
+
+/// One ranked class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: String,
+    pub score: f32,
+}
+
+/// How logits become scores, as in HF's image-classification pipeline (`function_to_apply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreFunction {
+    Softmax,
+    Sigmoid,
+    /// Raw logits.
+    None,
+}
+
+impl ScoreFunction {
+    /// HF's default: sigmoid for a single label, softmax otherwise.
+    pub fn default_for(num_labels: usize) -> Self {
+        if num_labels == 1 {
+            Self::Sigmoid
+        } else {
+            Self::Softmax
+        }
+    }
+
+    /// Scores of one row of logits.
+    pub fn apply(self, logits: &[f32]) -> Vec<f32> {
+        match self {
+            Self::None => logits.to_vec(),
+            Self::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+            Self::Softmax => {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+                let total: f32 = exps.iter().sum();
+                exps.iter().map(|e| e / total).collect()
+            }
+        }
+    }
+}
+
+/// The `k` best classes of a row of scores, best first (ties: lower index first).
+pub fn top_k(scores: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|index| Prediction {
+            index,
+            label: labels.get(index).cloned().unwrap_or_default(),
+            score: scores[index],
+        })
+        .collect()
+}
+
+/// A loaded model with its preprocessing, on a device.
+pub struct Classifier {
+    pub model: ViTForImageClassification,
+    pub config: ViTConfig,
+    pub preprocess: PreprocessConfig,
+    pub device: Device,
+}
+
+impl Classifier {
+    /// Wraps a loaded model; `input_size` overrides the square input size (position embeddings
+    /// are interpolated for sizes other than the config's).
+    pub fn new(loaded: LoadedModel, device: Device, input_size: Option<usize>) -> Result<Self> {
+        let LoadedModel {
+            model,
+            config,
+            preprocess,
+            ..
+        } = loaded;
+        let preprocess = match input_size {
+            None => preprocess,
+            Some(size) => {
+                if size < config.patch_size || size % config.patch_size != 0 {
+                    bail!(
+                        "--image-size {size} is not a positive multiple of the model's patch size {}",
+                        config.patch_size
+                    );
+                }
+                preprocess.with_input_size(size as u32)
+            }
+        };
+        Ok(Self {
+            model,
+            config,
+            preprocess,
+            device,
+        })
+    }
+
+    /// Decodes and preprocesses one file.
+    pub fn pixel_values(&self, path: &Path) -> Result<PixelValues> {
+        let image = load_rgb(path)?;
+        Ok(self.preprocess.pixel_values(&image))
+    }
+
+    /// Decodes and preprocesses files in parallel; each result keeps its own error.
+    pub fn pixel_values_many(&self, paths: &[PathBuf]) -> Vec<Result<PixelValues>> {
+        paths.par_iter().map(|p| self.pixel_values(p)).collect()
+    }
+
+    /// Stacks preprocessed images into a `(batch, 3, h, w)` tensor on the model's device.
+    pub fn batch_tensor(&self, images: &[&PixelValues]) -> Result<Tensor> {
+        let first = images.first().context("empty batch")?;
+        let (h, w) = (first.height, first.width);
+        if images.iter().any(|p| (p.height, p.width) != (h, w)) {
+            bail!("images of different preprocessed sizes cannot share a batch: use --batch-size 1");
+        }
+        let flat: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
+        Ok(Tensor::from_vec(flat, (images.len(), 3, h, w), &self.device)?)
+    }
+
+    /// Logits as f32 rows, one per image of the batch.
+    pub fn logits(&self, images: &[&PixelValues]) -> Result<Vec<Vec<f32>>> {
+        self.logits_of_tensor(&self.batch_tensor(images)?)
+    }
+
+    /// Logits as f32 rows for a ready `(batch, channels, h, w)` tensor of pixel values.
+    pub fn logits_of_tensor(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let logits = self
+            .model
+            .forward(&pixel_values.to_device(&self.device)?)
+            .context("forward pass failed")?;
+        Ok(logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_ranks_ties_by_index() {
+        let scores = ScoreFunction::Softmax.apply(&[1.0, 3.0, 3.0, -2.0]);
+        assert!((scores.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let labels: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let top = top_k(&scores, &labels, 3);
+        assert_eq!(
+            top.iter().map(|p| p.index).collect::<Vec<_>>(),
+            vec![1, 2, 0]
+        );
+        assert_eq!(top[0].label, "b");
+    }
+
+    #[test]
+    fn default_score_function_follows_hf_pipeline() {
+        assert_eq!(ScoreFunction::default_for(1), ScoreFunction::Sigmoid);
+        assert_eq!(ScoreFunction::default_for(1000), ScoreFunction::Softmax);
+        assert_eq!(ScoreFunction::Sigmoid.apply(&[0.0]), vec![0.5]);
+        assert_eq!(ScoreFunction::None.apply(&[2.5, -1.0]), vec![2.5, -1.0]);
+    }
+}

@@ -1,0 +1,129 @@
+//! Argument parsing, dispatch and error reporting. Each subcommand parses its arguments,
+//! checks them into a plan, then runs; errors print as `vit: context: message`.
+
+mod bench;
+mod classify;
+mod convert;
+mod finetune;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use vit::device::{device_name, DTypeRequest, DeviceRequest};
+use vit::hub::{ModelSpec, DEFAULT_MODEL};
+use vit::model::{AttentionKernel, LoadOptions, LoadedModel, ModelOptions};
+
+/// Run, measure, convert and fine-tune Vision Transformers (HF `ViTForImageClassification`
+/// checkpoints) on Candle, without Python.
+#[derive(Parser)]
+#[command(name = "vit", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Models come from the HuggingFace Hub (cached under HF_HOME) or a local \
+folder or weights file. Results go to stdout, logs and progress to stderr.\n\
+Exit status: 0 success, 1 some inputs failed, 2 usage or model error.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the top classes of images (files or folders).
+    Classify(classify::ClassifyArgs),
+    /// Measure throughput and latency of a model or preset.
+    Bench(bench::BenchArgs),
+    /// Convert PyTorch or timm checkpoints into an HF-format safetensors model folder.
+    Convert(convert::ConvertArgs),
+    /// Train on a folder of labelled images and save a model `classify` loads.
+    Finetune(finetune::FinetuneArgs),
+}
+
+/// How a run ended, for the exit status.
+pub enum Outcome {
+    /// Everything worked (exit 0).
+    Success,
+    /// Some inputs failed; the rest were processed (exit 1).
+    PartialFailure,
+}
+
+/// Where the model comes from and how it runs; shared by the subcommands.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hub model id, local HF model folder, or a single weights file
+    /// (.safetensors, .bin, .pth).
+    #[arg(long, short = 'm', env = "VIT_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// auto (CUDA, then Metal, then CPU), cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
+    /// auto (f32 on CPU, bf16 on CUDA, f16 on Metal), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeRequest,
+    /// Attention heads, for a weights file without config.json [default: hidden size / 64].
+    #[arg(long, value_name = "N")]
+    pub num_heads: Option<usize>,
+}
+
+/// A model loaded for a subcommand, with the device it runs on.
+pub struct ReadyModel {
+    pub loaded: LoadedModel,
+    pub device: candle_core::Device,
+}
+
+impl ModelArgs {
+    /// Opens the device, fetches the model and loads it, logging what was used on stderr.
+    pub fn load(&self, attention: AttentionKernel) -> Result<ReadyModel> {
+        let chosen = self.device.open()?;
+        if let Some(note) = &chosen.fallback_note {
+            eprintln!("vit: {note}");
+        }
+        let device = chosen.device;
+        let dtype = self.dtype.resolve(&device);
+        let spec = ModelSpec::parse(&self.model, self.revision.as_deref())?;
+        let files = spec.fetch()?;
+        let options = LoadOptions {
+            device: device.clone(),
+            dtype,
+            num_heads: self.num_heads,
+            model: ModelOptions {
+                attention,
+                differentiable: false,
+            },
+        };
+        let loaded = LoadedModel::load(&files, &options)
+            .with_context(|| format!("cannot load model {}", spec.describe()))?;
+        for name in &loaded.unused_tensors {
+            eprintln!("vit: warning: {}: ignoring unused tensor {name}", files.weights.display());
+        }
+        eprintln!(
+            "vit: model {} ({} labels) on {} {}",
+            spec.describe(),
+            loaded.config.num_labels(),
+            device_name(&device),
+            dtype.as_str()
+        );
+        Ok(ReadyModel { loaded, device })
+    }
+}
+
+/// Parses the command line, runs the subcommand and maps the outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Classify(args) => classify::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Finetune(args) => finetune::run(args),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::PartialFailure) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("vit: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

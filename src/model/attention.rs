@@ -1,0 +1,125 @@
+//! Attention kernels: the standard matmul-softmax-matmul, and flash attention on CUDA.
+
+use candle_core::{Result, Tensor};
+
+/// Which implementation computes `softmax(q k^T / sqrt(d)) v`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Explicit scores matrix, on every device and dtype.
+    Standard,
+    /// `candle-flash-attn` (CUDA, sm80+, f16/bf16; built with the `flash-attn` feature).
+    Flash,
+}
+
+impl AttentionKernel {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Flash => "flash",
+        }
+    }
+
+    /// Attends over `qkv` of shape `(batch, seq, 3, heads, head_dim)` and returns the context
+    /// `(batch, seq, heads, head_dim)`, contiguous.
+    pub fn attend(self, qkv: &Tensor, differentiable: bool) -> Result<Tensor> {
+        match self {
+            Self::Standard => standard_attention(qkv, differentiable),
+            Self::Flash => flash_attention(qkv),
+        }
+    }
+}
+
+fn standard_attention(qkv: &Tensor, differentiable: bool) -> Result<Tensor> {
+    let head_dim = qkv.dim(4)?;
+    let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+    let probs = super::vit::softmax_last_dim(&scores, differentiable)?;
+    probs.matmul(&v)?.transpose(1, 2)?.contiguous()
+}
+
+#[cfg(feature = "flash-attn")]
+fn flash_attention(qkv: &Tensor) -> Result<Tensor> {
+    use candle_core::DType;
+    let dtype = qkv.dtype();
+    let kernel_dtype = match dtype {
+        DType::F16 | DType::BF16 => dtype,
+        _ => DType::BF16,
+    };
+    let head_dim = qkv.dim(4)?;
+    let part = |i: usize| {
+        qkv.narrow(2, i, 1)?
+            .squeeze(2)?
+            .to_dtype(kernel_dtype)?
+            .contiguous()
+    };
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let context = candle_flash_attn::flash_attn(&part(0)?, &part(1)?, &part(2)?, scale, false)?;
+    context.to_dtype(dtype)
+}
+
+#[cfg(not(feature = "flash-attn"))]
+fn flash_attention(_qkv: &Tensor) -> Result<Tensor> {
+    candle_core::bail!("flash attention needs a vit built with `--features flash-attn`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Attention computed head by head with plain loops over the scores.
+    fn reference_attention(qkv: &Tensor) -> Result<Vec<f32>> {
+        let (b, s, _, h, d) = qkv.dims5()?;
+        let data = qkv.flatten_all()?.to_vec1::<f32>()?;
+        let at = |bi: usize, si: usize, part: usize, hi: usize, di: usize| {
+            data[(((bi * s + si) * 3 + part) * h + hi) * d + di]
+        };
+        let mut out = vec![0f32; b * s * h * d];
+        for bi in 0..b {
+            for hi in 0..h {
+                for qi in 0..s {
+                    let scores: Vec<f32> = (0..s)
+                        .map(|ki| {
+                            (0..d).map(|di| at(bi, qi, 0, hi, di) * at(bi, ki, 1, hi, di)).sum::<f32>()
+                                / (d as f32).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+                    let exps: Vec<f32> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let total: f32 = exps.iter().sum();
+                    for di in 0..d {
+                        out[((bi * s + qi) * h + hi) * d + di] = (0..s)
+                            .map(|ki| exps[ki] / total * at(bi, ki, 2, hi, di))
+                            .sum();
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn standard_attention_matches_a_loop_reference() -> Result<()> {
+        let qkv = Tensor::randn(0f32, 1., (2, 5, 3, 2, 4), &Device::Cpu)?;
+        let expected = reference_attention(&qkv)?;
+        for differentiable in [false, true] {
+            let got = AttentionKernel::Standard.attend(&qkv, differentiable)?;
+            assert_eq!(got.dims(), &[2, 5, 2, 4]);
+            let got = got.flatten_all()?.to_vec1::<f32>()?;
+            for (g, e) in got.iter().zip(&expected) {
+                assert!((g - e).abs() < 1e-5, "{g} vs {e}");
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "flash-attn"))]
+    #[test]
+    fn flash_without_the_feature_is_a_clear_error() {
+        let qkv = Tensor::zeros((1, 2, 3, 1, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = AttentionKernel::Flash.attend(&qkv, false).unwrap_err();
+        assert!(err.to_string().contains("--features flash-attn"));
+    }
+}

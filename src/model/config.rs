@@ -1,0 +1,342 @@
+//! `config.json` of a HuggingFace `ViTForImageClassification` checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Activation of the MLP blocks, named as in HF's `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))` (HF `gelu`).
+    Gelu,
+    /// Tanh approximation of GELU (HF `gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// `x * sigmoid(1.702 x)` (HF `quick_gelu`).
+    QuickGelu,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x * sigmoid(x)`.
+    Silu,
+}
+
+impl Activation {
+    /// Parses HF's `hidden_act` name.
+    pub fn from_hf_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" | "gelu_python" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "quick_gelu" => Self::QuickGelu,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            other => bail!(
+                "unsupported hidden_act {other:?} (supported: gelu, gelu_new, gelu_pytorch_tanh, quick_gelu, relu, silu)"
+            ),
+        })
+    }
+
+    /// The canonical HF name written back to `config.json`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::GeluTanh => "gelu_pytorch_tanh",
+            Self::QuickGelu => "quick_gelu",
+            Self::Relu => "relu",
+            Self::Silu => "silu",
+        }
+    }
+}
+
+/// The architecture of a ViT image classifier, with HF's defaults for missing keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViTConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub qkv_bias: bool,
+    /// Class names by index; its length is the number of labels.
+    pub id2label: Vec<String>,
+}
+
+/// The keys of `config.json` that we read; everything else is kept as is when rewriting.
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default = "default_hidden_size")]
+    hidden_size: usize,
+    #[serde(default = "default_layers")]
+    num_hidden_layers: usize,
+    #[serde(default = "default_heads")]
+    num_attention_heads: usize,
+    #[serde(default = "default_intermediate")]
+    intermediate_size: usize,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "default_image_size")]
+    image_size: SizeValue,
+    #[serde(default = "default_patch_size")]
+    patch_size: SizeValue,
+    #[serde(default = "default_channels")]
+    num_channels: usize,
+    #[serde(default = "default_true")]
+    qkv_bias: bool,
+    #[serde(default)]
+    id2label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    num_labels: Option<usize>,
+}
+
+/// HF allows `image_size`/`patch_size` as an int or a `[h, w]` pair.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Square(usize),
+    Pair([usize; 2]),
+}
+
+fn default_hidden_size() -> usize {
+    768
+}
+fn default_layers() -> usize {
+    12
+}
+fn default_heads() -> usize {
+    12
+}
+fn default_intermediate() -> usize {
+    3072
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_image_size() -> SizeValue {
+    SizeValue::Square(224)
+}
+fn default_patch_size() -> SizeValue {
+    SizeValue::Square(16)
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+
+impl SizeValue {
+    fn square(&self, key: &str) -> Result<usize> {
+        match *self {
+            Self::Square(n) => Ok(n),
+            Self::Pair([h, w]) if h == w => Ok(h),
+            Self::Pair([h, w]) => bail!("non-square {key} [{h}, {w}] is not supported"),
+        }
+    }
+}
+
+impl ViTConfig {
+    /// Reads and checks a `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parses `config.json` text, filling HF's defaults for missing keys.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text).context("invalid config.json")?;
+        let id2label = match (raw.id2label, raw.num_labels) {
+            (Some(map), _) => labels_from_map(&map)?,
+            (None, Some(n)) => generic_labels(n),
+            (None, None) => generic_labels(2),
+        };
+        let config = Self {
+            hidden_size: raw.hidden_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: raw.num_attention_heads,
+            intermediate_size: raw.intermediate_size,
+            hidden_act: Activation::from_hf_name(&raw.hidden_act)?,
+            layer_norm_eps: raw.layer_norm_eps,
+            image_size: raw.image_size.square("image_size")?,
+            patch_size: raw.patch_size.square("patch_size")?,
+            num_channels: raw.num_channels,
+            qkv_bias: raw.qkv_bias,
+            id2label,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the invariants the network relies on.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("num_channels", self.num_channels),
+            ("num_labels", self.id2label.len()),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("{key} must be positive");
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if self.image_size < self.patch_size {
+            bail!(
+                "image_size {} is smaller than patch_size {}",
+                self.image_size,
+                self.patch_size
+            );
+        }
+        Ok(())
+    }
+
+    /// Number of output classes.
+    pub fn num_labels(&self) -> usize {
+        self.id2label.len()
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Patches per side at the config's image size.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// The HF `config.json` for this architecture, on top of `base` (an existing config whose
+    /// other keys are kept) or a fresh one.
+    pub fn to_hf_json(&self, base: Option<&Value>) -> Value {
+        let mut map = match base {
+            Some(Value::Object(map)) => map.clone(),
+            _ => Map::new(),
+        };
+        let id2label: Map<String, Value> = self
+            .id2label
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), Value::from(l.as_str())))
+            .collect();
+        let label2id: Map<String, Value> = self
+            .id2label
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), Value::from(i)))
+            .collect();
+        let entries = [
+            ("architectures", serde_json::json!(["ViTForImageClassification"])),
+            ("model_type", Value::from("vit")),
+            ("hidden_size", Value::from(self.hidden_size)),
+            ("num_hidden_layers", Value::from(self.num_hidden_layers)),
+            ("num_attention_heads", Value::from(self.num_attention_heads)),
+            ("intermediate_size", Value::from(self.intermediate_size)),
+            ("hidden_act", Value::from(self.hidden_act.hf_name())),
+            ("layer_norm_eps", Value::from(self.layer_norm_eps)),
+            ("image_size", Value::from(self.image_size)),
+            ("patch_size", Value::from(self.patch_size)),
+            ("num_channels", Value::from(self.num_channels)),
+            ("qkv_bias", Value::from(self.qkv_bias)),
+            ("id2label", Value::Object(id2label)),
+            ("label2id", Value::Object(label2id)),
+        ];
+        for (key, value) in entries {
+            map.insert(key.to_string(), value);
+        }
+        map.remove("num_labels");
+        Value::Object(map)
+    }
+}
+
+/// HF's placeholder names, `LABEL_0`, `LABEL_1`, ...
+pub fn generic_labels(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("LABEL_{i}")).collect()
+}
+
+fn labels_from_map(map: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let mut labels = vec![None; map.len()];
+    for (key, label) in map {
+        let index: usize = key
+            .parse()
+            .with_context(|| format!("id2label key {key:?} is not an integer"))?;
+        let slot = labels
+            .get_mut(index)
+            .with_context(|| format!("id2label has {} entries but key {index}", map.len()))?;
+        *slot = Some(label.clone());
+    }
+    Ok(labels.into_iter().map(|l| l.unwrap_or_default()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_keys_get_hf_defaults() {
+        let config = ViTConfig::from_json("{}").unwrap();
+        assert_eq!(config.hidden_size, 768);
+        assert_eq!(config.num_hidden_layers, 12);
+        assert_eq!(config.hidden_act, Activation::Gelu);
+        assert_eq!(config.layer_norm_eps, 1e-12);
+        assert!(config.qkv_bias);
+        assert_eq!(config.id2label, vec!["LABEL_0", "LABEL_1"]);
+    }
+
+    #[test]
+    fn id2label_is_ordered_by_index() {
+        let json = r#"{"id2label": {"10": "k", "2": "c", "0": "a", "1": "b", "3": "d", "4": "e",
+            "5": "f", "6": "g", "7": "h", "8": "i", "9": "j"}}"#;
+        let config = ViTConfig::from_json(json).unwrap();
+        assert_eq!(config.id2label[2], "c");
+        assert_eq!(config.id2label[10], "k");
+    }
+
+    #[test]
+    fn num_labels_without_names_gives_generic_names() {
+        let config = ViTConfig::from_json(r#"{"num_labels": 3}"#).unwrap();
+        assert_eq!(config.id2label, vec!["LABEL_0", "LABEL_1", "LABEL_2"]);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_key() {
+        let err = ViTConfig::from_json(r#"{"hidden_act": "mish"}"#).unwrap_err();
+        assert!(format!("{err:#}").contains("mish"));
+        let err = ViTConfig::from_json(r#"{"hidden_size": 100, "num_attention_heads": 3}"#)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("num_attention_heads"));
+        let err = ViTConfig::from_json(r#"{"id2label": {"x": "a"}}"#).unwrap_err();
+        assert!(format!("{err:#}").contains("\"x\""));
+    }
+
+    #[test]
+    fn round_trips_through_hf_json() {
+        let config = ViTConfig::from_json(
+            r#"{"hidden_size": 64, "num_attention_heads": 4, "hidden_act": "quick_gelu",
+                "qkv_bias": false, "num_labels": 5, "layer_norm_eps": 1e-6}"#,
+        )
+        .unwrap();
+        let json = config.to_hf_json(None).to_string();
+        assert_eq!(ViTConfig::from_json(&json).unwrap(), config);
+    }
+}

@@ -1,0 +1,388 @@
+//! Reading state dicts (safetensors, sharded safetensors, PyTorch pickles) and checking them
+//! against the tensors a configuration needs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{generic_labels, Activation, ViTConfig};
+use super::pickle::{read_pytorch, RawTensor, StorageDType};
+
+/// Tensors by name, on the CPU, as stored.
+pub type StateDict = HashMap<String, Tensor>;
+
+/// The name and shape of every tensor `ViTForImageClassification` has for `cfg`.
+pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, p, c) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.patch_size,
+        cfg.num_channels,
+    );
+    let positions = cfg.grid_size() * cfg.grid_size() + 1;
+    let mut tensors = vec![
+        ("vit.embeddings.cls_token".to_string(), vec![1, 1, h]),
+        ("vit.embeddings.position_embeddings".into(), vec![1, positions, h]),
+        ("vit.embeddings.patch_embeddings.projection.weight".into(), vec![h, c, p, p]),
+        ("vit.embeddings.patch_embeddings.projection.bias".into(), vec![h]),
+    ];
+    for layer in 0..cfg.num_hidden_layers {
+        let prefix = format!("vit.encoder.layer.{layer}");
+        let mut add = |name: &str, shape: Vec<usize>| tensors.push((format!("{prefix}.{name}"), shape));
+        for qkv in ["query", "key", "value"] {
+            add(&format!("attention.attention.{qkv}.weight"), vec![h, h]);
+            if cfg.qkv_bias {
+                add(&format!("attention.attention.{qkv}.bias"), vec![h]);
+            }
+        }
+        add("attention.output.dense.weight", vec![h, h]);
+        add("attention.output.dense.bias", vec![h]);
+        add("intermediate.dense.weight", vec![i, h]);
+        add("intermediate.dense.bias", vec![i]);
+        add("output.dense.weight", vec![h, i]);
+        add("output.dense.bias", vec![h]);
+        for norm in ["layernorm_before", "layernorm_after"] {
+            add(&format!("{norm}.weight"), vec![h]);
+            add(&format!("{norm}.bias"), vec![h]);
+        }
+    }
+    tensors.push(("vit.layernorm.weight".into(), vec![h]));
+    tensors.push(("vit.layernorm.bias".into(), vec![h]));
+    tensors.push(("classifier.weight".into(), vec![cfg.num_labels(), h]));
+    tensors.push(("classifier.bias".into(), vec![cfg.num_labels()]));
+    tensors
+}
+
+/// Checks that `weights` holds every tensor of `cfg` with the right shape. Returns the names of
+/// tensors the model does not use (HF warns about those and so do we).
+pub fn check_state_dict(weights: &StateDict, cfg: &ViTConfig) -> Result<Vec<String>> {
+    let expected = expected_tensors(cfg);
+    let mut missing = Vec::new();
+    for (name, shape) in &expected {
+        match weights.get(name) {
+            None => missing.push(name.as_str()),
+            Some(tensor) if tensor.dims() != shape.as_slice() => bail!(
+                "tensor {name} has shape {:?}, the config expects {:?}",
+                tensor.dims(),
+                shape
+            ),
+            Some(_) => {}
+        }
+    }
+    if let Some(first) = missing.first() {
+        let more = match missing.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        bail!("missing tensor {first}{more}");
+    }
+    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let mut unexpected: Vec<String> = weights
+        .keys()
+        .filter(|name| !known.contains(name.as_str()))
+        .cloned()
+        .collect();
+    unexpected.sort();
+    Ok(unexpected)
+}
+
+/// Reads a weights file by its extension: `.safetensors`, a sharded
+/// `model.safetensors.index.json`, or a PyTorch `.bin`/`.pth`/`.pt`.
+pub fn read_weights(path: &Path) -> Result<StateDict> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let tensors = if name.ends_with(".index.json") {
+        read_sharded(path)?
+    } else if name.ends_with(".safetensors") {
+        read_safetensors(path)?
+    } else if [".bin", ".pth", ".pt", ".ckpt"].iter().any(|ext| name.ends_with(ext)) {
+        read_pytorch(path)?
+            .into_iter()
+            .map(|raw| Ok((raw.name.clone(), raw_to_tensor(raw)?)))
+            .collect::<Result<StateDict>>()
+            .with_context(|| format!("{}", path.display()))?
+    } else {
+        bail!(
+            "{}: unknown weights format (expected .safetensors, .bin, .pth, .pt or a .index.json)",
+            path.display()
+        );
+    };
+    Ok(normalize_names(tensors))
+}
+
+fn read_safetensors(path: &Path) -> Result<StateDict> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: not a valid safetensors file", path.display()))
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+fn read_sharded(index_path: &Path) -> Result<StateDict> {
+    let text = std::fs::read_to_string(index_path)
+        .with_context(|| format!("{}: cannot read", index_path.display()))?;
+    let index: ShardIndex = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a shard index", index_path.display()))?;
+    let folder = index_path.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<&String> = index.weight_map.values().collect();
+    shards.sort();
+    shards.dedup();
+    let mut tensors = StateDict::new();
+    for shard in shards {
+        tensors.extend(read_safetensors(&folder.join(shard))?);
+    }
+    for name in index.weight_map.keys() {
+        if !tensors.contains_key(name) {
+            bail!(
+                "{}: tensor {name} is listed in the index but not in its shard {}",
+                index_path.display(),
+                index.weight_map[name]
+            );
+        }
+    }
+    Ok(tensors)
+}
+
+fn raw_to_tensor(raw: RawTensor) -> Result<Tensor> {
+    let dtype = match raw.dtype {
+        StorageDType::F64 => DType::F64,
+        StorageDType::F32 => DType::F32,
+        StorageDType::F16 => DType::F16,
+        StorageDType::BF16 => DType::BF16,
+        StorageDType::I64 => DType::I64,
+        StorageDType::U8 | StorageDType::Bool => DType::U8,
+        StorageDType::I32 | StorageDType::I16 | StorageDType::I8 => {
+            bail!("tensor {}: integer dtype {:?} is not supported", raw.name, raw.dtype)
+        }
+    };
+    Tensor::from_raw_buffer(&raw.data, dtype, &raw.shape, &Device::Cpu)
+        .with_context(|| format!("tensor {}", raw.name))
+}
+
+/// Strips DataParallel's `module.` prefix and adds `vit.` to bare `ViTModel` names.
+fn normalize_names(tensors: StateDict) -> StateDict {
+    let strip = tensors.keys().all(|k| k.starts_with("module."));
+    let tensors: StateDict = tensors
+        .into_iter()
+        .map(|(k, v)| match strip {
+            true => (k["module.".len()..].to_string(), v),
+            false => (k, v),
+        })
+        .collect();
+    let bare_backbone = tensors.keys().any(|k| k.starts_with("embeddings."))
+        && !tensors.keys().any(|k| k.starts_with("vit."));
+    if !bare_backbone {
+        return tensors;
+    }
+    tensors
+        .into_iter()
+        .map(|(k, v)| match k.starts_with("classifier.") {
+            true => (k, v),
+            false => (format!("vit.{k}"), v),
+        })
+        .collect()
+}
+
+/// Infers the architecture of an HF-named state dict from its tensor shapes, for a weights file
+/// that comes without `config.json`. Heads default to `hidden / 64` (at least 1) unless given.
+pub fn infer_config(weights: &StateDict, num_heads: Option<usize>) -> Result<ViTConfig> {
+    let shape = |name: &str| -> Result<Vec<usize>> {
+        weights
+            .get(name)
+            .map(|t| t.dims().to_vec())
+            .with_context(|| format!("cannot infer the config: missing tensor {name}"))
+    };
+    let projection = shape("vit.embeddings.patch_embeddings.projection.weight")?;
+    let [hidden_size, num_channels, patch_size, _] = projection[..] else {
+        bail!("tensor vit.embeddings.patch_embeddings.projection.weight has shape {projection:?}, expected 4 dimensions");
+    };
+    let positions = shape("vit.embeddings.position_embeddings")?;
+    let patches = positions.get(1).copied().unwrap_or(1).saturating_sub(1);
+    let grid = (patches as f64).sqrt().round() as usize;
+    if grid * grid != patches {
+        bail!("tensor vit.embeddings.position_embeddings has {patches} patch positions, not a square grid");
+    }
+    let num_hidden_layers = (0..)
+        .take_while(|i| weights.contains_key(&format!("vit.encoder.layer.{i}.layernorm_before.weight")))
+        .count();
+    let intermediate = shape("vit.encoder.layer.0.intermediate.dense.weight")?;
+    let classifier = shape("classifier.weight")?;
+    let num_labels = classifier[0];
+    let config = ViTConfig {
+        hidden_size,
+        num_hidden_layers,
+        num_attention_heads: num_heads.unwrap_or((hidden_size / 64).max(1)),
+        intermediate_size: intermediate[0],
+        hidden_act: Activation::Gelu,
+        layer_norm_eps: 1e-12,
+        image_size: grid * patch_size,
+        patch_size,
+        num_channels,
+        qkv_bias: weights.contains_key("vit.encoder.layer.0.attention.attention.query.bias"),
+        id2label: default_labels(num_labels),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// ImageNet-1k class names for a 1000-class head, HF's `LABEL_i` otherwise.
+pub fn default_labels(num_labels: usize) -> Vec<String> {
+    if num_labels == 1000 {
+        imagenet_labels()
+    } else {
+        generic_labels(num_labels)
+    }
+}
+
+/// The 1000 ImageNet-1k class names, in index order, as HF's ImageNet checkpoints name them.
+pub fn imagenet_labels() -> Vec<String> {
+    include_str!("../../assets/imagenet1k_labels.txt")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where a model's files are on disk.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// `config.json`, when there is one.
+    pub config: Option<PathBuf>,
+    /// The weights: one file or a shard index.
+    pub weights: PathBuf,
+    /// `preprocessor_config.json`, when there is one.
+    pub preprocessor: Option<PathBuf>,
+}
+
+/// Weight files a model folder may hold, in order of preference.
+pub const WEIGHT_FILES: [&str; 4] = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+];
+
+impl ModelFiles {
+    /// The files of a local HF model folder, or of a single weights file.
+    pub fn local(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            return Ok(Self {
+                config: None,
+                weights: path.to_path_buf(),
+                preprocessor: None,
+            });
+        }
+        if !path.is_dir() {
+            bail!("{}: no such file or directory", path.display());
+        }
+        let weights = WEIGHT_FILES
+            .iter()
+            .map(|name| path.join(name))
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "{}: no weights found (looked for {})",
+                    path.display(),
+                    WEIGHT_FILES.join(", ")
+                )
+            })?;
+        let optional = |name: &str| Some(path.join(name)).filter(|p| p.is_file());
+        Ok(Self {
+            config: optional("config.json"),
+            weights,
+            preprocessor: optional("preprocessor_config.json"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_config() -> ViTConfig {
+        ViTConfig::from_json(
+            r#"{"hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "intermediate_size": 16, "image_size": 8, "patch_size": 4, "num_labels": 3}"#,
+        )
+        .unwrap()
+    }
+
+    fn zeros_for(cfg: &ViTConfig) -> StateDict {
+        expected_tensors(cfg)
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+                (name, t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_complete_state_dict_passes_and_extra_tensors_are_reported() {
+        let cfg = tiny_config();
+        let mut weights = zeros_for(&cfg);
+        assert!(check_state_dict(&weights, &cfg).unwrap().is_empty());
+        weights.insert(
+            "vit.pooler.dense.bias".into(),
+            Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap(),
+        );
+        assert_eq!(check_state_dict(&weights, &cfg).unwrap(), vec!["vit.pooler.dense.bias"]);
+    }
+
+    #[test]
+    fn missing_and_misshapen_tensors_are_named() {
+        let cfg = tiny_config();
+        let mut weights = zeros_for(&cfg);
+        weights.remove("vit.encoder.layer.1.output.dense.bias");
+        let err = check_state_dict(&weights, &cfg).unwrap_err().to_string();
+        assert_eq!(err, "missing tensor vit.encoder.layer.1.output.dense.bias");
+        let mut weights = zeros_for(&cfg);
+        weights.insert(
+            "classifier.weight".into(),
+            Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let err = check_state_dict(&weights, &cfg).unwrap_err().to_string();
+        assert!(err.contains("classifier.weight has shape [4, 8]"), "{err}");
+        assert!(err.contains("[3, 8]"), "{err}");
+    }
+
+    #[test]
+    fn config_is_inferred_from_shapes() {
+        let cfg = tiny_config();
+        let weights = zeros_for(&cfg);
+        let inferred = infer_config(&weights, Some(2)).unwrap();
+        assert_eq!(inferred.hidden_size, 8);
+        assert_eq!(inferred.num_hidden_layers, 2);
+        assert_eq!(inferred.intermediate_size, 16);
+        assert_eq!(inferred.image_size, 8);
+        assert_eq!(inferred.patch_size, 4);
+        assert_eq!(inferred.num_labels(), 3);
+        assert!(inferred.qkv_bias);
+        assert_eq!(infer_config(&weights, None).unwrap().num_attention_heads, 1);
+    }
+
+    #[test]
+    fn module_prefix_is_stripped_and_bare_backbones_get_vit_prefix() {
+        let t = || Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        let dict: StateDict = [("module.classifier.bias".to_string(), t())].into();
+        assert!(normalize_names(dict).contains_key("classifier.bias"));
+        let dict: StateDict = [
+            ("embeddings.cls_token".to_string(), t()),
+            ("classifier.bias".to_string(), t()),
+        ]
+        .into();
+        let dict = normalize_names(dict);
+        assert!(dict.contains_key("vit.embeddings.cls_token"));
+        assert!(dict.contains_key("classifier.bias"));
+    }
+
+    #[test]
+    fn imagenet_labels_are_complete() {
+        let labels = imagenet_labels();
+        assert_eq!(labels.len(), 1000);
+        assert_eq!(labels[0], "tench, Tinca tinca");
+        assert_eq!(labels[281], "tabby, tabby cat");
+    }
+}

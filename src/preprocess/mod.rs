@@ -1,0 +1,376 @@
+//! Image decoding and preprocessing as HF's PIL-based `ViTImageProcessor` and
+//! `DeiTImageProcessor` do: load as RGB, resize, centre-crop, rescale, normalize.
+
+mod resize;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use resize::{resize_rgb8, Resample};
+
+/// One preprocessed image: `(3, height, width)` values, channel-first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PixelValues {
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+/// Output size of the resize step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeTarget {
+    /// Exactly `height` x `width`.
+    Exact { height: u32, width: u32 },
+    /// Aspect ratio kept, the shorter side set to this length.
+    ShortestEdge(u32),
+}
+
+/// A parsed `preprocessor_config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessConfig {
+    /// `None` when `do_resize` is false.
+    pub resize: Option<ResizeTarget>,
+    pub resample: Resample,
+    /// `(height, width)`; `None` when `do_center_crop` is false.
+    pub center_crop: Option<(u32, u32)>,
+    /// `None` when `do_rescale` is false.
+    pub rescale_factor: Option<f64>,
+    /// `(mean, std)` per channel; `None` when `do_normalize` is false.
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+impl Default for PreprocessConfig {
+    /// HF's `ViTImageProcessor` defaults: 224x224 bilinear, no crop, mean and std 0.5.
+    fn default() -> Self {
+        Self {
+            resize: Some(ResizeTarget::Exact {
+                height: 224,
+                width: 224,
+            }),
+            resample: Resample::Bilinear,
+            center_crop: None,
+            rescale_factor: Some(1.0 / 255.0),
+            normalize: Some(([0.5; 3], [0.5; 3])),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawPreprocessConfig {
+    do_resize: Option<bool>,
+    size: Option<Value>,
+    resample: Option<u32>,
+    do_center_crop: Option<bool>,
+    crop_size: Option<Value>,
+    do_rescale: Option<bool>,
+    rescale_factor: Option<f64>,
+    do_normalize: Option<bool>,
+    image_mean: Option<Vec<f32>>,
+    image_std: Option<Vec<f32>>,
+}
+
+/// Parses HF's `size`/`crop_size`: an int (square), `{height, width}` or `{shortest_edge}`.
+fn parse_size(value: &Value, key: &str) -> Result<ResizeTarget> {
+    let field = |name: &str| value.get(name).and_then(Value::as_u64).map(|v| v as u32);
+    if let Some(n) = value.as_u64() {
+        let n = n as u32;
+        return Ok(ResizeTarget::Exact {
+            height: n,
+            width: n,
+        });
+    }
+    match (field("height"), field("width"), field("shortest_edge")) {
+        (Some(height), Some(width), _) => Ok(ResizeTarget::Exact { height, width }),
+        (None, None, Some(edge)) => Ok(ResizeTarget::ShortestEdge(edge)),
+        _ => bail!("unsupported {key} {value} (expected an int, {{height, width}} or {{shortest_edge}})"),
+    }
+}
+
+fn three(values: Vec<f32>, key: &str) -> Result<[f32; 3]> {
+    match values[..] {
+        [v] => Ok([v; 3]),
+        [a, b, c] => Ok([a, b, c]),
+        _ => bail!("{key} must have 1 or 3 values, found {}", values.len()),
+    }
+}
+
+impl PreprocessConfig {
+    /// Reads a `preprocessor_config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parses `preprocessor_config.json` text; missing keys take `ViTImageProcessor` defaults.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let raw: RawPreprocessConfig =
+            serde_json::from_str(text).context("invalid preprocessor config")?;
+        let defaults = Self::default();
+        let resize = match (raw.do_resize.unwrap_or(true), &raw.size) {
+            (false, _) => None,
+            (true, Some(size)) => Some(parse_size(size, "size")?),
+            (true, None) => defaults.resize,
+        };
+        let resample = match raw.resample {
+            Some(code) => Resample::from_pil_code(code)
+                .with_context(|| format!("unknown resample {code} (PIL codes are 0 to 5)"))?,
+            None => defaults.resample,
+        };
+        let center_crop = match (raw.do_center_crop.unwrap_or(false), &raw.crop_size) {
+            (false, _) => None,
+            (true, None) => Some((224, 224)),
+            (true, Some(size)) => match parse_size(size, "crop_size")? {
+                ResizeTarget::Exact { height, width } => Some((height, width)),
+                ResizeTarget::ShortestEdge(_) => bail!("crop_size must be {{height, width}}"),
+            },
+        };
+        let rescale_factor = match raw.do_rescale.unwrap_or(true) {
+            true => Some(raw.rescale_factor.unwrap_or(1.0 / 255.0)),
+            false => None,
+        };
+        let normalize = match raw.do_normalize.unwrap_or(true) {
+            true => {
+                let (default_mean, default_std) = defaults.normalize.expect("ViT normalizes");
+                let mean = raw.image_mean.map(|m| three(m, "image_mean")).transpose()?;
+                let std = raw.image_std.map(|s| three(s, "image_std")).transpose()?;
+                Some((mean.unwrap_or(default_mean), std.unwrap_or(default_std)))
+            }
+            false => None,
+        };
+        Ok(Self {
+            resize,
+            resample,
+            center_crop,
+            rescale_factor,
+            normalize,
+        })
+    }
+
+    /// The same pipeline producing `size` x `size` inputs: the crop becomes `size` and the
+    /// resize keeps its ratio to the crop; without a crop the resize becomes `size`.
+    pub fn with_input_size(&self, size: u32) -> Self {
+        let mut config = self.clone();
+        match self.center_crop {
+            Some((crop_h, crop_w)) => {
+                let scale = |n: u32, crop: u32| (n as f64 * size as f64 / crop as f64).round() as u32;
+                config.resize = self.resize.map(|target| match target {
+                    ResizeTarget::Exact { height, width } => ResizeTarget::Exact {
+                        height: scale(height, crop_h),
+                        width: scale(width, crop_w),
+                    },
+                    ResizeTarget::ShortestEdge(edge) => ResizeTarget::ShortestEdge(scale(edge, crop_h)),
+                });
+                config.center_crop = Some((size, size));
+            }
+            None => {
+                config.resize = Some(ResizeTarget::Exact {
+                    height: size,
+                    width: size,
+                })
+            }
+        }
+        config
+    }
+
+    /// `(height, width)` of the pixel values for an image of `width` x `height`.
+    pub fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        if let Some(crop) = self.center_crop {
+            return crop;
+        }
+        match self.resize {
+            Some(target) => {
+                let (w, h) = resized_dimensions(target, width, height);
+                (h, w)
+            }
+            None => (height, width),
+        }
+    }
+
+    /// Preprocesses one RGB image into `(3, height, width)` pixel values, channel-first.
+    pub fn pixel_values(&self, image: &RgbImage) -> PixelValues {
+        let resized;
+        let image = match self.resize {
+            Some(target) => {
+                let (w, h) = resized_dimensions(target, image.width(), image.height());
+                resized = resize_rgb8(image, w, h, self.resample);
+                &resized
+            }
+            None => image,
+        };
+        let cropped;
+        let image = match self.center_crop {
+            Some((h, w)) => {
+                cropped = center_crop(image, h, w);
+                &cropped
+            }
+            None => image,
+        };
+        let (w, h) = image.dimensions();
+        let plane = (w * h) as usize;
+        let mut values = vec![0f32; 3 * plane];
+        for (i, pixel) in image.pixels().enumerate() {
+            for (c, &v) in pixel.0.iter().enumerate() {
+                values[c * plane + i] = self.normalize_value(v, c);
+            }
+        }
+        PixelValues {
+            height: h as usize,
+            width: w as usize,
+            data: values,
+        }
+    }
+
+    /// Rescales (in f64, then to f32, as HF does) and normalizes one 8-bit value of channel `c`.
+    fn normalize_value(&self, v: u8, c: usize) -> f32 {
+        let x = match self.rescale_factor {
+            Some(factor) => (v as f64 * factor) as f32,
+            None => v as f32,
+        };
+        match self.normalize {
+            Some((mean, std)) => (x - mean[c]) / std[c],
+            None => x,
+        }
+    }
+}
+
+/// `(width, height)` after resizing to `target`, as HF computes it.
+fn resized_dimensions(target: ResizeTarget, width: u32, height: u32) -> (u32, u32) {
+    match target {
+        ResizeTarget::Exact { height, width } => (width, height),
+        ResizeTarget::ShortestEdge(edge) => {
+            let (short, long) = (width.min(height), width.max(height));
+            let new_long = (edge as u64 * long as u64 / short.max(1) as u64) as u32;
+            if width <= height {
+                (edge, new_long)
+            } else {
+                (new_long, edge)
+            }
+        }
+    }
+}
+
+/// HF's `center_crop`: the top-left corner at `(size - crop) // 2`, zero padding where the
+/// crop is larger than the image.
+pub fn center_crop(image: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
+    let (w, h) = (image.width() as i64, image.height() as i64);
+    let top = (h - crop_h as i64).div_euclid(2);
+    let left = (w - crop_w as i64).div_euclid(2);
+    RgbImage::from_fn(crop_w, crop_h, |x, y| {
+        let (sx, sy) = (left + x as i64, top + y as i64);
+        if (0..w).contains(&sx) && (0..h).contains(&sy) {
+            *image.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// Decodes an image file as HF's `load_image` does: EXIF orientation applied, then RGB
+/// (alpha dropped, grayscale and palette expanded, 16-bit scaled to 8-bit).
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let reader = ImageReader::open(path)
+        .context("cannot open")?
+        .with_guessed_format()
+        .context("cannot read")?;
+    if reader.format().is_none() {
+        bail!("not a recognized image format");
+    }
+    let mut decoder = reader.into_decoder().context("cannot decode image")?;
+    let orientation = decoder.orientation().context("cannot decode image")?;
+    let mut image = DynamicImage::from_decoder(decoder).context("cannot decode image")?;
+    image.apply_orientation(orientation);
+    Ok(image.into_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEIT: &str = r#"{"crop_size": {"height": 224, "width": 224}, "do_center_crop": true,
+        "do_normalize": true, "do_rescale": true, "do_resize": true,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+        "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"height": 256, "width": 256}}"#;
+
+    #[test]
+    fn parses_a_deit_processor() {
+        let config = PreprocessConfig::from_json(DEIT).unwrap();
+        assert_eq!(
+            config.resize,
+            Some(ResizeTarget::Exact {
+                height: 256,
+                width: 256
+            })
+        );
+        assert_eq!(config.resample, Resample::Bicubic);
+        assert_eq!(config.center_crop, Some((224, 224)));
+        assert_eq!(config.normalize.unwrap().0, [0.485, 0.456, 0.406]);
+        assert_eq!(config.output_size(640, 480), (224, 224));
+    }
+
+    #[test]
+    fn empty_config_is_vit_defaults() {
+        assert_eq!(PreprocessConfig::from_json("{}").unwrap(), PreprocessConfig::default());
+        let config = PreprocessConfig::from_json(r#"{"size": 384}"#).unwrap();
+        assert_eq!(config.output_size(10, 20), (384, 384));
+    }
+
+    #[test]
+    fn shortest_edge_keeps_the_aspect_ratio() {
+        let config = PreprocessConfig::from_json(r#"{"size": {"shortest_edge": 224}}"#).unwrap();
+        assert_eq!(config.output_size(640, 480), (224, 298));
+        assert_eq!(config.output_size(480, 640), (298, 224));
+    }
+
+    #[test]
+    fn input_size_override_keeps_the_crop_ratio() {
+        let config = PreprocessConfig::from_json(DEIT).unwrap().with_input_size(384);
+        assert_eq!(config.center_crop, Some((384, 384)));
+        assert_eq!(
+            config.resize,
+            Some(ResizeTarget::Exact {
+                height: 439,
+                width: 439
+            })
+        );
+        let config = PreprocessConfig::default().with_input_size(96);
+        assert_eq!(config.output_size(500, 300), (96, 96));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(PreprocessConfig::from_json(r#"{"resample": 9}"#).is_err());
+        assert!(PreprocessConfig::from_json(r#"{"image_mean": [0.1, 0.2]}"#).is_err());
+        assert!(PreprocessConfig::from_json(r#"{"size": {"longest_edge": 3}}"#).is_err());
+    }
+
+    #[test]
+    fn center_crop_matches_hf_offsets_and_pads_with_zeros() {
+        let image = RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let cropped = center_crop(&image, 2, 2);
+        // top = (4 - 2) // 2 = 1, left = (5 - 2) // 2 = 1
+        assert_eq!(cropped.get_pixel(0, 0).0, [1, 1, 9]);
+        let padded = center_crop(&image, 6, 5);
+        // top = (4 - 6) // 2 = -1: the first row is padding.
+        assert_eq!(padded.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(padded.get_pixel(0, 1).0, [0, 0, 9]);
+    }
+
+    #[test]
+    fn pixel_values_are_rescaled_and_normalized_channel_first() {
+        let config = PreprocessConfig {
+            resize: None,
+            ..PreprocessConfig::default()
+        };
+        let image = RgbImage::from_fn(2, 1, |x, _| image::Rgb([if x == 0 { 0 } else { 255 }, 51, 102]));
+        let values = config.pixel_values(&image).data;
+        let expected = [-1.0, 1.0, -0.6, -0.6, -0.2, -0.2];
+        for (v, e) in values.iter().zip(expected) {
+            assert!((v - e).abs() < 1e-6, "{values:?}");
+        }
+    }
+}
