@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod classifier;
 pub mod device;
 pub mod hub;

@@ -6,7 +6,7 @@ mod resize;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -271,20 +271,61 @@ pub fn center_crop(image: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
 }
 
 /// Decodes an image file as HF's `load_image` does: EXIF orientation applied, then RGB
-/// (alpha dropped, grayscale and palette expanded, 16-bit scaled to 8-bit).
+/// (alpha dropped, grayscale and palette expanded). 16-bit images are scaled to 8 bits
+/// (Pillow clips them instead, which whitens most of the picture).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = ImageReader::open(path)
-        .context("cannot open")?
+    let bytes = std::fs::read(path).context("cannot read")?;
+    let reader = ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .context("cannot read")?;
-    if reader.format().is_none() {
-        bail!("not a recognized image format");
+    match reader.format() {
+        None => bail!("not a recognized image format"),
+        Some(ImageFormat::Jpeg) if !jpeg_is_complete(&bytes) => {
+            bail!("truncated JPEG (no end-of-image marker)")
+        }
+        Some(_) => {}
     }
     let mut decoder = reader.into_decoder().context("cannot decode image")?;
     let orientation = decoder.orientation().context("cannot decode image")?;
     let mut image = DynamicImage::from_decoder(decoder).context("cannot decode image")?;
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
+}
+
+/// Whether a JPEG stream reaches its end-of-image marker. Walks the marker segments and the
+/// entropy-coded scans (where 0xFF is always followed by 0x00 or a restart marker), as
+/// libjpeg does before reporting a premature end of data; the `image` crate's decoder pads
+/// truncated scans silently instead.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    const EOI: u8 = 0xD9;
+    const SOS: u8 = 0xDA;
+    let mut i = 2; // after SOI
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        match marker {
+            EOI => return true,
+            0xFF => i += 1, // fill byte
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => {
+                let Some(length) = bytes.get(i + 2..i + 4) else {
+                    return false;
+                };
+                i += 2 + u16::from_be_bytes([length[0], length[1]]) as usize;
+                if marker == SOS {
+                    // Skip entropy-coded data up to the next real marker.
+                    while i + 1 < bytes.len()
+                        && !(bytes[i] == 0xFF && !matches!(bytes[i + 1], 0x00 | 0xD0..=0xD7))
+                    {
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -372,5 +413,31 @@ mod tests {
         for (v, e) in values.iter().zip(expected) {
             assert!((v - e).abs() < 1e-6, "{values:?}");
         }
+    }
+
+    #[test]
+    fn truncated_jpegs_are_detected() {
+        let mut bytes = Vec::new();
+        let image = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 77]));
+        image::DynamicImage::ImageRgb8(image)
+            .write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg)
+            .unwrap();
+        assert!(jpeg_is_complete(&bytes));
+        for cut in [bytes.len() - 2, bytes.len() / 2, 10, 3] {
+            assert!(!jpeg_is_complete(&bytes[..cut]), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_images_are_scaled_not_clipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gray16.png");
+        let image = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(2, 1, |x, _| {
+            image::Luma([if x == 0 { 257 * 10 } else { 65535 }])
+        });
+        image.save(&path).unwrap();
+        let rgb = load_rgb(&path).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [10, 10, 10]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [255, 255, 255]);
     }
 }

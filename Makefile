@@ -1,0 +1,52 @@
+# vit: build, demo, tests, lint, benchmarks.
+# `make demo` builds and classifies sample photos; `make test` runs every test.
+
+CARGO       ?= cargo
+SHARED      ?= $(or $(VIT_SHARED_DIR),../shared)
+HUB_MODEL   ?= google/vit-base-patch16-224
+SAMPLES     := assets/samples
+VIT         := target/release/vit
+PYTHON      ?= python3
+VENV        := .venv
+
+.PHONY: build demo samples test lint fmt clean
+
+build:
+	$(CARGO) build --release
+
+# Sample photos from scikit-image's wheel on PyPI (BSD-licensed test images).
+samples: $(SAMPLES)/.done
+$(SAMPLES)/.done:
+	@mkdir -p $(SAMPLES) target/samples-wheel
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: \
+		--dest target/samples-wheel "scikit-image==0.24.0"
+	cd $(SAMPLES) && unzip -o -j -q ../../target/samples-wheel/scikit_image-*.whl \
+		'skimage/data/chelsea.png' 'skimage/data/coffee.png' 'skimage/data/rocket.jpg' \
+		'skimage/data/astronaut.png' 'skimage/data/motorcycle_left.png'
+	@touch $@
+
+# The main job: classify the sample photos with the hub model when the hub is reachable,
+# else VIT_MODEL, else the shared DeiT-Tiny; says which it used.
+demo: build samples
+	@if [ -n "$$VIT_MODEL" ]; then model="$$VIT_MODEL"; why="from VIT_MODEL"; \
+	elif curl -s -f -m 5 -o /dev/null "https://huggingface.co/api/models/$(HUB_MODEL)"; then \
+		model="$(HUB_MODEL)"; why="the hub default"; \
+	elif [ -d "$(SHARED)/models/deit-tiny-patch16-224" ]; then \
+		model="$(SHARED)/models/deit-tiny-patch16-224"; why="local: the hub is unreachable"; \
+	else echo "demo: the hub is unreachable and no local model: set VIT_MODEL to a model folder" >&2; exit 2; fi; \
+	echo "demo: model $$model ($$why)" >&2; \
+	$(VIT) classify --model "$$model" --top-k 3 $(SAMPLES)
+
+test:
+	$(CARGO) test --release --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf $(SAMPLES)

@@ -1,0 +1,221 @@
+//! Benchmark building blocks: model presets, exact FLOP counts, latency statistics, memory.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::config::generic_labels;
+use crate::model::weights::{expected_tensors, StateDict};
+use crate::model::{Activation, ViTConfig};
+
+/// Width, depth, heads and MLP size of the standard ViT sizes.
+const SIZES: [(&str, usize, usize, usize, usize); 5] = [
+    ("tiny", 192, 12, 3, 768),
+    ("small", 384, 12, 6, 1536),
+    ("base", 768, 12, 12, 3072),
+    ("large", 1024, 24, 16, 4096),
+    ("huge", 1280, 32, 16, 5120),
+];
+
+/// The names of every preset: `vit-{tiny,small,base,large,huge}-patch{16,32}-{224,384}`,
+/// `vit-huge-patch14-{224,384}` and `deit-{tiny,small,base}-patch16-{224,384}`.
+pub fn preset_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for (size, ..) in SIZES {
+        let patches: &[usize] = if size == "huge" { &[14, 16, 32] } else { &[16, 32] };
+        for patch in patches {
+            for image in [224, 384] {
+                names.push(format!("vit-{size}-patch{patch}-{image}"));
+            }
+        }
+    }
+    for size in ["tiny", "small", "base"] {
+        for image in [224, 384] {
+            names.push(format!("deit-{size}-patch16-{image}"));
+        }
+    }
+    names
+}
+
+/// The architecture of a preset (1000 ImageNet classes; DeiT uses layer-norm eps 1e-6).
+pub fn preset_config(name: &str) -> Result<ViTConfig> {
+    if !preset_names().iter().any(|n| n == name) {
+        bail!("unknown preset {name:?} (one of: {})", preset_names().join(", "));
+    }
+    let parts: Vec<&str> = name.split('-').collect();
+    let (family, size, patch, image) = (parts[0], parts[1], parts[2], parts[3]);
+    let &(_, hidden, layers, heads, intermediate) = SIZES
+        .iter()
+        .find(|s| s.0 == size)
+        .expect("preset sizes are known");
+    Ok(ViTConfig {
+        hidden_size: hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        intermediate_size: intermediate,
+        hidden_act: Activation::Gelu,
+        layer_norm_eps: if family == "deit" { 1e-6 } else { 1e-12 },
+        image_size: image.parse()?,
+        patch_size: patch.trim_start_matches("patch").parse()?,
+        num_channels: 3,
+        qkv_bias: true,
+        id2label: generic_labels(1000),
+    })
+}
+
+/// Random weights for `config` (normal, std 0.02; layer norms at weight 1, bias 0), seeded.
+pub fn random_state_dict(config: &ViTConfig, seed: u64) -> Result<StateDict> {
+    let device = Device::Cpu;
+    device.set_seed(seed)?;
+    expected_tensors(config)
+        .into_iter()
+        .map(|(name, shape)| {
+            let tensor = if name.contains("layernorm") && name.ends_with(".weight") {
+                Tensor::ones(shape, DType::F32, &device)?
+            } else if name.contains("layernorm") {
+                Tensor::zeros(shape, DType::F32, &device)?
+            } else {
+                Tensor::randn(0f32, 0.02, shape, &device)?
+            };
+            Ok((name, tensor))
+        })
+        .collect()
+}
+
+/// Number of parameters of a config.
+pub fn parameter_count(config: &ViTConfig) -> usize {
+    expected_tensors(config)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum()
+}
+
+/// FLOPs (2 per multiply-add) of one forward pass of one `size` x `size` image: every matrix
+/// product, attention included; elementwise ops, softmax and norms are not counted.
+pub fn forward_flops(config: &ViTConfig, size: usize) -> u64 {
+    let (h, i, p, c) = (
+        config.hidden_size as u64,
+        config.intermediate_size as u64,
+        config.patch_size as u64,
+        config.num_channels as u64,
+    );
+    let patches = (size as u64 / p).pow(2);
+    let tokens = patches + 1;
+    let embed = 2 * patches * c * p * p * h;
+    let per_layer = 2 * tokens * h * 3 * h // fused q, k, v
+        + 2 * 2 * tokens * tokens * h // scores and context
+        + 2 * tokens * h * h // attention output
+        + 2 * 2 * tokens * h * i; // MLP
+    let head = 2 * h * config.num_labels() as u64;
+    embed + config.num_hidden_layers as u64 * per_layer + head
+}
+
+/// Latency percentiles of a timed run, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    /// Percentiles by nearest rank over the samples (seconds per batch).
+    pub fn from_samples(samples: &[f64]) -> Result<Self> {
+        if samples.is_empty() {
+            bail!("no timed iterations");
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let rank = |q: f64| {
+            let index = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+            sorted[index]
+        };
+        Ok(Self {
+            p50: rank(0.50),
+            p90: rank(0.90),
+            p99: rank(0.99),
+            mean: samples.iter().sum::<f64>() / samples.len() as f64,
+        })
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Device memory in use on a GPU, in bytes, if the backend can tell.
+pub fn device_memory_used(device: &Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => {
+            let (free, total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info().ok()?;
+            Some((total - free) as u64)
+        }
+        _ => None,
+    }
+}
+
+/// Largest absolute difference between two kernels' outputs, and whether it is within the
+/// tolerance for `dtype`.
+pub fn kernels_agree(reference: &[f32], candidate: &[f32], dtype: DType) -> (f32, bool) {
+    let diff = reference
+        .iter()
+        .zip(candidate)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+    (diff, diff <= kernel_tolerance(dtype))
+}
+
+/// Largest logit difference accepted between attention kernels, per dtype.
+pub fn kernel_tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => 2e-2,
+        DType::BF16 => 1e-1,
+        _ => 1e-3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vit_base_costs_35_gflop_per_image() {
+        let config = preset_config("vit-base-patch16-224").unwrap();
+        let flops = forward_flops(&config, 224) as f64 / 1e9;
+        assert!((flops - 35.1).abs() < 0.1, "{flops}");
+        assert_eq!(parameter_count(&config), 86_567_656);
+    }
+
+    #[test]
+    fn presets_parse_and_unknown_ones_are_listed() {
+        for name in preset_names() {
+            preset_config(&name).unwrap().validate().unwrap();
+        }
+        let deit = preset_config("deit-tiny-patch16-224").unwrap();
+        assert_eq!((deit.hidden_size, deit.layer_norm_eps), (192, 1e-6));
+        let err = preset_config("vit-giant").unwrap_err().to_string();
+        assert!(err.contains("vit-base-patch16-224"), "{err}");
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        let latency = Latency::from_samples(&samples).unwrap();
+        assert_eq!((latency.p50, latency.p90, latency.p99), (50.0, 90.0, 99.0));
+        assert!(Latency::from_samples(&[]).is_err());
+    }
+
+    #[test]
+    fn disagreeing_kernels_are_detected() {
+        let reference = [1.0f32, -2.0, 3.0];
+        assert!(kernels_agree(&reference, &[1.0, -2.0, 3.0005], DType::F32).1);
+        assert!(!kernels_agree(&reference, &[1.0, -2.0, 3.5], DType::F32).1);
+        assert!(!kernels_agree(&reference, &[1.0, f32::NAN, 3.0], DType::BF16).1);
+        assert!(kernels_agree(&reference, &[1.05, -2.0, 3.0], DType::BF16).1);
+    }
+}

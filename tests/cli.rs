@@ -1,0 +1,248 @@
+//! The `vit` binary end to end: formats, exit codes, folders and bad inputs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{deit_tiny, fixture, shared_dir, stderr, stdout, vit, vit_with_env};
+use serde_json::Value;
+
+/// A small HF-format model from the fixtures (16x16 patches, 80x80 input, 5 labels).
+fn tiny_model() -> String {
+    fixture("hf/p16_s80_relu_bin").display().to_string()
+}
+
+fn sample_image(name: &str) -> String {
+    fixture("preprocess/images").join(name).display().to_string()
+}
+
+fn assert_no_panic(output: &std::process::Output) {
+    let err = stderr(output);
+    assert!(!err.contains("panicked"), "vit panicked: {err}");
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let output = vit(&["--help"]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    for sub in ["classify", "bench", "convert", "finetune"] {
+        assert!(text.contains(sub), "--help lacks {sub}");
+    }
+    assert!(vit(&["classify", "--help"]).status.success());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let output = vit(&["classify"]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = vit(&["classify", "--top-k", "0", "--model", &tiny_model(), "x.jpg"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--top-k"), "{}", stderr(&output));
+}
+
+#[test]
+fn json_output_is_one_parseable_array_in_input_order() {
+    let images = [sample_image("rgba_120x90.png"), sample_image("odd_301x157.jpg")];
+    let output = vit(&["classify", "-m", &tiny_model(), "-k", "3", "-f", "json", &images[0], &images[1]]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let parsed: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let items = parsed.as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    for (item, image) in items.iter().zip(&images) {
+        assert_eq!(item["file"], image.as_str());
+        let predictions = item["predictions"].as_array().unwrap();
+        assert_eq!(predictions.len(), 3);
+        let scores: Vec<f64> = predictions.iter().map(|p| p["score"].as_f64().unwrap()).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "not sorted: {scores:?}");
+        assert!(predictions[0]["label"].as_str().unwrap().starts_with("LABEL_"));
+    }
+}
+
+#[test]
+fn top_k_is_capped_at_the_number_of_labels() {
+    let output = vit(&["classify", "-m", &tiny_model(), "-k", "50", "-f", "jsonl", &sample_image("gray_l_77x59.png")]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let line: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(line["predictions"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn csv_and_text_formats() {
+    let image = sample_image("palette_100x75.png");
+    let output = vit(&["classify", "-m", &tiny_model(), "-k", "2", "-f", "csv", &image]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "file,rank,index,label,score");
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].starts_with(&format!("{image},1,")));
+    assert!(lines[2].starts_with(&format!("{image},2,")));
+    let output = vit(&["classify", "-m", &tiny_model(), "-k", "2", &image]);
+    let text = stdout(&output);
+    assert_eq!(text.lines().next(), Some(image.as_str()));
+    assert_eq!(text.lines().count(), 3);
+    assert!(stdout(&output).lines().all(|l| !l.starts_with("vit:")), "logs leaked to stdout");
+}
+
+/// A temporary folder holding broken inputs next to a good one.
+fn broken_inputs() -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.jpg");
+    std::fs::copy(fixture("preprocess/images/odd_301x157.jpg"), &good).unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "this is not an image\n").unwrap();
+    let truncated = dir.path().join("truncated.jpg");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = dir.path().join("missing.png");
+    (dir, vec![good, text, truncated, empty, missing])
+}
+
+#[test]
+fn bad_inputs_are_reported_and_the_rest_classified() {
+    let (_dir, paths) = broken_inputs();
+    let args: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let model = tiny_model();
+    let mut command = vec!["classify", "-m", &model, "-f", "jsonl"];
+    command.extend(args.iter().map(String::as_str));
+    let output = vit(&command);
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[0]["predictions"].is_array());
+    for (line, path) in lines.iter().zip(&args).skip(1) {
+        assert_eq!(line["file"], path.as_str());
+        assert!(line["error"].is_string(), "{line}");
+    }
+    let err = stderr(&output);
+    for path in &args[1..] {
+        assert!(err.contains(&format!("vit: {path}: ")), "stderr does not name {path}: {err}");
+    }
+    assert!(err.contains("no images in this folder"));
+    assert!(err.contains("no such file or directory"));
+}
+
+/// Copies the tiny safetensors fixture model into a temp folder, letting `edit` change its
+/// tensors first.
+fn edited_model(edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>)) -> tempfile::TempDir {
+    let source = fixture("hf/p4_s32_gelu");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(source.join("config.json"), dir.path().join("config.json")).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(source.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+fn classify_with(model: &Path) -> std::process::Output {
+    vit(&["classify", "-m", &model.display().to_string(), &sample_image("rgba_120x90.png")])
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    let dir = edited_model(|t| {
+        t.remove("vit.encoder.layer.1.attention.attention.key.weight");
+    });
+    let output = classify_with(dir.path());
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(err.contains("missing tensor vit.encoder.layer.1.attention.attention.key.weight"), "{err}");
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn a_reshaped_tensor_is_named_with_both_shapes() {
+    let dir = edited_model(|t| {
+        let w = t["classifier.weight"].clone();
+        t.insert("classifier.weight".into(), w.reshape((w.dim(1).unwrap(), w.dim(0).unwrap())).unwrap());
+    });
+    let output = classify_with(dir.path());
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(err.contains("tensor classifier.weight has shape [32, 5], the config expects [5, 32]"), "{err}");
+}
+
+#[test]
+fn a_truncated_safetensors_file_is_named() {
+    let dir = edited_model(|_| {});
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let output = classify_with(dir.path());
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(err.starts_with("vit: "), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one-line error expected: {err}");
+}
+
+#[test]
+fn a_missing_model_folder_is_named() {
+    let output = vit(&["classify", "-m", "./no/such/model", &sample_image("rgba_120x90.png")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("./no/such/model: no such file or directory"));
+}
+
+#[test]
+fn the_hub_offline_without_cache_is_a_clear_error() {
+    let output = vit(&["classify", &sample_image("rgba_120x90.png")]);
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(err.contains("google/vit-base-patch16-224: not in the hub cache"), "{err}");
+}
+
+#[test]
+fn an_unreachable_hub_is_a_clear_error() {
+    let output = vit_with_env(
+        &["classify", "-m", "google/vit-base-patch16-224", &sample_image("rgba_120x90.png")],
+        &[("HF_HUB_OFFLINE", "0"), ("HF_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(err.contains("cannot reach the Hugging Face Hub at http://127.0.0.1:9"), "{err}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn an_unavailable_device_is_a_clear_error() {
+    let output = vit(&["classify", "--device", "cuda", "-m", &tiny_model(), &sample_image("rgba_120x90.png")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("built without CUDA support"));
+}
+
+#[test]
+fn image_size_interpolates_position_embeddings() {
+    let image = sample_image("odd_301x157.jpg");
+    let output = vit(&["classify", "-m", &tiny_model(), "--image-size", "96", "-f", "jsonl", &image]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let output = vit(&["classify", "-m", &tiny_model(), "--image-size", "90", &image]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("not a positive multiple of the model's patch size 16"));
+}
+
+#[test]
+fn folders_of_real_photos_classify_with_the_shared_model() {
+    let Some(shared) = shared_dir() else { return };
+    let model = deit_tiny(&shared).display().to_string();
+    let images = shared.join("images").display().to_string();
+    let output = vit(&["classify", "-m", &model, "-k", "1", "-f", "jsonl", "-b", "4", &images]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 26);
+    let files: Vec<&str> = lines.iter().map(|l| l["file"].as_str().unwrap()).collect();
+    let mut sorted = files.clone();
+    sorted.sort();
+    assert_eq!(files, sorted);
+    let cat = lines.iter().find(|l| l["file"].as_str().unwrap().ends_with("skimage_chelsea_cat.png")).unwrap();
+    assert!([281, 282, 285].contains(&cat["predictions"][0]["index"].as_u64().unwrap()));
+}

@@ -1,0 +1,70 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` (or `VIT_SHARED_DIR`), with the real model, photos and references. `None`, with a
+/// visible message, when it is absent; under CI (`CI=true`) its absence fails the test instead.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("VIT_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared"));
+    if dir.join("models/deit-tiny-patch16-224/config.json").is_file() {
+        return Some(dir);
+    }
+    let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+    assert!(!ci, "shared data not found at {} (set VIT_SHARED_DIR); CI must not skip", dir.display());
+    eprintln!("SKIPPED: shared data not found at {} (set VIT_SHARED_DIR)", dir.display());
+    None
+}
+
+/// The shared DeiT-Tiny model folder.
+pub fn deit_tiny(shared: &Path) -> PathBuf {
+    shared.join("models/deit-tiny-patch16-224")
+}
+
+/// A committed fixture under `tests/fixtures`.
+pub fn fixture(relative: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(relative)
+}
+
+/// Runs the built `vit` binary with `args` (and no hub access).
+pub fn vit(args: &[&str]) -> Output {
+    vit_with_env(args, &[])
+}
+
+/// Runs the built `vit` binary with extra environment variables.
+pub fn vit_with_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vit"));
+    command
+        .args(args)
+        .env_remove("VIT_MODEL")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", std::env::temp_dir().join("vit-tests-empty-hf-home"));
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    command.output().expect("the vit binary runs")
+}
+
+/// stdout as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
