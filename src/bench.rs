@@ -21,7 +21,11 @@ const SIZES: [(&str, usize, usize, usize, usize); 5] = [
 pub fn preset_names() -> Vec<String> {
     let mut names = Vec::new();
     for (size, ..) in SIZES {
-        let patches: &[usize] = if size == "huge" { &[14, 16, 32] } else { &[16, 32] };
+        let patches: &[usize] = if size == "huge" {
+            &[14, 16, 32]
+        } else {
+            &[16, 32]
+        };
         for patch in patches {
             for image in [224, 384] {
                 names.push(format!("vit-{size}-patch{patch}-{image}"));
@@ -39,7 +43,10 @@ pub fn preset_names() -> Vec<String> {
 /// The architecture of a preset (1000 ImageNet classes; DeiT uses layer-norm eps 1e-6).
 pub fn preset_config(name: &str) -> Result<ViTConfig> {
     if !preset_names().iter().any(|n| n == name) {
-        bail!("unknown preset {name:?} (one of: {})", preset_names().join(", "));
+        bail!(
+            "unknown preset {name:?} (one of: {})",
+            preset_names().join(", ")
+        );
     }
     let parts: Vec<&str> = name.split('-').collect();
     let (family, size, patch, image) = (parts[0], parts[1], parts[2], parts[3]);
@@ -152,7 +159,8 @@ pub fn device_memory_used(device: &Device) -> Option<u64> {
     match device {
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => {
-            let (free, total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info().ok()?;
+            let (free, total) =
+                candle_core::cuda_backend::cudarc::driver::result::mem_get_info().ok()?;
             Some((total - free) as u64)
         }
         _ => None,
@@ -166,7 +174,10 @@ pub fn kernels_agree(reference: &[f32], candidate: &[f32], dtype: DType) -> (f32
         .iter()
         .zip(candidate)
         .map(|(a, b)| (a - b).abs())
-        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+        .fold(
+            0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        );
     (diff, diff <= kernel_tolerance(dtype))
 }
 

@@ -120,10 +120,16 @@ impl Classifier {
         let first = images.first().context("empty batch")?;
         let (h, w) = (first.height, first.width);
         if images.iter().any(|p| (p.height, p.width) != (h, w)) {
-            bail!("images of different preprocessed sizes cannot share a batch: use --batch-size 1");
+            bail!(
+                "images of different preprocessed sizes cannot share a batch: use --batch-size 1"
+            );
         }
         let flat: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
-        Ok(Tensor::from_vec(flat, (images.len(), 3, h, w), &self.device)?)
+        Ok(Tensor::from_vec(
+            flat,
+            (images.len(), 3, h, w),
+            &self.device,
+        )?)
     }
 
     /// Logits as f32 rows, one per image of the batch.
@@ -137,7 +143,10 @@ impl Classifier {
             .model
             .forward(&pixel_values.to_device(&self.device)?)
             .context("forward pass failed")?;
-        Ok(logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?)
+        Ok(logits
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?)
     }
 }
 

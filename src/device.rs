@@ -116,7 +116,9 @@ impl FromStr for DTypeRequest {
             "f32" | "float32" => Ok(Self::F32),
             "f16" | "float16" | "half" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::BF16),
-            _ => Err(format!("unknown dtype {s:?} (expected auto, f32, f16 or bf16)")),
+            _ => Err(format!(
+                "unknown dtype {s:?} (expected auto, f32, f16 or bf16)"
+            )),
         }
     }
 }
@@ -162,7 +164,13 @@ mod tests {
     #[test]
     fn auto_dtype_is_f32_on_cpu() {
         assert_eq!(DTypeRequest::Auto.resolve(&Device::Cpu), DType::F32);
-        assert_eq!("bf16".parse::<DTypeRequest>().unwrap().resolve(&Device::Cpu), DType::BF16);
+        assert_eq!(
+            "bf16"
+                .parse::<DTypeRequest>()
+                .unwrap()
+                .resolve(&Device::Cpu),
+            DType::BF16
+        );
     }
 
     #[test]

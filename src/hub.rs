@@ -101,7 +101,12 @@ fn fetch_from_hub(id: &str, revision: &str) -> Result<ModelFiles> {
     let weights = WEIGHT_FILES
         .iter()
         .find(|name| available.contains(name))
-        .with_context(|| format!("{id}: the repository has none of {}", WEIGHT_FILES.join(", ")))?;
+        .with_context(|| {
+            format!(
+                "{id}: the repository has none of {}",
+                WEIGHT_FILES.join(", ")
+            )
+        })?;
     let get = |name: &str| download(&api_repo, id, name);
     let weights_path = get(weights)?;
     if weights.ends_with(".index.json") {
@@ -185,20 +190,33 @@ mod tests {
             ModelSpec::parse("facebook/deit-tiny-patch16-224", Some("v2")).unwrap(),
             ModelSpec::Hub { revision, .. } if revision == "v2"
         ));
-        assert!(matches!(ModelSpec::parse(".", None).unwrap(), ModelSpec::Local(_)));
+        assert!(matches!(
+            ModelSpec::parse(".", None).unwrap(),
+            ModelSpec::Local(_)
+        ));
         let err = ModelSpec::parse("./missing-model", None).unwrap_err();
-        assert_eq!(err.to_string(), "./missing-model: no such file or directory");
+        assert_eq!(
+            err.to_string(),
+            "./missing-model: no such file or directory"
+        );
         assert!(ModelSpec::parse("weights.safetensors", None).is_err());
     }
 
     #[test]
     fn offline_hub_without_cache_names_the_model_and_cache() {
-        let cache_dir = std::env::temp_dir().join(format!("vit-empty-cache-{}", std::process::id()));
+        let cache_dir =
+            std::env::temp_dir().join(format!("vit-empty-cache-{}", std::process::id()));
         let cache = Cache::new(cache_dir.clone());
         let repo = Repo::model("google/vit-base-patch16-224".into());
         let err = from_cache(&cache, repo, "google/vit-base-patch16-224").unwrap_err();
         let message = err.to_string();
-        assert!(message.starts_with("google/vit-base-patch16-224: not in the hub cache"), "{message}");
-        assert!(message.contains(&cache_dir.display().to_string()), "{message}");
+        assert!(
+            message.starts_with("google/vit-base-patch16-224: not in the hub cache"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&cache_dir.display().to_string()),
+            "{message}"
+        );
     }
 }

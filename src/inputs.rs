@@ -31,10 +31,14 @@ pub fn collect_inputs(args: &[PathBuf]) -> Vec<Input> {
         if arg.is_dir() {
             let mut found = Vec::new();
             match walk(arg, &mut found) {
-                Err(err) => inputs.push(Input::Invalid(arg.clone(), format!("cannot read folder: {err}"))),
-                Ok(()) if found.is_empty() => {
-                    inputs.push(Input::Invalid(arg.clone(), "no images in this folder".into()))
-                }
+                Err(err) => inputs.push(Input::Invalid(
+                    arg.clone(),
+                    format!("cannot read folder: {err}"),
+                )),
+                Ok(()) if found.is_empty() => inputs.push(Input::Invalid(
+                    arg.clone(),
+                    "no images in this folder".into(),
+                )),
                 Ok(()) => {
                     found.sort();
                     inputs.extend(found.into_iter().map(Input::Image));
@@ -43,7 +47,10 @@ pub fn collect_inputs(args: &[PathBuf]) -> Vec<Input> {
         } else if arg.exists() {
             inputs.push(Input::Image(arg.clone()));
         } else {
-            inputs.push(Input::Invalid(arg.clone(), "no such file or directory".into()));
+            inputs.push(Input::Invalid(
+                arg.clone(),
+                "no such file or directory".into(),
+            ));
         }
     }
     inputs

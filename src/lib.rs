@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod atomic;
 pub mod bench;
 pub mod classifier;
 pub mod device;

@@ -13,7 +13,10 @@ fn tiny_model() -> String {
 }
 
 fn sample_image(name: &str) -> String {
-    fixture("preprocess/images").join(name).display().to_string()
+    fixture("preprocess/images")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn assert_no_panic(output: &std::process::Output) {
@@ -36,15 +39,35 @@ fn help_lists_every_subcommand() {
 fn usage_errors_exit_2() {
     let output = vit(&["classify"]);
     assert_eq!(output.status.code(), Some(2));
-    let output = vit(&["classify", "--top-k", "0", "--model", &tiny_model(), "x.jpg"]);
+    let output = vit(&[
+        "classify",
+        "--top-k",
+        "0",
+        "--model",
+        &tiny_model(),
+        "x.jpg",
+    ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--top-k"), "{}", stderr(&output));
 }
 
 #[test]
 fn json_output_is_one_parseable_array_in_input_order() {
-    let images = [sample_image("rgba_120x90.png"), sample_image("odd_301x157.jpg")];
-    let output = vit(&["classify", "-m", &tiny_model(), "-k", "3", "-f", "json", &images[0], &images[1]]);
+    let images = [
+        sample_image("rgba_120x90.png"),
+        sample_image("odd_301x157.jpg"),
+    ];
+    let output = vit(&[
+        "classify",
+        "-m",
+        &tiny_model(),
+        "-k",
+        "3",
+        "-f",
+        "json",
+        &images[0],
+        &images[1],
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let parsed: Value = serde_json::from_str(&stdout(&output)).unwrap();
     let items = parsed.as_array().unwrap();
@@ -53,15 +76,33 @@ fn json_output_is_one_parseable_array_in_input_order() {
         assert_eq!(item["file"], image.as_str());
         let predictions = item["predictions"].as_array().unwrap();
         assert_eq!(predictions.len(), 3);
-        let scores: Vec<f64> = predictions.iter().map(|p| p["score"].as_f64().unwrap()).collect();
-        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "not sorted: {scores:?}");
-        assert!(predictions[0]["label"].as_str().unwrap().starts_with("LABEL_"));
+        let scores: Vec<f64> = predictions
+            .iter()
+            .map(|p| p["score"].as_f64().unwrap())
+            .collect();
+        assert!(
+            scores.windows(2).all(|w| w[0] >= w[1]),
+            "not sorted: {scores:?}"
+        );
+        assert!(predictions[0]["label"]
+            .as_str()
+            .unwrap()
+            .starts_with("LABEL_"));
     }
 }
 
 #[test]
 fn top_k_is_capped_at_the_number_of_labels() {
-    let output = vit(&["classify", "-m", &tiny_model(), "-k", "50", "-f", "jsonl", &sample_image("gray_l_77x59.png")]);
+    let output = vit(&[
+        "classify",
+        "-m",
+        &tiny_model(),
+        "-k",
+        "50",
+        "-f",
+        "jsonl",
+        &sample_image("gray_l_77x59.png"),
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let line: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
     assert_eq!(line["predictions"].as_array().unwrap().len(), 5);
@@ -70,7 +111,16 @@ fn top_k_is_capped_at_the_number_of_labels() {
 #[test]
 fn csv_and_text_formats() {
     let image = sample_image("palette_100x75.png");
-    let output = vit(&["classify", "-m", &tiny_model(), "-k", "2", "-f", "csv", &image]);
+    let output = vit(&[
+        "classify",
+        "-m",
+        &tiny_model(),
+        "-k",
+        "2",
+        "-f",
+        "csv",
+        &image,
+    ]);
     assert_eq!(output.status.code(), Some(0));
     let text = stdout(&output);
     let lines: Vec<&str> = text.lines().collect();
@@ -82,7 +132,10 @@ fn csv_and_text_formats() {
     let text = stdout(&output);
     assert_eq!(text.lines().next(), Some(image.as_str()));
     assert_eq!(text.lines().count(), 3);
-    assert!(stdout(&output).lines().all(|l| !l.starts_with("vit:")), "logs leaked to stdout");
+    assert!(
+        stdout(&output).lines().all(|l| !l.starts_with("vit:")),
+        "logs leaked to stdout"
+    );
 }
 
 /// A temporary folder holding broken inputs next to a good one.
@@ -111,7 +164,10 @@ fn bad_inputs_are_reported_and_the_rest_classified() {
     let output = vit(&command);
     assert_no_panic(&output);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let lines: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 5);
     assert!(lines[0]["predictions"].is_array());
     for (line, path) in lines.iter().zip(&args).skip(1) {
@@ -120,7 +176,10 @@ fn bad_inputs_are_reported_and_the_rest_classified() {
     }
     let err = stderr(&output);
     for path in &args[1..] {
-        assert!(err.contains(&format!("vit: {path}: ")), "stderr does not name {path}: {err}");
+        assert!(
+            err.contains(&format!("vit: {path}: ")),
+            "stderr does not name {path}: {err}"
+        );
     }
     assert!(err.contains("no images in this folder"));
     assert!(err.contains("no such file or directory"));
@@ -128,19 +187,27 @@ fn bad_inputs_are_reported_and_the_rest_classified() {
 
 /// Copies the tiny safetensors fixture model into a temp folder, letting `edit` change its
 /// tensors first.
-fn edited_model(edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>)) -> tempfile::TempDir {
+fn edited_model(
+    edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>),
+) -> tempfile::TempDir {
     let source = fixture("hf/p4_s32_gelu");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(source.join("config.json"), dir.path().join("config.json")).unwrap();
     let mut tensors =
-        candle_core::safetensors::load(source.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        candle_core::safetensors::load(source.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
     edit(&mut tensors);
     candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
     dir
 }
 
 fn classify_with(model: &Path) -> std::process::Output {
-    vit(&["classify", "-m", &model.display().to_string(), &sample_image("rgba_120x90.png")])
+    vit(&[
+        "classify",
+        "-m",
+        &model.display().to_string(),
+        &sample_image("rgba_120x90.png"),
+    ])
 }
 
 #[test]
@@ -152,7 +219,10 @@ fn a_missing_tensor_is_named() {
     assert_no_panic(&output);
     assert_eq!(output.status.code(), Some(2));
     let err = stderr(&output);
-    assert!(err.contains("missing tensor vit.encoder.layer.1.attention.attention.key.weight"), "{err}");
+    assert!(
+        err.contains("missing tensor vit.encoder.layer.1.attention.attention.key.weight"),
+        "{err}"
+    );
     assert!(err.contains("model.safetensors"), "{err}");
 }
 
@@ -160,13 +230,19 @@ fn a_missing_tensor_is_named() {
 fn a_reshaped_tensor_is_named_with_both_shapes() {
     let dir = edited_model(|t| {
         let w = t["classifier.weight"].clone();
-        t.insert("classifier.weight".into(), w.reshape((w.dim(1).unwrap(), w.dim(0).unwrap())).unwrap());
+        t.insert(
+            "classifier.weight".into(),
+            w.reshape((w.dim(1).unwrap(), w.dim(0).unwrap())).unwrap(),
+        );
     });
     let output = classify_with(dir.path());
     assert_no_panic(&output);
     assert_eq!(output.status.code(), Some(2));
     let err = stderr(&output);
-    assert!(err.contains("tensor classifier.weight has shape [32, 5], the config expects [5, 32]"), "{err}");
+    assert!(
+        err.contains("tensor classifier.weight has shape [32, 5], the config expects [5, 32]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -181,12 +257,21 @@ fn a_truncated_safetensors_file_is_named() {
     let err = stderr(&output);
     assert!(err.starts_with("vit: "), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one-line error expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one-line error expected: {err}"
+    );
 }
 
 #[test]
 fn a_missing_model_folder_is_named() {
-    let output = vit(&["classify", "-m", "./no/such/model", &sample_image("rgba_120x90.png")]);
+    let output = vit(&[
+        "classify",
+        "-m",
+        "./no/such/model",
+        &sample_image("rgba_120x90.png"),
+    ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("./no/such/model: no such file or directory"));
 }
@@ -197,25 +282,46 @@ fn the_hub_offline_without_cache_is_a_clear_error() {
     assert_no_panic(&output);
     assert_eq!(output.status.code(), Some(2));
     let err = stderr(&output);
-    assert!(err.contains("google/vit-base-patch16-224: not in the hub cache"), "{err}");
+    assert!(
+        err.contains("google/vit-base-patch16-224: not in the hub cache"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_unreachable_hub_is_a_clear_error() {
     let output = vit_with_env(
-        &["classify", "-m", "google/vit-base-patch16-224", &sample_image("rgba_120x90.png")],
-        &[("HF_HUB_OFFLINE", "0"), ("HF_ENDPOINT", "http://127.0.0.1:9")],
+        &[
+            "classify",
+            "-m",
+            "google/vit-base-patch16-224",
+            &sample_image("rgba_120x90.png"),
+        ],
+        &[
+            ("HF_HUB_OFFLINE", "0"),
+            ("HF_ENDPOINT", "http://127.0.0.1:9"),
+        ],
     );
     assert_no_panic(&output);
     assert_eq!(output.status.code(), Some(2));
     let err = stderr(&output);
-    assert!(err.contains("cannot reach the Hugging Face Hub at http://127.0.0.1:9"), "{err}");
+    assert!(
+        err.contains("cannot reach the Hugging Face Hub at http://127.0.0.1:9"),
+        "{err}"
+    );
 }
 
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn an_unavailable_device_is_a_clear_error() {
-    let output = vit(&["classify", "--device", "cuda", "-m", &tiny_model(), &sample_image("rgba_120x90.png")]);
+    let output = vit(&[
+        "classify",
+        "--device",
+        "cuda",
+        "-m",
+        &tiny_model(),
+        &sample_image("rgba_120x90.png"),
+    ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("built without CUDA support"));
 }
@@ -223,9 +329,25 @@ fn an_unavailable_device_is_a_clear_error() {
 #[test]
 fn image_size_interpolates_position_embeddings() {
     let image = sample_image("odd_301x157.jpg");
-    let output = vit(&["classify", "-m", &tiny_model(), "--image-size", "96", "-f", "jsonl", &image]);
+    let output = vit(&[
+        "classify",
+        "-m",
+        &tiny_model(),
+        "--image-size",
+        "96",
+        "-f",
+        "jsonl",
+        &image,
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let output = vit(&["classify", "-m", &tiny_model(), "--image-size", "90", &image]);
+    let output = vit(&[
+        "classify",
+        "-m",
+        &tiny_model(),
+        "--image-size",
+        "90",
+        &image,
+    ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("not a positive multiple of the model's patch size 16"));
 }
@@ -235,14 +357,27 @@ fn folders_of_real_photos_classify_with_the_shared_model() {
     let Some(shared) = shared_dir() else { return };
     let model = deit_tiny(&shared).display().to_string();
     let images = shared.join("images").display().to_string();
-    let output = vit(&["classify", "-m", &model, "-k", "1", "-f", "jsonl", "-b", "4", &images]);
+    let output = vit(&[
+        "classify", "-m", &model, "-k", "1", "-f", "jsonl", "-b", "4", &images,
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let lines: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 26);
     let files: Vec<&str> = lines.iter().map(|l| l["file"].as_str().unwrap()).collect();
     let mut sorted = files.clone();
     sorted.sort();
     assert_eq!(files, sorted);
-    let cat = lines.iter().find(|l| l["file"].as_str().unwrap().ends_with("skimage_chelsea_cat.png")).unwrap();
+    let cat = lines
+        .iter()
+        .find(|l| {
+            l["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("skimage_chelsea_cat.png")
+        })
+        .unwrap();
     assert!([281, 282, 285].contains(&cat["predictions"][0]["index"].as_u64().unwrap()));
 }

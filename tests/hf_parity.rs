@@ -36,10 +36,20 @@ fn check_model_logits(options: &LoadOptions) {
             files.weights.display()
         );
         let loaded = LoadedModel::load(&files, options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert!(loaded.unused_tensors.is_empty(), "{name}: {:?}", loaded.unused_tensors);
+        assert!(
+            loaded.unused_tensors.is_empty(),
+            "{name}: {:?}",
+            loaded.unused_tensors
+        );
         let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
         let logits = loaded.model.forward(&io["pixel_values"]).unwrap();
-        let got: Vec<f32> = logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = logits
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let expected: Vec<f32> = io["logits"].flatten_all().unwrap().to_vec1().unwrap();
         let diff = max_abs_diff(&got, &expected);
         assert!(diff < 1e-4, "{name}: max |logit diff| {diff} vs HF");
@@ -75,17 +85,29 @@ fn pixel_values_match_hf_image_processors_within_one_8bit_step() {
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let image = load_rgb(&image_path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let ours = config.pixel_values(&image);
-        let hf = candle_core::safetensors::load(fixture(case["pixel_values"].as_str().unwrap()), &Device::Cpu)
-            .unwrap()["pixel_values"]
+        let hf = candle_core::safetensors::load(
+            fixture(case["pixel_values"].as_str().unwrap()),
+            &Device::Cpu,
+        )
+        .unwrap()["pixel_values"]
             .clone();
         let dims = hf.dims().to_vec();
         assert_eq!([1, 3, ours.height, ours.width], dims[..], "{name}: size");
-        let expected: Vec<f32> = hf.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let expected: Vec<f32> = hf
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let (_, std) = config.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
         let step = 1.0 / 255.0 / std.iter().cloned().fold(f32::INFINITY, f32::min);
         // One 8-bit step, plus the float16 rounding of the stored values.
         let diff = max_abs_diff(&ours.data, &expected);
-        assert!(diff <= step + 2e-3, "{name}: max diff {diff} exceeds one 8-bit step {step}");
+        assert!(
+            diff <= step + 2e-3,
+            "{name}: max diff {diff} exceeds one 8-bit step {step}"
+        );
         checked += 1;
     }
     assert!(checked >= 5, "only {checked} preprocessing cases ran");

@@ -17,16 +17,24 @@ fn classifier(shared: &std::path::Path, dtype: DType) -> Classifier {
         num_heads: None,
         model: ModelOptions::default(),
     };
-    Classifier::new(LoadedModel::load(&files, &options).unwrap(), Device::Cpu, None).unwrap()
+    Classifier::new(
+        LoadedModel::load(&files, &options).unwrap(),
+        Device::Cpu,
+        None,
+    )
+    .unwrap()
 }
 
 /// HF transformers' logits for the shared model, made by `tests/fixtures/generate.py`.
 fn hf_logits() -> HashMap<String, Vec<f32>> {
-    candle_core::safetensors::load(common::fixture("shared_deit/hf_logits.safetensors"), &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(name, t)| (name, t.to_vec1::<f32>().unwrap()))
-        .collect()
+    candle_core::safetensors::load(
+        common::fixture("shared_deit/hf_logits.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(name, t)| (name, t.to_vec1::<f32>().unwrap()))
+    .collect()
 }
 
 /// The network alone, on the exact pixel tensors of `shared/reference`. Those tensors do not
@@ -38,9 +46,11 @@ fn hf_logits() -> HashMap<String, Vec<f32>> {
 fn logits_match_hf_on_the_reference_pixel_tensors() {
     let Some(shared) = shared_dir() else { return };
     let classifier = classifier(&shared, DType::F32);
-    let reference =
-        candle_core::safetensors::load(shared.join("reference/pixel_values_and_logits.safetensors"), &Device::Cpu)
-            .unwrap();
+    let reference = candle_core::safetensors::load(
+        shared.join("reference/pixel_values_and_logits.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let hf = hf_logits();
     for photo in ["chelsea", "tench"] {
         let pixels = &reference[&format!("{photo}.pixel_values")];
@@ -68,7 +78,9 @@ impl PhotoReference {
 }
 
 fn photo_references(shared: &std::path::Path) -> HashMap<String, PhotoReference> {
-    let text = std::fs::read_to_string(shared.join("reference/deit_tiny_pipevit_numpy_logits.json")).unwrap();
+    let text =
+        std::fs::read_to_string(shared.join("reference/deit_tiny_pipevit_numpy_logits.json"))
+            .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -85,22 +97,38 @@ fn every_photo_has_the_reference_top5_and_strict_photos_are_top1_correct() {
     for line in labels_csv.lines().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
         let (file, accepted, category) = (fields[0], fields[1], fields[2]);
-        let pixels = classifier.pixel_values(&shared.join("images").join(file)).unwrap();
+        let pixels = classifier
+            .pixel_values(&shared.join("images").join(file))
+            .unwrap();
         let logits = &classifier.logits(&[&pixels]).unwrap()[0];
         let reference = &references[file];
-        let top5: Vec<usize> = top_k(logits, &classifier.config.id2label, 5).iter().map(|p| p.index).collect();
-        assert_eq!(top5, reference.top5(), "{file}: top-5 differs from the reference");
+        let top5: Vec<usize> = top_k(logits, &classifier.config.id2label, 5)
+            .iter()
+            .map(|p| p.index)
+            .collect();
+        assert_eq!(
+            top5,
+            reference.top5(),
+            "{file}: top-5 differs from the reference"
+        );
         let diff = max_abs_diff(logits, &reference.logits);
         let hf_diff = max_abs_diff(logits, &hf[&format!("photo.{file}")]);
         if file.ends_with(".png") {
             // Lossless input: decoding is exact, so only resampling and the network remain.
-            assert!(hf_diff < 1e-4, "{file}: max |logit diff| {hf_diff} vs HF's pipeline");
+            assert!(
+                hf_diff < 1e-4,
+                "{file}: max |logit diff| {hf_diff} vs HF's pipeline"
+            );
         }
         worst = worst.max(diff);
         if category == "strict" {
             strict += 1;
             let accepted: Vec<usize> = accepted.split(';').map(|i| i.parse().unwrap()).collect();
-            assert!(accepted.contains(&top5[0]), "{file}: top-1 {} not in {accepted:?}", top5[0]);
+            assert!(
+                accepted.contains(&top5[0]),
+                "{file}: top-1 {} not in {accepted:?}",
+                top5[0]
+            );
         }
     }
     assert_eq!(strict, 16, "labels.csv lists 16 strict photos");
@@ -113,8 +141,15 @@ fn bf16_keeps_the_top1_of_strict_photos() {
     let Some(shared) = shared_dir() else { return };
     let classifier = classifier(&shared, DType::BF16);
     let references = photo_references(&shared);
-    for file in ["vitcpp_tench.jpg", "vitcpp_magpie.jpeg", "skimage_coffee.png", "vitcpp_cheetah.jpg"] {
-        let pixels = classifier.pixel_values(&shared.join("images").join(file)).unwrap();
+    for file in [
+        "vitcpp_tench.jpg",
+        "vitcpp_magpie.jpeg",
+        "skimage_coffee.png",
+        "vitcpp_cheetah.jpg",
+    ] {
+        let pixels = classifier
+            .pixel_values(&shared.join("images").join(file))
+            .unwrap();
         let logits = &classifier.logits(&[&pixels]).unwrap()[0];
         let scores = ScoreFunction::Softmax.apply(logits);
         let best = top_k(&scores, &classifier.config.id2label, 1)[0].index;

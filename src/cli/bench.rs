@@ -152,7 +152,10 @@ fn plan(args: BenchArgs) -> Result<Plan> {
             bail!("--attn flash needs a vit built with `--features flash-attn` (CUDA, sm80+)")
         }
         AttnArg::Flash if !device.is_cuda() => {
-            bail!("--attn flash runs on CUDA only; this run is on {}", device_name(&device))
+            bail!(
+                "--attn flash runs on CUDA only; this run is on {}",
+                device_name(&device)
+            )
         }
         AttnArg::Flash => vec![AttentionKernel::Flash],
         AttnArg::All if flash_possible => vec![AttentionKernel::Standard, AttentionKernel::Flash],
@@ -232,7 +235,12 @@ fn build(plan: &Plan, dtype: DType, kernel: AttentionKernel) -> Result<Built> {
             let files = spec.fetch()?;
             let loaded = LoadedModel::load(&files, &options)
                 .with_context(|| format!("cannot load model {}", spec.describe()))?;
-            (loaded.model, loaded.config, loaded.preprocess, spec.describe())
+            (
+                loaded.model,
+                loaded.config,
+                loaded.preprocess,
+                spec.describe(),
+            )
         }
     };
     Ok(Built {
@@ -276,7 +284,10 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         for &kernel in &plan.kernels {
             let built = build(&plan, dtype, kernel)?;
             let size = plan.image_size.unwrap_or(built.config.image_size);
-            if let Some(reference) = reference.as_ref().filter(|_| kernel != AttentionKernel::Standard) {
+            if let Some(reference) = reference
+                .as_ref()
+                .filter(|_| kernel != AttentionKernel::Standard)
+            {
                 let input = random_input(1, size, &plan.device)?;
                 let expected = logits(&reference.model, &input)?;
                 let got = logits(&built.model, &input)?;
@@ -299,7 +310,9 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             for &batch in &plan.batch_sizes {
                 let row = match &plan.images {
                     None => time_forward(&plan, &built, kernel, dtype, batch, size, &progress)?,
-                    Some(images) => time_end_to_end(&plan, &built, kernel, dtype, batch, images, &progress)?,
+                    Some(images) => {
+                        time_end_to_end(&plan, &built, kernel, dtype, batch, images, &progress)?
+                    }
                 };
                 if plan.format == Format::Table && !printed_header {
                     print_table_header(&mut out, &row)?;
@@ -345,7 +358,9 @@ fn time_loop(plan: &Plan, mut step: impl FnMut() -> Result<()>) -> Result<Vec<f6
         samples.push(start.elapsed().as_secs_f64());
         let done = match plan.budget {
             Budget::Iterations(n) => samples.len() >= n,
-            Budget::Seconds(s) => started.elapsed() >= Duration::from_secs_f64(s) && samples.len() >= 3,
+            Budget::Seconds(s) => {
+                started.elapsed() >= Duration::from_secs_f64(s) && samples.len() >= 3
+            }
         };
         if done {
             return Ok(samples);
@@ -368,7 +383,9 @@ fn time_forward(
         built.model.forward(&input)?;
         Ok(())
     })?;
-    Ok(make_row(plan, built, kernel, dtype, batch, size, &samples, None))
+    Ok(make_row(
+        plan, built, kernel, dtype, batch, size, &samples, None,
+    ))
 }
 
 fn time_end_to_end(
@@ -389,7 +406,9 @@ fn time_end_to_end(
     let mut next = 0usize;
     let mut size = 0usize;
     let samples = time_loop(plan, || {
-        let paths: Vec<&PathBuf> = (0..batch).map(|i| &images[(next + i) % images.len()]).collect();
+        let paths: Vec<&PathBuf> = (0..batch)
+            .map(|i| &images[(next + i) % images.len()])
+            .collect();
         next = (next + batch) % images.len();
         let start = Instant::now();
         let decoded: Vec<_> = paths
@@ -397,13 +416,20 @@ fn time_end_to_end(
             .map(|p| load_rgb(p).with_context(|| format!("{}", p.display())))
             .collect::<Result<_>>()?;
         let decoded_at = Instant::now();
-        let pixels: Vec<_> = decoded.par_iter().map(|img| preprocess.pixel_values(img)).collect();
+        let pixels: Vec<_> = decoded
+            .par_iter()
+            .map(|img| preprocess.pixel_values(img))
+            .collect();
         let (h, w) = (pixels[0].height, pixels[0].width);
         size = h;
         let flat: Vec<f32> = pixels.iter().flat_map(|p| p.data.iter().copied()).collect();
         let input = Tensor::from_vec(flat, (batch, 3, h, w), &plan.device)?;
         let preprocessed_at = Instant::now();
-        built.model.forward(&input)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        built
+            .model
+            .forward(&input)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         stage_seconds[0] += (decoded_at - start).as_secs_f64();
         stage_seconds[1] += (preprocessed_at - decoded_at).as_secs_f64();
         stage_seconds[2] += preprocessed_at.elapsed().as_secs_f64();
@@ -411,7 +437,16 @@ fn time_end_to_end(
     })?;
     let total: f64 = stage_seconds.iter().sum();
     let shares = stage_seconds.map(|s| s / total);
-    Ok(make_row(plan, built, kernel, dtype, batch, size, &samples, Some(shares)))
+    Ok(make_row(
+        plan,
+        built,
+        kernel,
+        dtype,
+        batch,
+        size,
+        &samples,
+        Some(shares),
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -456,11 +491,25 @@ fn print_table_header(out: &mut impl Write, row: &Row) -> Result<()> {
         row.image_size,
         row.image_size
     )?;
-    let stages = if row.stages.is_some() { "  decode resize forward" } else { "" };
+    let stages = if row.stages.is_some() {
+        "  decode resize forward"
+    } else {
+        ""
+    };
     writeln!(
         out,
         "{:<8} {:<5} {:<8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}{stages}",
-        "device", "dtype", "attn", "batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "peak MB", "load s"
+        "device",
+        "dtype",
+        "attn",
+        "batch",
+        "img/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "GFLOP/s",
+        "peak MB",
+        "load s"
     )?;
     Ok(())
 }
@@ -491,13 +540,19 @@ fn print_row(out: &mut impl Write, row: &Row, format: Format) -> Result<()> {
                 "load_seconds": row.load_seconds,
             });
             if let Some([decode, resize, forward]) = row.stages {
-                object["stage_shares"] = json!({"decode": decode, "preprocess": resize, "forward": forward});
+                object["stage_shares"] =
+                    json!({"decode": decode, "preprocess": resize, "forward": forward});
             }
             writeln!(out, "{object}")?;
         }
         Format::Table => {
             let stages = match row.stages {
-                Some([d, r, f]) => format!("  {:>5.1}% {:>5.1}% {:>6.1}%", d * 100.0, r * 100.0, f * 100.0),
+                Some([d, r, f]) => format!(
+                    "  {:>5.1}% {:>5.1}% {:>6.1}%",
+                    d * 100.0,
+                    r * 100.0,
+                    f * 100.0
+                ),
                 None => String::new(),
             };
             writeln!(

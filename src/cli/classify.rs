@@ -217,7 +217,9 @@ impl Report {
         match self.format {
             Format::Json | Format::Jsonl => {
                 let object = match &record {
-                    Record::Predictions(predictions) => json!({"file": file, "predictions": predictions}),
+                    Record::Predictions(predictions) => {
+                        json!({"file": file, "predictions": predictions})
+                    }
                     Record::Error(message) => json!({"file": file, "error": message}),
                 };
                 if self.format == Format::Json {

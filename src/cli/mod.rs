@@ -18,9 +18,11 @@ use vit::model::{AttentionKernel, LoadOptions, LoadedModel, ModelOptions};
 /// checkpoints) on Candle, without Python.
 #[derive(Parser)]
 #[command(name = "vit", version, propagate_version = true, max_term_width = 100)]
-#[command(after_help = "Models come from the HuggingFace Hub (cached under HF_HOME) or a local \
+#[command(
+    after_help = "Models come from the HuggingFace Hub (cached under HF_HOME) or a local \
 folder or weights file. Results go to stdout, logs and progress to stderr.\n\
-Exit status: 0 success, 1 some inputs failed, 2 usage or model error.")]
+Exit status: 0 success, 1 some inputs failed, 2 usage or model error."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +98,10 @@ impl ModelArgs {
         let loaded = LoadedModel::load(&files, &options)
             .with_context(|| format!("cannot load model {}", spec.describe()))?;
         for name in &loaded.unused_tensors {
-            eprintln!("vit: warning: {}: ignoring unused tensor {name}", files.weights.display());
+            eprintln!(
+                "vit: warning: {}: ignoring unused tensor {name}",
+                files.weights.display()
+            );
         }
         eprintln!(
             "vit: model {} ({} labels) on {} {}",

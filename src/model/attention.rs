@@ -32,7 +32,12 @@ impl AttentionKernel {
 
 fn standard_attention(qkv: &Tensor, differentiable: bool) -> Result<Tensor> {
     let head_dim = qkv.dim(4)?;
-    let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
+    let part = |i: usize| {
+        qkv.narrow(2, i, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()
+    };
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
     let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
     let probs = super::vit::softmax_last_dim(&scores, differentiable)?;
@@ -82,7 +87,9 @@ mod tests {
                 for qi in 0..s {
                     let scores: Vec<f32> = (0..s)
                         .map(|ki| {
-                            (0..d).map(|di| at(bi, qi, 0, hi, di) * at(bi, ki, 1, hi, di)).sum::<f32>()
+                            (0..d)
+                                .map(|di| at(bi, qi, 0, hi, di) * at(bi, ki, 1, hi, di))
+                                .sum::<f32>()
                                 / (d as f32).sqrt()
                         })
                         .collect();

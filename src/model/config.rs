@@ -246,7 +246,10 @@ impl ViTConfig {
             .map(|(i, l)| (l.clone(), Value::from(i)))
             .collect();
         let entries = [
-            ("architectures", serde_json::json!(["ViTForImageClassification"])),
+            (
+                "architectures",
+                serde_json::json!(["ViTForImageClassification"]),
+            ),
             ("model_type", Value::from("vit")),
             ("hidden_size", Value::from(self.hidden_size)),
             ("num_hidden_layers", Value::from(self.num_hidden_layers)),
@@ -322,8 +325,8 @@ mod tests {
     fn bad_configs_are_refused_with_the_key() {
         let err = ViTConfig::from_json(r#"{"hidden_act": "mish"}"#).unwrap_err();
         assert!(format!("{err:#}").contains("mish"));
-        let err = ViTConfig::from_json(r#"{"hidden_size": 100, "num_attention_heads": 3}"#)
-            .unwrap_err();
+        let err =
+            ViTConfig::from_json(r#"{"hidden_size": 100, "num_attention_heads": 3}"#).unwrap_err();
         assert!(format!("{err:#}").contains("num_attention_heads"));
         let err = ViTConfig::from_json(r#"{"id2label": {"x": "a"}}"#).unwrap_err();
         assert!(format!("{err:#}").contains("\"x\""));

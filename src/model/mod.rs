@@ -5,6 +5,7 @@ pub mod config;
 pub mod layers;
 pub mod pickle;
 pub mod posembed;
+pub mod save;
 pub mod vit;
 pub mod weights;
 

@@ -105,9 +105,9 @@ impl Embeddings {
             return Ok(self.position_embeddings.clone());
         }
         let class_position = self.position_embeddings.narrow(1, 0, 1)?;
-        let patch_positions = self
-            .position_embeddings
-            .narrow(1, 1, self.grid_size * self.grid_size)?;
+        let patch_positions =
+            self.position_embeddings
+                .narrow(1, 1, self.grid_size * self.grid_size)?;
         let resized = interpolate_patch_positions(&patch_positions, self.grid_size, (gh, gw))?;
         Tensor::cat(&[&class_position, &resized], 1)
     }
@@ -115,7 +115,9 @@ impl Embeddings {
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let (b, _, height, width) = pixel_values.dims4()?;
         let patches = self.patch_embeddings.forward(pixel_values)?;
-        let cls = self.cls_token.broadcast_as((b, 1, self.cls_token.dim(2)?))?;
+        let cls = self
+            .cls_token
+            .broadcast_as((b, 1, self.cls_token.dim(2)?))?;
         let tokens = Tensor::cat(&[&cls, &patches], 1)?;
         tokens.broadcast_add(&self.positions_for(height, width)?)
     }
@@ -236,7 +238,10 @@ impl Layer {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = (xs + self.attention.forward(&self.layernorm_before.forward(xs)?)?)?;
+        let xs = (xs
+            + self
+                .attention
+                .forward(&self.layernorm_before.forward(xs)?)?)?;
         &xs + self.mlp.forward(&self.layernorm_after.forward(&xs)?)?
     }
 }

@@ -24,13 +24,23 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     let positions = cfg.grid_size() * cfg.grid_size() + 1;
     let mut tensors = vec![
         ("vit.embeddings.cls_token".to_string(), vec![1, 1, h]),
-        ("vit.embeddings.position_embeddings".into(), vec![1, positions, h]),
-        ("vit.embeddings.patch_embeddings.projection.weight".into(), vec![h, c, p, p]),
-        ("vit.embeddings.patch_embeddings.projection.bias".into(), vec![h]),
+        (
+            "vit.embeddings.position_embeddings".into(),
+            vec![1, positions, h],
+        ),
+        (
+            "vit.embeddings.patch_embeddings.projection.weight".into(),
+            vec![h, c, p, p],
+        ),
+        (
+            "vit.embeddings.patch_embeddings.projection.bias".into(),
+            vec![h],
+        ),
     ];
     for layer in 0..cfg.num_hidden_layers {
         let prefix = format!("vit.encoder.layer.{layer}");
-        let mut add = |name: &str, shape: Vec<usize>| tensors.push((format!("{prefix}.{name}"), shape));
+        let mut add =
+            |name: &str, shape: Vec<usize>| tensors.push((format!("{prefix}.{name}"), shape));
         for qkv in ["query", "key", "value"] {
             add(&format!("attention.attention.{qkv}.weight"), vec![h, h]);
             if cfg.qkv_bias {
@@ -91,12 +101,18 @@ pub fn check_state_dict(weights: &StateDict, cfg: &ViTConfig) -> Result<Vec<Stri
 /// Reads a weights file by its extension: `.safetensors`, a sharded
 /// `model.safetensors.index.json`, or a PyTorch `.bin`/`.pth`/`.pt`.
 pub fn read_weights(path: &Path) -> Result<StateDict> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let tensors = if name.ends_with(".index.json") {
         read_sharded(path)?
     } else if name.ends_with(".safetensors") {
         read_safetensors(path)?
-    } else if [".bin", ".pth", ".pt", ".ckpt"].iter().any(|ext| name.ends_with(ext)) {
+    } else if [".bin", ".pth", ".pt", ".ckpt"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+    {
         read_pytorch(path)?
             .into_iter()
             .map(|raw| Ok((raw.name.clone(), raw_to_tensor(raw)?)))
@@ -155,7 +171,11 @@ fn raw_to_tensor(raw: RawTensor) -> Result<Tensor> {
         StorageDType::I64 => DType::I64,
         StorageDType::U8 | StorageDType::Bool => DType::U8,
         StorageDType::I32 | StorageDType::I16 | StorageDType::I8 => {
-            bail!("tensor {}: integer dtype {:?} is not supported", raw.name, raw.dtype)
+            bail!(
+                "tensor {}: integer dtype {:?} is not supported",
+                raw.name,
+                raw.dtype
+            )
         }
     };
     Tensor::from_raw_buffer(&raw.data, dtype, &raw.shape, &Device::Cpu)
@@ -206,7 +226,9 @@ pub fn infer_config(weights: &StateDict, num_heads: Option<usize>) -> Result<ViT
         bail!("tensor vit.embeddings.position_embeddings has {patches} patch positions, not a square grid");
     }
     let num_hidden_layers = (0..)
-        .take_while(|i| weights.contains_key(&format!("vit.encoder.layer.{i}.layernorm_before.weight")))
+        .take_while(|i| {
+            weights.contains_key(&format!("vit.encoder.layer.{i}.layernorm_before.weight"))
+        })
         .count();
     let intermediate = shape("vit.encoder.layer.0.intermediate.dense.weight")?;
     let classifier = shape("classifier.weight")?;
@@ -328,7 +350,10 @@ mod tests {
             "vit.pooler.dense.bias".into(),
             Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap(),
         );
-        assert_eq!(check_state_dict(&weights, &cfg).unwrap(), vec!["vit.pooler.dense.bias"]);
+        assert_eq!(
+            check_state_dict(&weights, &cfg).unwrap(),
+            vec!["vit.pooler.dense.bias"]
+        );
     }
 
     #[test]

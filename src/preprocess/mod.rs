@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub use resize::{resize_rgb8, Resample};
 
@@ -86,7 +86,9 @@ fn parse_size(value: &Value, key: &str) -> Result<ResizeTarget> {
     match (field("height"), field("width"), field("shortest_edge")) {
         (Some(height), Some(width), _) => Ok(ResizeTarget::Exact { height, width }),
         (None, None, Some(edge)) => Ok(ResizeTarget::ShortestEdge(edge)),
-        _ => bail!("unsupported {key} {value} (expected an int, {{height, width}} or {{shortest_edge}})"),
+        _ => bail!(
+            "unsupported {key} {value} (expected an int, {{height, width}} or {{shortest_edge}})"
+        ),
     }
 }
 
@@ -157,13 +159,16 @@ impl PreprocessConfig {
         let mut config = self.clone();
         match self.center_crop {
             Some((crop_h, crop_w)) => {
-                let scale = |n: u32, crop: u32| (n as f64 * size as f64 / crop as f64).round() as u32;
+                let scale =
+                    |n: u32, crop: u32| (n as f64 * size as f64 / crop as f64).round() as u32;
                 config.resize = self.resize.map(|target| match target {
                     ResizeTarget::Exact { height, width } => ResizeTarget::Exact {
                         height: scale(height, crop_h),
                         width: scale(width, crop_w),
                     },
-                    ResizeTarget::ShortestEdge(edge) => ResizeTarget::ShortestEdge(scale(edge, crop_h)),
+                    ResizeTarget::ShortestEdge(edge) => {
+                        ResizeTarget::ShortestEdge(scale(edge, crop_h))
+                    }
                 });
                 config.center_crop = Some((size, size));
             }
@@ -175,6 +180,34 @@ impl PreprocessConfig {
             }
         }
         config
+    }
+
+    /// The `preprocessor_config.json` of this pipeline, as HF's `ViTImageProcessor` writes it.
+    pub fn to_hf_json(&self) -> Value {
+        let size = match self.resize {
+            Some(ResizeTarget::Exact { height, width }) => {
+                json!({"height": height, "width": width})
+            }
+            Some(ResizeTarget::ShortestEdge(edge)) => json!({"shortest_edge": edge}),
+            None => json!({"height": 224, "width": 224}),
+        };
+        let (mean, std) = self.normalize.unwrap_or(([0.5; 3], [0.5; 3]));
+        let mut value = json!({
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": self.resize.is_some(),
+            "size": size,
+            "resample": pil_code(self.resample),
+            "do_center_crop": self.center_crop.is_some(),
+            "do_rescale": self.rescale_factor.is_some(),
+            "rescale_factor": self.rescale_factor.unwrap_or(1.0 / 255.0),
+            "do_normalize": self.normalize.is_some(),
+            "image_mean": mean,
+            "image_std": std,
+        });
+        if let Some((height, width)) = self.center_crop {
+            value["crop_size"] = json!({"height": height, "width": width});
+        }
+        value
     }
 
     /// `(height, width)` of the pixel values for an image of `width` x `height`.
@@ -236,6 +269,13 @@ impl PreprocessConfig {
             None => x,
         }
     }
+}
+
+/// PIL's integer code of a filter, as `preprocessor_config.json` stores it.
+fn pil_code(filter: Resample) -> u32 {
+    (0..6)
+        .find(|&code| Resample::from_pil_code(code) == Some(filter))
+        .expect("every filter has a PIL code")
 }
 
 /// `(width, height)` after resizing to `target`, as HF computes it.
@@ -355,7 +395,10 @@ mod tests {
 
     #[test]
     fn empty_config_is_vit_defaults() {
-        assert_eq!(PreprocessConfig::from_json("{}").unwrap(), PreprocessConfig::default());
+        assert_eq!(
+            PreprocessConfig::from_json("{}").unwrap(),
+            PreprocessConfig::default()
+        );
         let config = PreprocessConfig::from_json(r#"{"size": 384}"#).unwrap();
         assert_eq!(config.output_size(10, 20), (384, 384));
     }
@@ -369,7 +412,9 @@ mod tests {
 
     #[test]
     fn input_size_override_keeps_the_crop_ratio() {
-        let config = PreprocessConfig::from_json(DEIT).unwrap().with_input_size(384);
+        let config = PreprocessConfig::from_json(DEIT)
+            .unwrap()
+            .with_input_size(384);
         assert_eq!(config.center_crop, Some((384, 384)));
         assert_eq!(
             config.resize,
@@ -407,7 +452,9 @@ mod tests {
             resize: None,
             ..PreprocessConfig::default()
         };
-        let image = RgbImage::from_fn(2, 1, |x, _| image::Rgb([if x == 0 { 0 } else { 255 }, 51, 102]));
+        let image = RgbImage::from_fn(2, 1, |x, _| {
+            image::Rgb([if x == 0 { 0 } else { 255 }, 51, 102])
+        });
         let values = config.pixel_values(&image).data;
         let expected = [-1.0, 1.0, -0.6, -0.6, -0.2, -0.2];
         for (v, e) in values.iter().zip(expected) {

@@ -15,12 +15,24 @@ pub fn shared_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("VIT_SHARED_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("../shared"));
-    if dir.join("models/deit-tiny-patch16-224/config.json").is_file() {
+    if dir
+        .join("models/deit-tiny-patch16-224/config.json")
+        .is_file()
+    {
         return Some(dir);
     }
-    let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
-    assert!(!ci, "shared data not found at {} (set VIT_SHARED_DIR); CI must not skip", dir.display());
-    eprintln!("SKIPPED: shared data not found at {} (set VIT_SHARED_DIR)", dir.display());
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
+    assert!(
+        !ci,
+        "shared data not found at {} (set VIT_SHARED_DIR); CI must not skip",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: shared data not found at {} (set VIT_SHARED_DIR)",
+        dir.display()
+    );
     None
 }
 
@@ -46,7 +58,10 @@ pub fn vit_with_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .args(args)
         .env_remove("VIT_MODEL")
         .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", std::env::temp_dir().join("vit-tests-empty-hf-home"));
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("vit-tests-empty-hf-home"),
+        );
     for (key, value) in envs {
         command.env(key, value);
     }
@@ -66,5 +81,8 @@ pub fn stderr(output: &Output) -> String {
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
