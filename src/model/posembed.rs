@@ -108,7 +108,7 @@ mod tests {
         // Upsampling [0, 1] to 4 values: torch gives [-0.10546875, 0.2265625, 0.7734375, 1.10546875].
         let matrix = bicubic_matrix(2, 4);
         let ramp: Vec<f32> = matrix.chunks(2).map(|row| row[1]).collect();
-        assert_eq!(ramp, [-0.10546875, 0.2265625, 0.7734375, 1.10546875]);
+        assert_eq!(ramp, [-0.10546875, 0.2265625, 0.7734375, 1.105_468_8]);
     }
 
     #[test]

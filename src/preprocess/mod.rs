@@ -357,7 +357,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
                 if marker == SOS {
                     // Skip entropy-coded data up to the next real marker.
                     while i + 1 < bytes.len()
-                        && !(bytes[i] == 0xFF && !matches!(bytes[i + 1], 0x00 | 0xD0..=0xD7))
+                        && (bytes[i] != 0xFF || matches!(bytes[i + 1], 0x00 | 0xD0..=0xD7))
                     {
                         i += 1;
                     }
