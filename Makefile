@@ -50,3 +50,26 @@ fmt:
 clean:
 	$(CARGO) clean
 	rm -rf $(SAMPLES)
+
+# --- GPU builds ---
+# Checks of the CUDA build that need no GPU and no CUDA toolkit installed (README, "GPU builds").
+# Each uses its own target dir, so the CPU build above is never touched.
+#   check-gpu-types  type-check and lint every CUDA and flash-attention code path, with a
+#                    stand-in nvcc (.ci/fake-nvcc) and an empty CUTLASS: target/gpu-check
+#   check-cuda       compile candle's CUDA kernels with the real nvcc of PyPI's CUDA 13.4 wheels
+#                    (installed on first use into target/cuda-venv) and link the cuda build of
+#                    vit: target/cuda/release/vit
+#   cuda-smoke       run that binary here and show what it does on a machine without a GPU
+
+GPU_CHECK_FEATURES ?= cuda,flash-attn
+
+.PHONY: check-gpu-types check-cuda cuda-smoke
+
+check-gpu-types:
+	sh .ci/gpu-env.sh fake $(CARGO) clippy --all-targets --features $(GPU_CHECK_FEATURES) -- -D warnings
+
+check-cuda:
+	sh .ci/gpu-env.sh wheels $(CARGO) build --release --features cuda --bins
+
+cuda-smoke: check-cuda
+	sh .ci/gpu-env.sh wheels sh .ci/cuda-smoke.sh target/cuda/release/vit

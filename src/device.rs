@@ -82,12 +82,46 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
     if !cfg!(feature = "cuda") {
         bail!("cuda:{ordinal}: this vit was built without CUDA support (rebuild with `--features cuda`)");
     }
-    // candle panics inside cudarc when the driver library cannot be loaded; turn that into an error.
+    // candle links the CUDA libraries at load time (a binary without them does not start), and
+    // on a machine without a GPU the driver answers with an error, not a panic. Should anything
+    // in candle or cudarc panic all the same, report it as an error, without the panic message
+    // and backtrace hint that the default hook would print.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let opened = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
+    std::panic::set_hook(hook);
     match opened {
-        Ok(result) => result.with_context(|| format!("cuda:{ordinal}: no usable CUDA GPU")),
-        Err(_) => bail!("cuda:{ordinal}: the CUDA driver library (libcuda.so) could not be loaded"),
+        Ok(result) => result
+            .map_err(|err| anyhow::anyhow!(one_line(&err.to_string())))
+            .with_context(|| format!("cuda:{ordinal}: no usable CUDA GPU")),
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown error".into());
+            bail!(
+                "cuda:{ordinal}: CUDA failed to initialise: {}",
+                one_line(&why)
+            )
+        }
     }
+}
+
+/// `text` on one line, for messages that end up in a one-line note.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The compute capability `(major, minor)` of a CUDA device; `None` for other devices, in
+/// builds without CUDA, or when the driver cannot tell.
+pub fn cuda_compute_capability(device: &Device) -> Option<(i32, i32)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        return cuda.cuda_stream().context().compute_capability().ok();
+    }
+    let _ = device;
+    None
 }
 
 fn open_metal() -> Result<Device> {
@@ -100,7 +134,8 @@ fn open_metal() -> Result<Device> {
 /// A `--dtype` request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DTypeRequest {
-    /// f32 on the CPU, bf16 on CUDA (f16 where bf16 is unsupported), f16 on Metal.
+    /// f32 on the CPU, bf16 on CUDA (f16 on GPUs older than sm_80, which lack bf16), f16 on
+    /// Metal.
     Auto,
     F32,
     F16,
@@ -132,7 +167,10 @@ impl DTypeRequest {
             Self::BF16 => DType::BF16,
             Self::Auto => match device {
                 Device::Cpu => DType::F32,
-                Device::Cuda(_) => DType::BF16,
+                Device::Cuda(_) => match cuda_compute_capability(device) {
+                    Some((major, _)) if major < 8 => DType::F16,
+                    _ => DType::BF16,
+                },
                 Device::Metal(_) => DType::F16,
             },
         }
@@ -180,6 +218,19 @@ mod tests {
             assert!(chosen.device.is_cpu());
             assert!(chosen.fallback_note.is_none());
         }
+    }
+
+    #[test]
+    fn no_compute_capability_off_cuda() {
+        assert_eq!(cuda_compute_capability(&Device::Cpu), None);
+    }
+
+    #[test]
+    fn one_line_joins_lines() {
+        assert_eq!(
+            one_line("DriverError(100,\n  \"no device\")\n"),
+            "DriverError(100, \"no device\")"
+        );
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -47,6 +47,17 @@ fn standard_attention(qkv: &Tensor, differentiable: bool) -> Result<Tensor> {
 #[cfg(feature = "flash-attn")]
 fn flash_attention(qkv: &Tensor) -> Result<Tensor> {
     use candle_core::DType;
+    if !qkv.device().is_cuda() {
+        candle_core::bail!("flash attention runs on CUDA GPUs only");
+    }
+    // The kernels are built for sm_80 and newer; say so rather than fail in a kernel launch.
+    if let Some((major, minor)) = crate::device::cuda_compute_capability(qkv.device()) {
+        if major < 8 {
+            candle_core::bail!(
+                "flash attention needs an sm_80 or newer GPU; this one is sm_{major}{minor}"
+            );
+        }
+    }
     let dtype = qkv.dtype();
     let kernel_dtype = match dtype {
         DType::F16 | DType::BF16 => dtype,
