@@ -92,7 +92,7 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
     std::panic::set_hook(hook);
     match opened {
         Ok(result) => result
-            .map_err(|err| anyhow::anyhow!(one_line(&err.to_string())))
+            .map_err(|err| anyhow::anyhow!(one_line(&without_backtrace(&err).to_string())))
             .with_context(|| format!("cuda:{ordinal}: no usable CUDA GPU")),
         Err(payload) => {
             let why = payload
@@ -105,6 +105,14 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
                 one_line(&why)
             )
         }
+    }
+}
+
+/// A candle error without the backtrace that candle appends under `RUST_BACKTRACE=1`.
+fn without_backtrace(err: &candle_core::Error) -> &candle_core::Error {
+    match err {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(inner),
+        other => other,
     }
 }
 
@@ -223,6 +231,16 @@ mod tests {
     #[test]
     fn no_compute_capability_off_cuda() {
         assert_eq!(cuda_compute_capability(&Device::Cpu), None);
+    }
+
+    #[test]
+    fn candle_backtraces_are_left_out() {
+        let err = candle_core::Error::Msg("no device".into());
+        let with = candle_core::Error::WithBacktrace {
+            inner: Box::new(err),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(without_backtrace(&with).to_string(), "no device");
     }
 
     #[test]
