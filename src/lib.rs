@@ -33,3 +33,4 @@ pub mod hub;
 pub mod inputs;
 pub mod model;
 pub mod preprocess;
+pub mod train;
