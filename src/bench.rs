@@ -69,10 +69,11 @@ pub fn preset_config(name: &str) -> Result<ViTConfig> {
     })
 }
 
-/// Random weights for `config` (normal, std 0.02; layer norms at weight 1, bias 0), seeded.
+/// Random weights for `config` (uniform with std 0.02; layer norms at weight 1, bias 0), the
+/// same for the same seed (candle's CPU generator cannot be seeded).
 pub fn random_state_dict(config: &ViTConfig, seed: u64) -> Result<StateDict> {
     let device = Device::Cpu;
-    device.set_seed(seed)?;
+    let mut state = seed;
     expected_tensors(config)
         .into_iter()
         .map(|(name, shape)| {
@@ -81,11 +82,23 @@ pub fn random_state_dict(config: &ViTConfig, seed: u64) -> Result<StateDict> {
             } else if name.contains("layernorm") {
                 Tensor::zeros(shape, DType::F32, &device)?
             } else {
-                Tensor::randn(0f32, 0.02, shape, &device)?
+                let count = shape.iter().product::<usize>();
+                let values: Vec<f32> = (0..count).map(|_| uniform_std_002(&mut state)).collect();
+                Tensor::from_vec(values, shape, &device)?
             };
             Ok((name, tensor))
         })
         .collect()
+}
+
+/// A sample of the uniform distribution with standard deviation 0.02 (SplitMix64).
+fn uniform_std_002(state: &mut u64) -> f32 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let unit = ((z ^ (z >> 31)) >> 40) as f32 / (1u32 << 24) as f32;
+    (unit * 2.0 - 1.0) * 0.02 * 3f32.sqrt()
 }
 
 /// Number of parameters of a config.
@@ -114,6 +127,23 @@ pub fn forward_flops(config: &ViTConfig, size: usize) -> u64 {
         + 2 * 2 * tokens * h * i; // MLP
     let head = 2 * h * config.num_labels() as u64;
     embed + config.num_hidden_layers as u64 * per_layer + head
+}
+
+/// Achieved GFLOP/s of an `n` x `n` by `n` x `n` matrix product in `dtype` on `device`
+/// (the matmul kernel's practical peak), best of `repeats` after one warm-up.
+pub fn matmul_peak_gflops(n: usize, dtype: DType, device: &Device, repeats: usize) -> Result<f64> {
+    let a = Tensor::ones((n, n), DType::F32, device)?.to_dtype(dtype)?;
+    let b = Tensor::ones((n, n), DType::F32, device)?.to_dtype(dtype)?;
+    a.matmul(&b)?;
+    device.synchronize()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let start = std::time::Instant::now();
+        a.matmul(&b)?;
+        device.synchronize()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
 }
 
 /// Latency percentiles of a timed run, in seconds.

@@ -104,11 +104,14 @@ fn pixel_values_match_hf_image_processors_within_one_8bit_step() {
         let step = 1.0 / 255.0 / std.iter().cloned().fold(f32::INFINITY, f32::min);
         // One 8-bit step, plus the float16 rounding of the stored values.
         let diff = max_abs_diff(&ours.data, &expected);
-        assert!(
-            diff <= step + 2e-3,
-            "{name}: max diff {diff} exceeds one 8-bit step {step}"
-        );
+        if name.contains("gray16") {
+            // Pillow clips 16-bit values to 255 (min(v, 255)); we scale them (v / 257), as a
+            // user expects: the difference is deliberate, see load_rgb.
+            assert!(diff > 100.0 * step, "{name}: expected the deliberate 16-bit difference");
+            continue;
+        }
+        assert!(diff <= step + 2e-3, "{name}: max diff {diff} exceeds one 8-bit step {step}");
         checked += 1;
     }
-    assert!(checked >= 5, "only {checked} preprocessing cases ran");
+    assert!(checked >= 8, "only {checked} preprocessing cases ran");
 }

@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 use vit::bench::{
-    device_memory_used, forward_flops, kernel_tolerance, kernels_agree, parameter_count,
-    peak_rss_bytes, preset_config, random_state_dict, Latency,
+    device_memory_used, forward_flops, kernel_tolerance, kernels_agree, matmul_peak_gflops,
+    parameter_count, peak_rss_bytes, preset_config, random_state_dict, Latency,
 };
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::ModelSpec;
@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Time the whole classify path (decode, resize, forward) on the images of this folder.
     #[arg(long, value_name = "DIR")]
     images: Option<PathBuf>,
+    /// Also measure the matrix-product peak (GFLOP/s of a 2048^3 product per dtype), the
+    /// ceiling the model rows are compared with.
+    #[arg(long)]
+    peak: bool,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -105,6 +109,7 @@ struct Plan {
     images: Option<Vec<PathBuf>>,
     format: Format,
     num_heads: Option<usize>,
+    peak: bool,
 }
 
 enum Source {
@@ -192,6 +197,7 @@ fn plan(args: BenchArgs) -> Result<Plan> {
         images,
         format: args.format,
         num_heads: args.num_heads,
+        peak: args.peak,
     })
 }
 
@@ -276,6 +282,21 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
     let mut out = std::io::stdout().lock();
     let mut printed_header = false;
     let mut refused = false;
+    if plan.peak {
+        for &dtype in &plan.dtypes {
+            let gflops = matmul_peak_gflops(2048, dtype, &plan.device, 3)?;
+            let line = json!({"matmul_peak": {"device": device_name(&plan.device), "dtype": dtype.as_str(), "n": 2048, "gflops": gflops}});
+            match plan.format {
+                Format::Json => writeln!(out, "{line}")?,
+                Format::Table => writeln!(
+                    out,
+                    "matmul peak ({} {}, 2048^3): {gflops:.1} GFLOP/s",
+                    device_name(&plan.device),
+                    dtype.as_str()
+                )?,
+            }
+        }
+    }
     for &dtype in &plan.dtypes {
         let reference = match plan.kernels.iter().any(|&k| k != AttentionKernel::Standard) {
             true => Some(build(&plan, dtype, AttentionKernel::Standard)?),

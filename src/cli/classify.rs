@@ -153,7 +153,7 @@ fn classify_chunk(
                     ready.push(pixels);
                     records.push(Record::Predictions(Vec::new()));
                 }
-                Err(err) => records.push(Record::Error(format!("{err:#}"))),
+                Err(err) => records.push(Record::Error(super::one_line(&err))),
             },
         }
     }
@@ -171,7 +171,7 @@ fn classify_chunk(
         }
         Err(err) => {
             for slot in slots {
-                records[slot] = Record::Error(format!("{err:#}"));
+                records[slot] = Record::Error(super::one_line(&err));
             }
         }
     }

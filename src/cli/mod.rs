@@ -114,6 +114,22 @@ impl ModelArgs {
     }
 }
 
+/// The error chain as `context: cause: cause`, each part cut at its first line (candle
+/// appends a backtrace to its errors when `RUST_BACKTRACE` is set).
+pub fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|cause| {
+            cause
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// Parses the command line, runs the subcommand and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -127,7 +143,7 @@ pub fn main() -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::PartialFailure) => ExitCode::from(1),
         Err(err) => {
-            eprintln!("vit: {err:#}");
+            eprintln!("vit: {}", one_line(&err));
             ExitCode::from(2)
         }
     }

@@ -31,6 +31,11 @@ impl AttentionKernel {
 }
 
 fn standard_attention(qkv: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if !differentiable {
+        if let Some(context) = super::cpu_kernels::attention(qkv)? {
+            return Ok(context);
+        }
+    }
     let head_dim = qkv.dim(4)?;
     let part = |i: usize| {
         qkv.narrow(2, i, 1)?

@@ -3,24 +3,38 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::cpu_kernels;
+
 /// A dense layer `x W^T + b` over the last dimension of inputs of any rank.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    differentiable: bool,
 }
 
 impl Linear {
-    /// From a weight `(out, in)` and an optional bias `(out,)`.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+    /// From a weight `(out, in)` and an optional bias `(out,)`; `differentiable` keeps to ops
+    /// with a backward pass (no fused CPU kernel).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, differentiable: bool) -> Self {
+        Self {
+            weight,
+            bias,
+            differentiable,
+        }
     }
 
     /// Loads `weight` and `bias` from `vb`.
-    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        differentiable: bool,
+    ) -> Result<Self> {
         Ok(Self::new(
             vb.get((out_dim, in_dim), "weight")?,
             Some(vb.get(out_dim, "bias")?),
+            differentiable,
         ))
     }
 }
@@ -32,10 +46,10 @@ impl Module for Linear {
         let out_dim = self.weight.dim(0)?;
         *out_shape.last_mut().expect("rank checked by dim above") = out_dim;
         let rows = xs.elem_count() / in_dim.max(1);
-        let flat = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let flat = match &self.bias {
-            Some(bias) => flat.broadcast_add(bias)?,
-            None => flat,
+        let flat = xs.reshape((rows, in_dim))?;
+        let flat = match (&self.bias, self.differentiable) {
+            (Some(bias), true) => flat.matmul(&self.weight.t()?)?.broadcast_add(bias)?,
+            (bias, _) => cpu_kernels::linear(&flat, &self.weight, bias.as_ref())?,
         };
         flat.reshape(out_shape)
     }
@@ -106,7 +120,7 @@ mod tests {
         let dev = Device::Cpu;
         let weight = Tensor::new(&[[1f32, 2.], [3., 4.], [5., 6.]], &dev)?;
         let bias = Tensor::new(&[0.5f32, -1., 0.], &dev)?;
-        let linear = Linear::new(weight, Some(bias));
+        let linear = Linear::new(weight, Some(bias), false);
         let xs = Tensor::new(&[[[1f32, 1.]], [[2., -1.]]], &dev)?;
         let ys = linear.forward(&xs)?;
         assert_eq!(ys.dims(), &[2, 1, 3]);

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod cpu_kernels;
 pub mod layers;
 pub mod pickle;
 pub mod posembed;

@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::AttentionKernel;
 use super::config::{Activation, ViTConfig};
+use super::cpu_kernels;
 use super::layers::{LayerNorm, Linear};
 use super::posembed::interpolate_patch_positions;
 
@@ -41,13 +42,13 @@ pub struct PatchEmbeddings {
 }
 
 impl PatchEmbeddings {
-    pub fn new(vb: VarBuilder, cfg: &ViTConfig) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, differentiable: bool) -> Result<Self> {
         let (h, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
         let vb = vb.pp("projection");
         let weight = vb.get((h, c, p, p), "weight")?.reshape((h, c * p * p))?;
         let bias = vb.get(h, "bias")?;
         Ok(Self {
-            projection: Linear::new(weight, Some(bias)),
+            projection: Linear::new(weight, Some(bias), differentiable),
             patch_size: p,
             num_channels: c,
         })
@@ -85,13 +86,13 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    pub fn new(vb: VarBuilder, cfg: &ViTConfig) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, differentiable: bool) -> Result<Self> {
         let h = cfg.hidden_size;
         let positions = cfg.grid_size() * cfg.grid_size() + 1;
         Ok(Self {
             cls_token: vb.get((1, 1, h), "cls_token")?,
             position_embeddings: vb.get((1, positions, h), "position_embeddings")?,
-            patch_embeddings: PatchEmbeddings::new(vb.pp("patch_embeddings"), cfg)?,
+            patch_embeddings: PatchEmbeddings::new(vb.pp("patch_embeddings"), cfg, differentiable)?,
             patch_size: cfg.patch_size,
             grid_size: cfg.grid_size(),
         })
@@ -154,8 +155,8 @@ impl SelfAttention {
             None
         };
         Ok(Self {
-            qkv: Linear::new(Tensor::cat(&weights, 0)?, qkv_bias),
-            output: Linear::load(vb.pp("output").pp("dense"), h, h)?,
+            qkv: Linear::new(Tensor::cat(&weights, 0)?, qkv_bias, options.differentiable),
+            output: Linear::load(vb.pp("output").pp("dense"), h, h, options.differentiable)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             kernel: options.attention,
@@ -180,29 +181,33 @@ pub struct Mlp {
     intermediate: Linear,
     output: Linear,
     activation: Activation,
+    differentiable: bool,
 }
 
 impl Mlp {
     /// `vb` is the layer scope (HF keeps `intermediate` and `output` side by side).
-    pub fn new(vb: VarBuilder, cfg: &ViTConfig) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, differentiable: bool) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), h, i)?,
-            output: Linear::load(vb.pp("output").pp("dense"), i, h)?,
+            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), h, i, differentiable)?,
+            output: Linear::load(vb.pp("output").pp("dense"), i, h, differentiable)?,
             activation: cfg.hidden_act,
+            differentiable,
         })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = activate(&self.intermediate.forward(xs)?, self.activation)?;
+        let hidden = self.intermediate.forward(xs)?;
+        let hidden = activate(&hidden, self.activation, self.differentiable)?;
         self.output.forward(&hidden)
     }
 }
 
-/// Applies an activation function.
-pub fn activate(xs: &Tensor, activation: Activation) -> Result<Tensor> {
+/// Applies an activation function; `differentiable` keeps to ops with a backward pass.
+pub fn activate(xs: &Tensor, activation: Activation, differentiable: bool) -> Result<Tensor> {
     match activation {
-        Activation::Gelu => xs.gelu_erf(),
+        Activation::Gelu if differentiable => xs.gelu_erf(),
+        Activation::Gelu => cpu_kernels::gelu_erf(xs),
         Activation::GeluTanh => xs.gelu(),
         Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
         Activation::Relu => xs.relu(),
@@ -233,7 +238,7 @@ impl Layer {
             layernorm_before: norm("layernorm_before")?,
             attention: SelfAttention::new(vb.pp("attention"), cfg, options)?,
             layernorm_after: norm("layernorm_after")?,
-            mlp: Mlp::new(vb.clone(), cfg)?,
+            mlp: Mlp::new(vb.clone(), cfg, options.differentiable)?,
         })
     }
 
@@ -260,7 +265,7 @@ impl ViTModel {
             .map(|i| Layer::new(vb.pp("encoder").pp("layer").pp(i), cfg, options))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: Embeddings::new(vb.pp("embeddings"), cfg)?,
+            embeddings: Embeddings::new(vb.pp("embeddings"), cfg, options.differentiable)?,
             layers,
             layernorm: LayerNorm::load(
                 vb.pp("layernorm"),
@@ -293,7 +298,12 @@ impl ViTForImageClassification {
     pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
         Ok(Self {
             vit: ViTModel::new(vb.pp("vit"), cfg, options)?,
-            classifier: Linear::load(vb.pp("classifier"), cfg.hidden_size, cfg.num_labels())?,
+            classifier: Linear::load(
+                vb.pp("classifier"),
+                cfg.hidden_size,
+                cfg.num_labels(),
+                options.differentiable,
+            )?,
             dtype: vb.dtype(),
         })
     }

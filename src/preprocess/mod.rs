@@ -312,24 +312,45 @@ pub fn center_crop(image: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
 
 /// Decodes an image file as HF's `load_image` does: EXIF orientation applied, then RGB
 /// (alpha dropped, grayscale and palette expanded). 16-bit images are scaled to 8 bits
-/// (Pillow clips them instead, which whitens most of the picture).
+/// (Pillow clips them instead, which whitens most of the picture). JPEGs are decoded by
+/// libjpeg-turbo's code (through mozjpeg), as Pillow does, so pixels match Pillow's exactly.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).context("cannot read")?;
     let reader = ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .context("cannot read")?;
-    match reader.format() {
+    let is_jpeg = match reader.format() {
         None => bail!("not a recognized image format"),
         Some(ImageFormat::Jpeg) if !jpeg_is_complete(&bytes) => {
             bail!("truncated JPEG (no end-of-image marker)")
         }
-        Some(_) => {}
-    }
+        Some(format) => format == ImageFormat::Jpeg,
+    };
     let mut decoder = reader.into_decoder().context("cannot decode image")?;
     let orientation = decoder.orientation().context("cannot decode image")?;
-    let mut image = DynamicImage::from_decoder(decoder).context("cannot decode image")?;
+    let mut image = match is_jpeg {
+        true => DynamicImage::ImageRgb8(decode_jpeg_like_pillow(&bytes)?),
+        false => DynamicImage::from_decoder(decoder).context("cannot decode image")?,
+    };
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
+}
+
+/// Decodes a JPEG to RGB with libjpeg's defaults (integer IDCT, fancy upsampling).
+fn decode_jpeg_like_pillow(bytes: &[u8]) -> Result<RgbImage> {
+    let decode = || -> std::io::Result<RgbImage> {
+        let mut started = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let (width, height) = (started.width() as u32, started.height() as u32);
+        let pixels = started.read_scanlines::<u8>()?;
+        started.finish()?;
+        RgbImage::from_raw(width, height, pixels)
+            .ok_or_else(|| std::io::Error::other("decoded size does not match the header"))
+    };
+    // mozjpeg reports some libjpeg errors by unwinding; keep them as errors.
+    match std::panic::catch_unwind(decode) {
+        Ok(result) => result.context("cannot decode JPEG"),
+        Err(_) => bail!("cannot decode JPEG"),
+    }
 }
 
 /// Whether a JPEG stream reaches its end-of-image marker. Walks the marker segments and the
