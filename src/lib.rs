@@ -28,6 +28,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod classifier;
+pub mod convert;
 pub mod device;
 pub mod hub;
 pub mod inputs;

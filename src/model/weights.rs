@@ -98,8 +98,9 @@ pub fn check_state_dict(weights: &StateDict, cfg: &ViTConfig) -> Result<Vec<Stri
     Ok(unexpected)
 }
 
-/// Reads a weights file by its extension: `.safetensors`, a sharded
-/// `model.safetensors.index.json`, or a PyTorch `.bin`/`.pth`/`.pt`.
+/// Reads a weights file by its extension: `.safetensors`, a shard index
+/// (`model.safetensors.index.json` or `pytorch_model.bin.index.json`), or a PyTorch
+/// `.bin`/`.pth`/`.pt`.
 pub fn read_weights(path: &Path) -> Result<StateDict> {
     let name = path
         .file_name()
@@ -107,8 +108,20 @@ pub fn read_weights(path: &Path) -> Result<StateDict> {
         .unwrap_or_default();
     let tensors = if name.ends_with(".index.json") {
         read_sharded(path)?
-    } else if name.ends_with(".safetensors") {
-        read_safetensors(path)?
+    } else {
+        read_single(path)?
+    };
+    Ok(normalize_names(tensors))
+}
+
+/// Reads one `.safetensors` file or one PyTorch checkpoint, by its extension.
+fn read_single(path: &Path) -> Result<StateDict> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name.ends_with(".safetensors") {
+        read_safetensors(path)
     } else if [".bin", ".pth", ".pt", ".ckpt"]
         .iter()
         .any(|ext| name.ends_with(ext))
@@ -117,14 +130,13 @@ pub fn read_weights(path: &Path) -> Result<StateDict> {
             .into_iter()
             .map(|raw| Ok((raw.name.clone(), raw_to_tensor(raw)?)))
             .collect::<Result<StateDict>>()
-            .with_context(|| format!("{}", path.display()))?
+            .with_context(|| format!("{}", path.display()))
     } else {
         bail!(
             "{}: unknown weights format (expected .safetensors, .bin, .pth, .pt or a .index.json)",
             path.display()
         );
-    };
-    Ok(normalize_names(tensors))
+    }
 }
 
 fn read_safetensors(path: &Path) -> Result<StateDict> {
@@ -148,7 +160,7 @@ fn read_sharded(index_path: &Path) -> Result<StateDict> {
     shards.dedup();
     let mut tensors = StateDict::new();
     for shard in shards {
-        tensors.extend(read_safetensors(&folder.join(shard))?);
+        tensors.extend(read_single(&folder.join(shard))?);
     }
     for name in index.weight_map.keys() {
         if !tensors.contains_key(name) {
@@ -401,6 +413,26 @@ mod tests {
         let dict = normalize_names(dict);
         assert!(dict.contains_key("vit.embeddings.cls_token"));
         assert!(dict.contains_key("classifier.bias"));
+    }
+
+    #[test]
+    fn a_shard_index_may_list_pytorch_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let pickle = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pickle/state_dict.pt");
+        let extra = Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &HashMap::from([("extra".to_string(), extra)]),
+            dir.path().join("b.safetensors"),
+        )
+        .unwrap();
+        let index = serde_json::json!({"weight_map": {
+            "f32": pickle, "transposed": pickle, "extra": "b.safetensors"}});
+        let index_path = dir.path().join("pytorch_model.bin.index.json");
+        std::fs::write(&index_path, index.to_string()).unwrap();
+        let weights = read_weights(&index_path).unwrap();
+        assert_eq!(weights["transposed"].dims(), [4, 3]);
+        assert_eq!(weights["extra"].to_vec1::<f32>().unwrap(), [1., 2.]);
     }
 
     #[test]

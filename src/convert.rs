@@ -1,0 +1,1258 @@
+//! Converting ViT checkpoints into HF model folders (`vit convert`).
+//!
+//! A checkpoint in HF `ViTForImageClassification` naming or in timm `VisionTransformer`
+//! naming (fused `qkv`, `blocks.N`, `pos_embed`, ...) is mapped to HF names, optionally cast,
+//! and written as `model.safetensors` (sharded with an index above a size), `config.json` and
+//! `preprocessor_config.json` into a temporary folder. That folder is then read back with the
+//! crate's own loader and every tensor is compared with the source before the folder is
+//! renamed into place.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::atomic::StagedDir;
+use crate::hub::ModelSpec;
+use crate::model::config::ViTConfig;
+use crate::model::save::{save_safetensors, write_json};
+use crate::model::weights::{
+    check_state_dict, default_labels, expected_tensors, infer_config, read_weights, ModelFiles,
+    StateDict,
+};
+use crate::preprocess::{PreprocessConfig, Resample, ResizeTarget};
+
+/// Files at least this large get progress bars (when stderr is a terminal).
+const PROGRESS_MIN_BYTES: u64 = 256 << 20;
+
+/// ImageNet mean and standard deviation, as timm's `IMAGENET_DEFAULT_MEAN`/`_STD`.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Tensor naming of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// HF `ViTForImageClassification` names (`vit.encoder.layer.N.attention.attention.query`).
+    Hf,
+    /// timm `VisionTransformer` names (`blocks.N.attn.qkv`, `pos_embed`, `head`).
+    Timm,
+}
+
+impl Layout {
+    /// `hf` or `timm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hf => "hf",
+            Self::Timm => "timm",
+        }
+    }
+
+    /// A tensor every checkpoint of this layout has.
+    fn marker(self) -> &'static str {
+        match self {
+            Self::Hf => "vit.embeddings.patch_embeddings.projection.weight",
+            Self::Timm => "patch_embed.proj.weight",
+        }
+    }
+}
+
+/// What to convert and how.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// The input's naming; `None` detects it.
+    pub layout: Option<Layout>,
+    /// The dtype of the written tensors; `None` keeps each tensor's own.
+    pub dtype: Option<DType>,
+    /// Largest shard in bytes; a bigger model is split into several files with an index.
+    pub max_shard_size: u64,
+    /// Attention heads for a checkpoint without an HF `config.json`.
+    pub num_heads: Option<usize>,
+    /// Replace an existing output folder.
+    pub overwrite: bool,
+    /// Show progress bars on stderr for large files, when it is a terminal.
+    pub progress: bool,
+}
+
+/// What a conversion wrote, once verified.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The output folder.
+    pub output: PathBuf,
+    /// The input's naming.
+    pub layout: Layout,
+    /// Tensors read from the input (timm's fused `qkv` counts once).
+    pub source_tensors: usize,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Elements of all written tensors.
+    pub parameters: usize,
+    /// Bytes of tensor data written (the index's `total_size`).
+    pub bytes: u64,
+    /// The distinct dtypes written.
+    pub dtypes: Vec<DType>,
+    /// Weight files written (1: `model.safetensors`, no index).
+    pub shards: usize,
+    /// Where `config.json` came from.
+    pub config: String,
+    /// Where `preprocessor_config.json` came from.
+    pub preprocessor: String,
+    /// Largest absolute change of any element made by the dtype cast (0 when exact).
+    pub max_cast_change: f64,
+    /// Warnings and notes for stderr (dropped tensors, assumed head count, ...).
+    pub notes: Vec<String>,
+}
+
+impl Summary {
+    /// The written dtypes, e.g. `bf16` or `f16+f32`.
+    pub fn dtype_label(&self) -> String {
+        let names: Vec<&str> = self.dtypes.iter().map(DType::as_str).collect();
+        names.join("+")
+    }
+
+    /// The summary as a JSON object.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "output": self.output.display().to_string(),
+            "layout": self.layout.name(),
+            "source_tensors": self.source_tensors,
+            "tensors": self.tensors,
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+            "dtype": self.dtype_label(),
+            "shards": self.shards,
+            "config": self.config,
+            "preprocessor": self.preprocessor,
+            "max_cast_change": self.max_cast_change,
+            "verified": true,
+        })
+    }
+}
+
+/// Converts the model in `files` into an HF safetensors model folder at `output`.
+///
+/// Nothing appears at `output` unless the whole folder was written and verified; an existing
+/// `output` is an error unless `options.overwrite`, and may not hold the input.
+pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> Result<Summary> {
+    ensure!(
+        options.max_shard_size > 0,
+        "the maximum shard size must be positive"
+    );
+    ensure!(
+        options.num_heads != Some(0),
+        "the number of heads must be positive"
+    );
+    refuse_input_inside_output(files, output)?;
+    let mut notes = remove_stale_staging(output);
+    let staged = StagedDir::new(output, options.overwrite)?;
+    let show_progress = options.progress
+        && std::io::stderr().is_terminal()
+        && input_bytes(files) >= PROGRESS_MIN_BYTES;
+
+    let spinner = spinner(show_progress, &files.weights);
+    let source = read_weights(&files.weights);
+    spinner.finish_and_clear();
+    let source = source?;
+
+    let plan = plan(files, source, options)?;
+    notes.extend(plan.notes);
+    let mut tensors = plan.tensors;
+    for (name, tensor) in tensors.iter_mut() {
+        if let Some(dtype) = options.dtype.filter(|d| *d != tensor.dtype()) {
+            *tensor = tensor
+                .to_dtype(dtype)
+                .with_context(|| format!("tensor {name}: cannot cast to {}", dtype.as_str()))?;
+        }
+    }
+    let order: Vec<String> = expected_tensors(&plan.config)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let bytes: u64 = tensors.values().map(tensor_bytes).sum();
+    let bar = byte_bar(show_progress, bytes * 2);
+
+    bar.set_message("writing");
+    let shards = shard(&order, &tensors, options.max_shard_size);
+    write_weights(staged.path(), &shards, &tensors, &bar)?;
+    let mut dtypes: Vec<DType> = tensors.values().map(Tensor::dtype).collect();
+    dtypes.sort_by_key(|d| d.as_str());
+    dtypes.dedup();
+    let uniform = match dtypes[..] {
+        [only] => Some(only),
+        _ => None,
+    };
+    let config = write_config(
+        staged.path(),
+        &plan.config,
+        plan.config_source,
+        uniform,
+        options.dtype.is_some(),
+    )?;
+    let preprocessor = write_preprocessor(staged.path(), &plan.preprocessor)?;
+    match_permissions(staged.path(), shards.len())?;
+
+    bar.set_message("verifying");
+    let max_cast_change = verify(
+        staged.path(),
+        &plan.config,
+        plan.layout,
+        &plan.source,
+        &tensors,
+        &bar,
+    )
+    .with_context(|| format!("{}: verification failed", output.display()))?;
+    bar.finish_and_clear();
+    let output = staged.commit()?;
+
+    Ok(Summary {
+        output,
+        layout: plan.layout,
+        source_tensors: plan.source_tensors,
+        tensors: tensors.len(),
+        parameters: tensors.values().map(Tensor::elem_count).sum(),
+        bytes,
+        dtypes,
+        shards: shards.len(),
+        config,
+        preprocessor,
+        max_cast_change,
+        notes,
+    })
+}
+
+/// The default output folder: beside a local input, named after it with `-hf`
+/// (`timm_vit.pth` → `timm_vit-hf`); `./NAME-hf` for a hub id `owner/NAME`.
+pub fn default_output(spec: &ModelSpec) -> PathBuf {
+    match spec {
+        ModelSpec::Hub { id, .. } => {
+            PathBuf::from(format!("{}-hf", id.rsplit('/').next().unwrap_or(id)))
+        }
+        ModelSpec::Local(path) => {
+            let resolved;
+            let path = match path.file_name() {
+                Some(_) => path.as_path(),
+                None => {
+                    resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                    resolved.as_path()
+                }
+            };
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into());
+            let stem = [
+                ".safetensors.index.json",
+                ".bin.index.json",
+                ".index.json",
+                ".safetensors",
+                ".bin",
+                ".pth",
+                ".pt",
+                ".ckpt",
+            ]
+            .iter()
+            .find_map(|ext| name.strip_suffix(ext).filter(|s| !s.is_empty()))
+            .unwrap_or(&name);
+            path.with_file_name(format!("{stem}-hf"))
+        }
+    }
+}
+
+/// Parses a size such as `5GB`, `500MB`, `1.5GiB` or `123456` (bytes). KB/MB/GB/TB are
+/// powers of 1000 (as HF's `max_shard_size`), KiB/MiB/GiB/TiB powers of 1024.
+pub fn parse_byte_size(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("invalid size {text:?} (expected e.g. 5GB, 500MB or 2GiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => bail!(
+            "invalid size unit {other:?} in {text:?} (use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB)"
+        ),
+    };
+    let bytes = (number * scale as f64).round();
+    ensure!(
+        bytes >= 1.0 && bytes < u64::MAX as f64,
+        "size {text:?} must be at least one byte"
+    );
+    Ok(bytes as u64)
+}
+
+/// Finds the layout of `weights`: the requested one, checked, or the one its names show.
+pub fn detect_layout(weights: &StateDict, requested: Option<Layout>) -> Result<Layout> {
+    let found = [Layout::Hf, Layout::Timm]
+        .into_iter()
+        .find(|layout| weights.contains_key(layout.marker()));
+    match (requested, found) {
+        (None, Some(layout)) => Ok(layout),
+        (Some(wanted), Some(layout)) if wanted == layout => Ok(layout),
+        (Some(wanted), _) => bail!(
+            "not {} ViT checkpoint: it has no tensor {} ({})",
+            match wanted {
+                Layout::Hf => "an HF",
+                Layout::Timm => "a timm",
+            },
+            wanted.marker(),
+            some_names(weights)
+        ),
+        (None, None) => bail!(
+            "unknown checkpoint layout, neither HF ViT nor timm ViT names ({})",
+            some_names(weights)
+        ),
+    }
+}
+
+/// A few of the tensor names, for errors: `saw 3 tensors: a, b, c`.
+fn some_names(weights: &StateDict) -> String {
+    let mut names: Vec<&str> = weights.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let shown = names.len().min(6);
+    let more = match names.len() - shown {
+        0 => String::new(),
+        n => format!(", ... ({n} more)"),
+    };
+    format!(
+        "saw {} tensors: {}{more}",
+        names.len(),
+        names[..shown].join(", ")
+    )
+}
+
+/// HF names of timm's `VisionTransformer` tensors, by timm name (`qkv` aside).
+fn timm_to_hf_name(name: &str) -> Option<String> {
+    let direct = match name {
+        "cls_token" => Some("vit.embeddings.cls_token"),
+        "pos_embed" => Some("vit.embeddings.position_embeddings"),
+        "patch_embed.proj.weight" => Some("vit.embeddings.patch_embeddings.projection.weight"),
+        "patch_embed.proj.bias" => Some("vit.embeddings.patch_embeddings.projection.bias"),
+        "norm.weight" => Some("vit.layernorm.weight"),
+        "norm.bias" => Some("vit.layernorm.bias"),
+        "head.weight" => Some("classifier.weight"),
+        "head.bias" => Some("classifier.bias"),
+        _ => None,
+    };
+    if let Some(hf) = direct {
+        return Some(hf.to_string());
+    }
+    let (layer, module, param) = timm_block_param(name)?;
+    let hf = match module {
+        "norm1" => "layernorm_before",
+        "norm2" => "layernorm_after",
+        "attn.proj" => "attention.output.dense",
+        "mlp.fc1" => "intermediate.dense",
+        "mlp.fc2" => "output.dense",
+        _ => return None,
+    };
+    Some(format!("vit.encoder.layer.{layer}.{hf}.{param}"))
+}
+
+/// Splits `blocks.N.MODULE.weight|bias` into its parts.
+fn timm_block_param(name: &str) -> Option<(usize, &str, &str)> {
+    let (layer, rest) = name.strip_prefix("blocks.")?.split_once('.')?;
+    let (module, param) = rest.rsplit_once('.')?;
+    let layer = layer.parse().ok()?;
+    matches!(param, "weight" | "bias").then_some((layer, module, param))
+}
+
+/// Maps timm names to HF names, splitting each fused `qkv` into query, key and value.
+/// Tensors with no HF counterpart are an error: they mean another architecture.
+fn map_timm(weights: &StateDict) -> Result<StateDict> {
+    let mut mapped = StateDict::new();
+    let mut unknown = Vec::new();
+    for (name, tensor) in weights {
+        match timm_block_param(name) {
+            Some((layer, "attn.qkv", param)) => {
+                let rows = tensor.dims().first().copied().unwrap_or(0);
+                ensure!(
+                    rows > 0 && rows % 3 == 0,
+                    "tensor {name} has shape {:?}: its first dimension is not 3 x the hidden size",
+                    tensor.dims()
+                );
+                let size = rows / 3;
+                for (i, part) in ["query", "key", "value"].into_iter().enumerate() {
+                    mapped.insert(
+                        format!("vit.encoder.layer.{layer}.attention.attention.{part}.{param}"),
+                        tensor.narrow(0, i * size, size)?,
+                    );
+                }
+            }
+            _ => match timm_to_hf_name(name) {
+                Some(hf) => {
+                    mapped.insert(hf, tensor.clone());
+                }
+                None => unknown.push(name.as_str()),
+            },
+        }
+    }
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        bail!(
+            "timm tensors with no counterpart in HF's ViTForImageClassification: {} (only plain \
+             ViTs with a class token, token pooling and a final norm convert)",
+            unknown.join(", ")
+        );
+    }
+    Ok(mapped)
+}
+
+/// The source tensor `name` rebuilt from HF-named `written` tensors (the inverse mapping).
+fn rebuild_source(written: &StateDict, layout: Layout, name: &str) -> Result<Tensor> {
+    let get = |hf: &str| {
+        written
+            .get(hf)
+            .cloned()
+            .with_context(|| format!("tensor {hf} (from {name}) is missing"))
+    };
+    match (layout, timm_block_param(name)) {
+        (Layout::Hf, _) => get(name),
+        (Layout::Timm, Some((layer, "attn.qkv", param))) => {
+            let parts = ["query", "key", "value"].map(|part| {
+                get(&format!(
+                    "vit.encoder.layer.{layer}.attention.attention.{part}.{param}"
+                ))
+            });
+            let [q, k, v] = parts;
+            Ok(Tensor::cat(&[q?, k?, v?], 0)?)
+        }
+        (Layout::Timm, _) => {
+            get(&timm_to_hf_name(name).with_context(|| format!("{name}: no HF name"))?)
+        }
+    }
+}
+
+/// Where the written `config.json` comes from.
+#[derive(Debug, Clone)]
+enum ConfigSource {
+    /// An HF `config.json`, copied (with its dtype updated).
+    Copied(PathBuf),
+    /// Inferred from the tensor shapes.
+    Inferred(String),
+}
+
+/// The converted model before it is written.
+struct Plan {
+    layout: Layout,
+    /// The input's tensors as read (names normalized) that are converted, for verification.
+    source: StateDict,
+    /// How many tensors the input has.
+    source_tensors: usize,
+    /// The HF-named tensors to write, in the source dtype.
+    tensors: StateDict,
+    config: ViTConfig,
+    config_source: ConfigSource,
+    preprocessor: Preprocessor,
+    notes: Vec<String>,
+}
+
+/// Where the written `preprocessor_config.json` comes from.
+enum Preprocessor {
+    Copied(PathBuf),
+    Made(PreprocessConfig, String),
+}
+
+/// Tensors HF's ViT models may carry that the classifier does not use; dropped with a note.
+const DROPPABLE: [&str; 2] = ["vit.pooler.", "vit.embeddings.mask_token"];
+
+fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Result<Plan> {
+    let in_weights = || files.weights.display().to_string();
+    let layout = detect_layout(&source, options.layout).with_context(in_weights)?;
+    let mut tensors = match layout {
+        Layout::Hf => source.clone(),
+        Layout::Timm => map_timm(&source).with_context(in_weights)?,
+    };
+    let mut notes = Vec::new();
+    let timm_config = match (layout, &files.config) {
+        (Layout::Timm, Some(path)) => Some(read_json(path)?),
+        _ => None,
+    };
+    let (config, config_source) = match (layout, &files.config) {
+        (Layout::Hf, Some(path)) => {
+            if options.num_heads.is_some() {
+                notes.push(format!(
+                    "note: --num-heads ignored, {} gives the architecture",
+                    path.display()
+                ));
+            }
+            (
+                ViTConfig::from_file(path)?,
+                ConfigSource::Copied(path.clone()),
+            )
+        }
+        _ => {
+            let config =
+                inferred_config(&tensors, layout, timm_config.as_ref(), options, &mut notes)
+                    .with_context(in_weights)?;
+            let how = format!(
+                "inferred from shapes ({} heads, eps {:e})",
+                config.num_attention_heads, config.layer_norm_eps
+            );
+            (config, ConfigSource::Inferred(how))
+        }
+    };
+    let unused = check_state_dict(&tensors, &config).with_context(in_weights)?;
+    for name in unused {
+        ensure!(
+            DROPPABLE.iter().any(|prefix| name.starts_with(prefix)),
+            "{}: tensor {name} is not part of ViTForImageClassification with this config",
+            in_weights()
+        );
+        notes.push(format!(
+            "warning: dropping tensor {name} (not used by ViTForImageClassification)"
+        ));
+        tensors.remove(&name);
+    }
+    for (name, tensor) in &tensors {
+        ensure!(
+            matches!(
+                tensor.dtype(),
+                DType::F64 | DType::F32 | DType::F16 | DType::BF16
+            ),
+            "{}: tensor {name} has dtype {}, expected f64, f32, f16 or bf16",
+            in_weights(),
+            tensor.dtype().as_str()
+        );
+    }
+    let preprocessor = match (&files.preprocessor, layout) {
+        (Some(path), _) => {
+            PreprocessConfig::from_file(path)?;
+            Preprocessor::Copied(path.clone())
+        }
+        (None, Layout::Timm) => {
+            let pretrained = timm_config.as_ref().and_then(|c| c.get("pretrained_cfg"));
+            let (made, how) = timm_preprocess(pretrained, config.image_size)?;
+            Preprocessor::Made(made, how)
+        }
+        (None, Layout::Hf) => Preprocessor::Made(
+            PreprocessConfig::default().with_input_size(config.image_size as u32),
+            "HF ViTImageProcessor defaults (bilinear resize, mean/std 0.5)".into(),
+        ),
+    };
+    let source_tensors = source.len();
+    let source = match layout {
+        Layout::Hf => source
+            .into_iter()
+            .filter(|(name, _)| tensors.contains_key(name))
+            .collect(),
+        Layout::Timm => source,
+    };
+    Ok(Plan {
+        layout,
+        source,
+        source_tensors,
+        tensors,
+        config,
+        config_source,
+        preprocessor,
+        notes,
+    })
+}
+
+/// The architecture of a checkpoint without an HF config: shapes, plus timm's LayerNorm eps
+/// and labels for timm checkpoints. Heads cannot be seen in shapes: `--num-heads`, else 16 for
+/// the ViT-H/g/G widths, else hidden size / 64.
+fn inferred_config(
+    tensors: &StateDict,
+    layout: Layout,
+    timm_config: Option<&Value>,
+    options: &ConvertOptions,
+    notes: &mut Vec<String>,
+) -> Result<ViTConfig> {
+    let hidden = tensors
+        .get(Layout::Hf.marker())
+        .and_then(|t| t.dims().first().copied())
+        .unwrap_or(0);
+    let heads = match options.num_heads {
+        Some(heads) => heads,
+        None => {
+            let heads = default_heads(hidden);
+            notes.push(format!(
+                "note: assuming {heads} attention heads for hidden size {hidden} (the checkpoint \
+                 does not say); pass --num-heads if the model has another count"
+            ));
+            heads
+        }
+    };
+    let mut config = infer_config(tensors, Some(heads))?;
+    if layout == Layout::Timm {
+        config.layer_norm_eps = 1e-6;
+        let names = timm_config
+            .and_then(|c| c.get("label_names"))
+            .and_then(Value::as_array)
+            .filter(|names| names.len() == config.num_labels());
+        config.id2label = match names {
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| n.to_string())
+                })
+                .collect(),
+            None => default_labels(config.num_labels()),
+        };
+    }
+    Ok(config)
+}
+
+/// Heads of the standard ViT widths whose heads are not 64 wide (ViT-H, ViT-g, ViT-G and
+/// SoViT-400m have 16); hidden size / 64 otherwise.
+fn default_heads(hidden: usize) -> usize {
+    match hidden {
+        1152 | 1280 | 1408 | 1664 => 16,
+        _ => (hidden / 64).max(1),
+    }
+}
+
+/// timm's evaluation transform as an HF preprocessor: from a timm `pretrained_cfg` when the
+/// checkpoint has one, else timm's defaults for DeiT: crop_pct 0.9, bicubic, ImageNet mean/std.
+fn timm_preprocess(
+    pretrained: Option<&Value>,
+    image_size: usize,
+) -> Result<(PreprocessConfig, String)> {
+    let get = |key: &str| pretrained.and_then(|p| p.get(key));
+    let three = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
+        let Some(value) = get(key) else {
+            return Ok(default);
+        };
+        let values: Vec<f32> = value
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_f64)
+                    .map(|v| v as f32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        match values[..] {
+            [a, b, c] => Ok([a, b, c]),
+            [a] => Ok([a; 3]),
+            _ => bail!("pretrained_cfg.{key} {value} is not 1 or 3 numbers"),
+        }
+    };
+    let mean = three("mean", IMAGENET_MEAN)?;
+    let std = three("std", IMAGENET_STD)?;
+    let crop_pct = get("crop_pct").and_then(Value::as_f64).unwrap_or(0.9);
+    ensure!(
+        crop_pct > 0.0 && crop_pct <= 1.0,
+        "pretrained_cfg.crop_pct {crop_pct} is not in (0, 1]"
+    );
+    let interpolation = get("interpolation")
+        .and_then(Value::as_str)
+        .unwrap_or("bicubic");
+    let resample = match interpolation {
+        "bicubic" => Resample::Bicubic,
+        "bilinear" => Resample::Bilinear,
+        "nearest" => Resample::Nearest,
+        "lanczos" => Resample::Lanczos,
+        "box" => Resample::Box,
+        "hamming" => Resample::Hamming,
+        other => bail!("pretrained_cfg.interpolation {other:?} is not supported"),
+    };
+    let crop = image_size as u32;
+    let scaled = (image_size as f64 / crop_pct).floor() as u32;
+    let resize = match get("crop_mode").and_then(Value::as_str).unwrap_or("center") {
+        "center" => ResizeTarget::ShortestEdge(scaled),
+        "squash" => ResizeTarget::Exact {
+            height: scaled,
+            width: scaled,
+        },
+        other => bail!("pretrained_cfg.crop_mode {other:?} is not supported"),
+    };
+    let origin = match pretrained {
+        Some(_) => "from the timm config's pretrained_cfg",
+        None => "timm defaults for DeiT: ImageNet mean/std",
+    };
+    let how = format!("{origin}, {interpolation} resize to {scaled}, centre crop {crop}");
+    let config = PreprocessConfig {
+        resize: Some(resize),
+        resample,
+        center_crop: Some((crop, crop)),
+        rescale_factor: Some(1.0 / 255.0),
+        normalize: Some((mean, std)),
+    };
+    Ok((config, how))
+}
+
+/// Groups tensor names (in `order`) into shards of at most `max_bytes` each, as HF does: a
+/// new shard starts when the next tensor would not fit; a tensor larger than the limit gets
+/// a shard of its own.
+fn shard(order: &[String], tensors: &StateDict, max_bytes: u64) -> Vec<Vec<String>> {
+    let mut shards: Vec<Vec<String>> = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut size = 0u64;
+    for name in order.iter().filter(|n| tensors.contains_key(*n)) {
+        let bytes = tensor_bytes(&tensors[name]);
+        if !current.is_empty() && size + bytes > max_bytes {
+            shards.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        current.push(name.clone());
+        size += bytes;
+    }
+    if !current.is_empty() || shards.is_empty() {
+        shards.push(current);
+    }
+    shards
+}
+
+/// The file name of shard `index` (0-based) of `count`.
+fn shard_file(index: usize, count: usize) -> String {
+    match count {
+        1 => "model.safetensors".into(),
+        _ => format!("model-{:05}-of-{count:05}.safetensors", index + 1),
+    }
+}
+
+/// Writes the shards, and `model.safetensors.index.json` when there are several.
+fn write_weights(
+    dir: &Path,
+    shards: &[Vec<String>],
+    tensors: &StateDict,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let mut weight_map = BTreeMap::new();
+    for (index, names) in shards.iter().enumerate() {
+        let file = shard_file(index, shards.len());
+        let part: HashMap<String, Tensor> = names
+            .iter()
+            .map(|name| (name.clone(), tensors[name].clone()))
+            .collect();
+        save_safetensors(&dir.join(&file), &part)?;
+        bar.inc(part.values().map(tensor_bytes).sum());
+        for name in names {
+            weight_map.insert(name.clone(), Value::from(file.as_str()));
+        }
+    }
+    if shards.len() > 1 {
+        let total: u64 = tensors.values().map(tensor_bytes).sum();
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_json(&dir.join("model.safetensors.index.json"), &index)?;
+    }
+    Ok(())
+}
+
+/// HF's name of a dtype in `config.json` (`float32`, `bfloat16`, ...).
+fn hf_dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F64 => "float64",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "float32",
+    }
+}
+
+/// Writes `config.json`: the source's, copied as is unless its `dtype`/`torch_dtype` entry
+/// disagrees with the written dtype (or a cast was asked for and it has none), in which case
+/// that entry is set; or an inferred one.
+fn write_config(
+    dir: &Path,
+    config: &ViTConfig,
+    source: ConfigSource,
+    written: Option<DType>,
+    cast: bool,
+) -> Result<String> {
+    let target = dir.join("config.json");
+    let dtype_name = written.map(hf_dtype_name);
+    match (source, dtype_name) {
+        (ConfigSource::Copied(path), Some(name)) => {
+            let mut json = read_json(&path)?;
+            let mut keys: Vec<&str> = ["dtype", "torch_dtype"]
+                .into_iter()
+                .filter(|k| json.get(k).is_some())
+                .collect();
+            if keys.is_empty() && cast {
+                keys.push("dtype");
+            }
+            if keys.iter().all(|k| json.get(k) == Some(&Value::from(name))) {
+                return copy_file(&path, &target);
+            }
+            for key in keys {
+                json[key] = Value::from(name);
+            }
+            write_json(&target, &json)?;
+            Ok(format!(
+                "copied from {}, dtype set to {name}",
+                path.display()
+            ))
+        }
+        (ConfigSource::Copied(path), None) => copy_file(&path, &target),
+        (ConfigSource::Inferred(how), _) => {
+            let mut json = config.to_hf_json(None);
+            if let Some(name) = dtype_name {
+                json["dtype"] = Value::from(name);
+            }
+            write_json(&target, &json)?;
+            Ok(how)
+        }
+    }
+}
+
+/// Copies the content of `source` to `target` (a new file, permissions from the umask, not
+/// from `source`); returns `copied from SOURCE`.
+fn copy_file(source: &Path, target: &Path) -> Result<String> {
+    let bytes =
+        std::fs::read(source).with_context(|| format!("{}: cannot read", source.display()))?;
+    std::fs::write(target, bytes).with_context(|| format!("{}: cannot write", target.display()))?;
+    Ok(format!("copied from {}", source.display()))
+}
+
+/// `save_safetensors` writes through a private temporary file (mode 0600 on Unix): gives the
+/// shards the permissions of the folder's `config.json`, which follow the umask.
+fn match_permissions(dir: &Path, shards: usize) -> Result<()> {
+    let config = dir.join("config.json");
+    let permissions = std::fs::metadata(&config)
+        .with_context(|| format!("{}: cannot read", config.display()))?
+        .permissions();
+    for index in 0..shards {
+        let path = dir.join(shard_file(index, shards));
+        std::fs::set_permissions(&path, permissions.clone())
+            .with_context(|| format!("{}: cannot set permissions", path.display()))?;
+    }
+    Ok(())
+}
+
+fn write_preprocessor(dir: &Path, preprocessor: &Preprocessor) -> Result<String> {
+    let target = dir.join("preprocessor_config.json");
+    match preprocessor {
+        Preprocessor::Copied(path) => copy_file(path, &target),
+        Preprocessor::Made(config, how) => {
+            write_json(&target, &config.to_hf_json())?;
+            Ok(how.clone())
+        }
+    }
+}
+
+/// Reads the written folder back with the crate's loader and checks it: the config and
+/// preprocessor parse, the tensors are exactly those of `config` in the intended dtypes, and
+/// every source tensor, rebuilt from the written ones, equals the source, or its cast (bit for
+/// bit, and within half a unit in the last place). Returns the largest change made by a cast.
+fn verify(
+    dir: &Path,
+    config: &ViTConfig,
+    layout: Layout,
+    source: &StateDict,
+    intended: &StateDict,
+    bar: &ProgressBar,
+) -> Result<f64> {
+    let files = ModelFiles::local(dir)?;
+    let config_path = files.config.context("config.json was not written")?;
+    let read_config = ViTConfig::from_file(&config_path)?;
+    ensure!(
+        read_config == *config,
+        "config.json reads back as {read_config:?}, not {config:?}"
+    );
+    let preprocessor = files
+        .preprocessor
+        .context("preprocessor_config.json was not written")?;
+    PreprocessConfig::from_file(&preprocessor)?;
+    let written = read_weights(&files.weights)?;
+    let unused = check_state_dict(&written, config)?;
+    ensure!(unused.is_empty(), "unexpected tensors {unused:?}");
+    for (name, tensor) in &written {
+        let want = intended[name].dtype();
+        ensure!(
+            tensor.dtype() == want,
+            "tensor {name} reads back as {}, not {}",
+            tensor.dtype().as_str(),
+            want.as_str()
+        );
+    }
+    let mut names: Vec<&String> = source.keys().collect();
+    names.sort_unstable();
+    let mut max_change = 0f64;
+    for name in names {
+        let rebuilt = rebuild_source(&written, layout, name)?;
+        let change = compare_cast(name, &source[name], &rebuilt)?;
+        max_change = max_change.max(change);
+        bar.inc(tensor_bytes(&rebuilt));
+    }
+    Ok(max_change)
+}
+
+/// Checks that `written` is `source` rounded to `written`'s dtype: bit for bit what the cast
+/// gives, and no further from the source than half a unit in the last place of that dtype
+/// (an overflow to infinity fails). Returns the largest absolute change.
+pub fn compare_cast(name: &str, source: &Tensor, written: &Tensor) -> Result<f64> {
+    ensure!(
+        source.dims() == written.dims(),
+        "tensor {name} has shape {:?}, the source {:?}",
+        written.dims(),
+        source.dims()
+    );
+    let as_f64 = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+    };
+    let dtype = written.dtype();
+    let s = as_f64(source)?;
+    let w = as_f64(written)?;
+    let expected = as_f64(&source.to_dtype(dtype)?)?;
+    let (precision_bits, tiniest_half_step) = match dtype {
+        DType::F16 => (11, 2f64.powi(-25)),
+        DType::BF16 => (8, 2f64.powi(-134)),
+        DType::F32 => (24, 2f64.powi(-150)),
+        _ => (53, 0.0),
+    };
+    let relative = 2f64.powi(-precision_bits);
+    let mut max_change = 0f64;
+    for (i, ((&s, &w), &e)) in s.iter().zip(&w).zip(&expected).enumerate() {
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        ensure!(
+            same(w, e),
+            "tensor {name}: element {i} is {w:e} in the output, {e:e} expected ({s:e} in the source)"
+        );
+        let change = (w - s).abs();
+        let allowed = (s.abs() * relative).max(tiniest_half_step);
+        ensure!(
+            same(w, s) || change <= allowed,
+            "tensor {name}: element {i} changes from {s:e} to {w:e} when cast to {}, more than \
+             rounding (out of range?)",
+            dtype.as_str()
+        );
+        if change.is_finite() {
+            max_change = max_change.max(change);
+        }
+    }
+    Ok(max_change)
+}
+
+fn tensor_bytes(tensor: &Tensor) -> u64 {
+    (tensor.elem_count() * tensor.dtype().size_in_bytes()) as u64
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// Refuses an output folder that is, or contains, one of the input files: replacing it would
+/// destroy the input.
+fn refuse_input_inside_output(files: &ModelFiles, output: &Path) -> Result<()> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let output_forms = [
+        absolute(output),
+        std::fs::canonicalize(output).unwrap_or_else(|_| absolute(output)),
+    ];
+    let inputs = [
+        Some(&files.weights),
+        files.config.as_ref(),
+        files.preprocessor.as_ref(),
+    ];
+    for input in inputs.into_iter().flatten() {
+        let forms = [
+            absolute(input),
+            std::fs::canonicalize(input).unwrap_or_else(|_| absolute(input)),
+        ];
+        if forms
+            .iter()
+            .any(|i| output_forms.iter().any(|o| i.starts_with(o)))
+        {
+            bail!(
+                "{}: the output folder holds the input {}; choose another output",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes temporary folders left beside `output` by an interrupted conversion (Ctrl-C
+/// kills the process before it can clean up): `.NAME.tmp-PID` whose process is gone.
+/// Only where `/proc` tells which processes live. Returns a note per folder removed.
+fn remove_stale_staging(output: &Path) -> Vec<String> {
+    let mut notes = Vec::new();
+    let (Some(name), Some(parent)) = (output.file_name(), output.parent()) else {
+        return notes;
+    };
+    if !Path::new("/proc/self").exists() {
+        return notes;
+    }
+    let parent = match parent.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => parent,
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return notes;
+    };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = entry_name
+            .strip_prefix(&prefix)
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let path = entry.path();
+            if std::fs::remove_dir_all(&path).is_ok() {
+                notes.push(format!(
+                    "note: removed {}, left by an interrupted run",
+                    path.display()
+                ));
+            }
+        }
+    }
+    notes
+}
+
+/// Size of the input weights on disk (all shards of an index).
+fn input_bytes(files: &ModelFiles) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let is_index = files.weights.to_string_lossy().ends_with(".index.json");
+    let Some(folder) = files.weights.parent().filter(|_| is_index) else {
+        return size(&files.weights);
+    };
+    let shards: BTreeSet<String> = read_json(&files.weights)
+        .ok()
+        .and_then(|index| index.get("weight_map").cloned())
+        .and_then(|map| map.as_object().cloned())
+        .map(|map| {
+            map.values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    shards.iter().map(|s| size(&folder.join(s))).sum()
+}
+
+fn spinner(show: bool, path: &Path) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(format!("reading {}", path.display()));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn byte_bar(show: bool, total: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:9} {bar:40} {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
+        )
+        .expect("valid progress template"),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn tensor(shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor::arange(0f32, n as f32, &Device::Cpu)
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    }
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        assert_eq!(parse_byte_size("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_byte_size("500mb").unwrap(), 500_000_000);
+        assert_eq!(parse_byte_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_byte_size("1.5KB").unwrap(), 1500);
+        assert_eq!(parse_byte_size("123").unwrap(), 123);
+        assert_eq!(parse_byte_size("20 KiB").unwrap(), 20 * 1024);
+        for bad in ["", "GB", "5XB", "0", "-1MB", "1..2GB"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn default_output_is_beside_the_input_named_after_it() {
+        let local = |p: &str| default_output(&ModelSpec::Local(PathBuf::from(p)));
+        assert_eq!(local("a/b/timm_vit.pth"), PathBuf::from("a/b/timm_vit-hf"));
+        assert_eq!(local("x.safetensors"), PathBuf::from("x-hf"));
+        assert_eq!(
+            local("m/model.safetensors.index.json"),
+            PathBuf::from("m/model-hf")
+        );
+        assert_eq!(local("models/deit/"), PathBuf::from("models/deit-hf"));
+        let hub = ModelSpec::Hub {
+            id: "google/vit-base-patch16-224".into(),
+            revision: "main".into(),
+        };
+        assert_eq!(
+            default_output(&hub),
+            PathBuf::from("vit-base-patch16-224-hf")
+        );
+        let cwd = std::env::current_dir().unwrap();
+        let expected =
+            cwd.with_file_name(format!("{}-hf", cwd.file_name().unwrap().to_string_lossy()));
+        assert_eq!(local("."), expected);
+    }
+
+    #[test]
+    fn timm_names_map_to_hf_names_and_qkv_splits_in_order() {
+        let weights: StateDict = [
+            ("blocks.3.attn.qkv.weight".to_string(), tensor(&[6, 2])),
+            ("blocks.3.attn.qkv.bias".to_string(), tensor(&[6])),
+            ("blocks.3.mlp.fc2.bias".to_string(), tensor(&[2])),
+            ("pos_embed".to_string(), tensor(&[1, 5, 2])),
+            ("head.weight".to_string(), tensor(&[3, 2])),
+        ]
+        .into();
+        let mapped = map_timm(&weights).unwrap();
+        let key = |part: &str| {
+            mapped[&format!("vit.encoder.layer.3.attention.attention.{part}.weight")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(key("query"), [0., 1., 2., 3.]);
+        assert_eq!(key("key"), [4., 5., 6., 7.]);
+        assert_eq!(key("value"), [8., 9., 10., 11.]);
+        assert!(mapped.contains_key("vit.encoder.layer.3.attention.attention.value.bias"));
+        assert!(mapped.contains_key("vit.encoder.layer.3.output.dense.bias"));
+        assert!(mapped.contains_key("vit.embeddings.position_embeddings"));
+        assert!(mapped.contains_key("classifier.weight"));
+        assert_eq!(mapped.len(), 9);
+        for name in weights.keys() {
+            let rebuilt = rebuild_source(&mapped, Layout::Timm, name).unwrap();
+            assert_eq!(compare_cast(name, &weights[name], &rebuilt).unwrap(), 0.0);
+        }
+    }
+
+    #[test]
+    fn timm_variants_that_are_not_plain_vits_are_refused() {
+        let weights: StateDict = [
+            ("dist_token".to_string(), tensor(&[1, 1, 2])),
+            ("blocks.0.ls1.gamma".to_string(), tensor(&[2])),
+            ("head.weight".to_string(), tensor(&[3, 2])),
+        ]
+        .into();
+        let err = map_timm(&weights).unwrap_err().to_string();
+        assert!(err.contains("blocks.0.ls1.gamma, dist_token"), "{err}");
+        let bad_qkv: StateDict = [("blocks.0.attn.qkv.weight".to_string(), tensor(&[4, 2]))].into();
+        let err = map_timm(&bad_qkv).unwrap_err().to_string();
+        assert!(
+            err.contains("blocks.0.attn.qkv.weight has shape [4, 2]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn layouts_are_detected_or_refused_with_some_names() {
+        let t = || tensor(&[1]);
+        let hf: StateDict = [(Layout::Hf.marker().to_string(), t())].into();
+        let timm: StateDict = [(Layout::Timm.marker().to_string(), t())].into();
+        assert_eq!(detect_layout(&hf, None).unwrap(), Layout::Hf);
+        assert_eq!(detect_layout(&timm, None).unwrap(), Layout::Timm);
+        assert_eq!(
+            detect_layout(&timm, Some(Layout::Timm)).unwrap(),
+            Layout::Timm
+        );
+        let err = detect_layout(&timm, Some(Layout::Hf))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("not an HF ViT checkpoint"), "{err}");
+        let other: StateDict = (0..8).map(|i| (format!("encoder.w{i}"), t())).collect();
+        let err = detect_layout(&other, None).unwrap_err().to_string();
+        assert!(err.contains("unknown checkpoint layout"), "{err}");
+        assert!(
+            err.contains("saw 8 tensors: encoder.w0, encoder.w1, encoder.w2, encoder.w3, encoder.w4, encoder.w5, ... (2 more)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shards_follow_the_limit_like_hf() {
+        let tensors: StateDict = [
+            ("a".to_string(), tensor(&[10])),
+            ("b".to_string(), tensor(&[10])),
+            ("c".to_string(), tensor(&[30])),
+            ("d".to_string(), tensor(&[5])),
+        ]
+        .into();
+        let order: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        assert_eq!(
+            shard(&order, &tensors, 80),
+            [vec!["a", "b"], vec!["c"], vec!["d"]]
+        );
+        assert_eq!(shard(&order, &tensors, 1 << 20), [vec!["a", "b", "c", "d"]]);
+        assert_eq!(shard_file(0, 1), "model.safetensors");
+        assert_eq!(shard_file(1, 3), "model-00002-of-00003.safetensors");
+    }
+
+    #[test]
+    fn casts_are_checked_bit_for_bit_and_against_rounding() {
+        let source =
+            Tensor::new(&[1.0f32, 1.0 + 1e-3, -3.3e-6, 65504.0, 1e-30], &Device::Cpu).unwrap();
+        // f16: 1.001 moves most (to 1 + 2^-10); bf16: 65504 becomes 65536.
+        for (dtype, largest) in [(DType::F16, 2.3484e-5), (DType::BF16, 32.0)] {
+            let cast = source.to_dtype(dtype).unwrap();
+            let change = compare_cast("t", &source, &cast).unwrap();
+            assert!((change / largest - 1.0).abs() < 1e-3, "{dtype:?}: {change}");
+        }
+        let wrong = Tensor::new(&[1.0f32, 1.0, -3.3e-6, 65504.0, 1e-30], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let err = compare_cast("t", &source, &wrong).unwrap_err().to_string();
+        assert!(err.contains("element 1"), "{err}");
+        let huge = Tensor::new(&[1e6f32], &Device::Cpu).unwrap();
+        let err = compare_cast("t", &huge, &huge.to_dtype(DType::F16).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than rounding"), "{err}");
+        assert_eq!(compare_cast("t", &source, &source).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn timm_preprocessing_follows_pretrained_cfg_or_deit_defaults() {
+        let (config, how) = timm_preprocess(None, 224).unwrap();
+        assert_eq!(config.resize, Some(ResizeTarget::ShortestEdge(248)));
+        assert_eq!(config.center_crop, Some((224, 224)));
+        assert_eq!(config.resample, Resample::Bicubic);
+        assert_eq!(config.normalize, Some((IMAGENET_MEAN, IMAGENET_STD)));
+        assert!(how.contains("DeiT"), "{how}");
+        let cfg = json!({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 1.0,
+                         "interpolation": "bilinear", "crop_mode": "squash"});
+        let (config, _) = timm_preprocess(Some(&cfg), 384).unwrap();
+        assert_eq!(
+            config.resize,
+            Some(ResizeTarget::Exact {
+                height: 384,
+                width: 384
+            })
+        );
+        assert_eq!(config.resample, Resample::Bilinear);
+        assert_eq!(config.normalize, Some(([0.5; 3], [0.5; 3])));
+        assert!(timm_preprocess(Some(&json!({"crop_pct": 0})), 224).is_err());
+    }
+
+    #[test]
+    fn head_counts_default_to_64_wide_heads_except_known_widths() {
+        assert_eq!(default_heads(768), 12);
+        assert_eq!(default_heads(192), 3);
+        assert_eq!(default_heads(1280), 16);
+        assert_eq!(default_heads(48), 1);
+    }
+}
