@@ -141,7 +141,8 @@ enum Source {
     Preset(String),
 }
 
-/// The checked arguments.
+/// The checked arguments (built once per run, so its size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Plan {
     New {
         settings: Settings,
