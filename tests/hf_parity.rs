@@ -107,10 +107,16 @@ fn pixel_values_match_hf_image_processors_within_one_8bit_step() {
         if name.contains("gray16") {
             // Pillow clips 16-bit values to 255 (min(v, 255)); we scale them (v / 257), as a
             // user expects: the difference is deliberate, see load_rgb.
-            assert!(diff > 100.0 * step, "{name}: expected the deliberate 16-bit difference");
+            assert!(
+                diff > 100.0 * step,
+                "{name}: expected the deliberate 16-bit difference"
+            );
             continue;
         }
-        assert!(diff <= step + 2e-3, "{name}: max diff {diff} exceeds one 8-bit step {step}");
+        assert!(
+            diff <= step + 2e-3,
+            "{name}: max diff {diff} exceeds one 8-bit step {step}"
+        );
         checked += 1;
     }
     assert!(checked >= 8, "only {checked} preprocessing cases ran");
