@@ -73,3 +73,63 @@ check-cuda:
 
 cuda-smoke: check-cuda
 	sh .ci/gpu-env.sh wheels sh .ci/cuda-smoke.sh target/cuda/debug/vit
+
+# --- finetune ---
+# Real-data training runs and the training-throughput comparison with PyTorch; not part of
+# `make test` (README, "vit finetune"). Data come from $(SHARED)/datasets, outputs go to
+# $(FT_OUT); each run prints its best accuracy and wall time against the target.
+#   finetune-hymenoptera    ants vs bees from the shared DeiT-Tiny (frozen backbone):
+#                           >= 93% validation accuracy within 10 minutes
+#   finetune-fashion-mnist  vit-micro-patch7-28 from scratch: >= 80% test accuracy within
+#                           10 minutes
+#   bench-train-compare     DeiT-Tiny, batch 32, $(FT_THREADS) threads, AdamW: one epoch of
+#                           hymenoptera/train with vit finetune, then with PyTorch +
+#                           transformers (scripts/bench_train_torch.py, installed into .venv on
+#                           first use), and the ratio of their training images per second
+
+FT_OUT     ?= target/finetune
+FT_THREADS ?= 2
+FT_DEIT    := $(SHARED)/models/deit-tiny-patch16-224
+FT_HYM     := $(SHARED)/datasets/hymenoptera
+# Prints `NAME: best validation accuracy ..., wall time ...: PASS|FAIL`; fails below the
+# accuracy ($(2)) or over the time ($(3) seconds). Arguments: output folder, accuracy, seconds.
+FT_CHECK = $(PYTHON) -c 'import json, sys; \
+	rows = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")]; \
+	best, target, took, limit = max(r["val_accuracy"] for r in rows), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]); \
+	ok = best >= target and took <= limit; \
+	print("%s: best validation accuracy %.2f%% (target %.0f%%), wall time %d s (limit %d s): %s" \
+		% (sys.argv[1], 100 * best, 100 * target, took, limit, "PASS" if ok else "FAIL")); \
+	sys.exit(0 if ok else 1)'
+
+.PHONY: finetune-hymenoptera finetune-fashion-mnist bench-train-compare
+
+finetune-hymenoptera: build
+	@start=$$(date +%s); \
+	RAYON_NUM_THREADS=$(FT_THREADS) $(VIT) finetune --data $(FT_HYM) --model $(FT_DEIT) \
+		-o $(FT_OUT)/hymenoptera --force --freeze-backbone --epochs 8 --lr 2e-3 || exit $$?; \
+	$(FT_CHECK) $(FT_OUT)/hymenoptera 0.93 $$(( $$(date +%s) - start )) 600
+
+finetune-fashion-mnist: build
+	@start=$$(date +%s); \
+	RAYON_NUM_THREADS=$(FT_THREADS) $(VIT) finetune --data $(SHARED)/datasets/fashion-mnist \
+		--preset vit-micro-patch7-28 -o $(FT_OUT)/fashion-mnist --force --epochs 30 \
+		--lr 1e-3 --crop-scale 1 || exit $$?; \
+	$(FT_CHECK) $(FT_OUT)/fashion-mnist 0.80 $$(( $$(date +%s) - start )) 600
+
+$(VENV)/.train-bench:
+	@$(VENV)/bin/python -c 'import torch, torchvision, transformers' 2>/dev/null || \
+		{ $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet torch torchvision transformers; }
+	@touch $@
+
+bench-train-compare: build $(VENV)/.train-bench
+	@mkdir -p $(FT_OUT)
+	@echo "bench-train-compare: vit finetune, DeiT-Tiny, batch 32, $(FT_THREADS) threads, one epoch" >&2
+	RAYON_NUM_THREADS=$(FT_THREADS) $(VIT) finetune --data $(FT_HYM) --model $(FT_DEIT) \
+		-o $(FT_OUT)/bench-train --force --epochs 1 --batch-size 32
+	@echo "bench-train-compare: PyTorch + transformers, the same epoch" >&2
+	$(VENV)/bin/python scripts/bench_train_torch.py --model $(FT_DEIT) --data $(FT_HYM)/train \
+		--batch-size 32 --threads $(FT_THREADS) > $(FT_OUT)/bench-train-torch.json
+	@$(PYTHON) -c 'import json; \
+	vit = json.loads(open("$(FT_OUT)/bench-train/metrics.jsonl").readline())["train_images_per_s"]; \
+	torch = json.load(open("$(FT_OUT)/bench-train-torch.json"))["train_images_per_s"]; \
+	print("training throughput, DeiT-Tiny, batch 32, $(FT_THREADS) threads: vit %.2f img/s, PyTorch %.2f img/s, ratio vit/PyTorch %.2f" % (vit, torch, vit / torch))'

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vit::bench::preset_config;
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::ModelSpec;
 use vit::model::weights::{check_state_dict, infer_config, read_weights};
@@ -14,7 +13,7 @@ use vit::model::ViTConfig;
 use vit::preprocess::PreprocessConfig;
 use vit::train::checkpoint::{self, OUTPUTS};
 use vit::train::data::{readable, ImageFolder, Unreadable, ValSource};
-use vit::train::model::{adapt_base, init_weights, Head};
+use vit::train::model::{adapt_base, init_weights, preset_config, Head};
 use vit::train::{
     eval_preprocess, EpochMetrics, Observer, Settings, Start, StepReport, Summary, Trainer,
 };
@@ -23,7 +22,7 @@ use super::Outcome;
 
 /// Options that define a run; a resumed run keeps its saved ones, so these conflict with
 /// `--resume`.
-const RUN_OPTIONS: [&str; 17] = [
+const RUN_OPTIONS: [&str; 18] = [
     "model",
     "preset",
     "revision",
@@ -38,6 +37,7 @@ const RUN_OPTIONS: [&str; 17] = [
     "clip_grad",
     "freeze_backbone",
     "image_size",
+    "crop_scale",
     "val_split",
     "seed",
     "save_steps",
@@ -66,7 +66,8 @@ pub struct FinetuneArgs {
     /// Attention heads, for a weights file without config.json [default: hidden size / 64].
     #[arg(long, value_name = "N", requires = "model")]
     num_heads: Option<usize>,
-    /// Train from scratch with a preset architecture (as `vit bench --preset`), e.g.
+    /// Train from scratch with a preset architecture: vit-micro-patch7-28 or
+    /// vit-mini-patch4-32 (small, for small images), or one of `vit bench`'s, e.g.
     /// vit-tiny-patch16-224.
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
@@ -106,6 +107,10 @@ pub struct FinetuneArgs {
     /// resized bicubically [default: the model's].
     #[arg(long, value_name = "PIXELS")]
     image_size: Option<usize>,
+    /// Smallest area of the training augmentation's random resized crop, as a fraction of
+    /// the image (raise it for small images) [default: 0.08, torchvision's].
+    #[arg(long, value_name = "FRACTION")]
+    crop_scale: Option<f64>,
     /// Fraction of each class held out for validation when DIR has no val/ folder
     /// [default: 0.1].
     #[arg(long, value_name = "FRACTION")]
@@ -237,6 +242,10 @@ fn plan(args: &FinetuneArgs) -> Result<Plan> {
         clip_grad: non_negative("clip-grad", args.clip_grad, 1.0)?,
         freeze_backbone: args.freeze_backbone,
         image_size: 0,
+        crop_scale: match args.crop_scale {
+            Some(v) if !(v > 0.0 && v <= 1.0) => bail!("--crop-scale must be in (0, 1]"),
+            other => other.unwrap_or(0.08),
+        },
         val_split: fraction("val-split", args.val_split, 0.1, false)?,
         seed: args.seed.unwrap_or(0),
         save_steps: args.save_steps.unwrap_or(0),
@@ -435,7 +444,7 @@ fn start_resumed(data: Option<PathBuf>, args: &FinetuneArgs, out: &Path) -> Resu
 fn log_run(settings: &Settings, device: &candle_core::Device) {
     eprintln!(
         "vit: {} epochs, batch {}{}, lr {:e} (warmup {}, cosine), weight decay {}, label \
-         smoothing {}, clip {}, {}px, seed {}, {} {} ({} threads){}",
+         smoothing {}, clip {}, {}px (crops from {:.0}% of the area), seed {}, {} {} ({} threads){}",
         settings.epochs,
         settings.batch_size,
         match settings.grad_accum {
@@ -448,6 +457,7 @@ fn log_run(settings: &Settings, device: &candle_core::Device) {
         settings.label_smoothing,
         settings.clip_grad,
         settings.image_size,
+        settings.crop_scale * 100.0,
         settings.seed,
         device_name(device),
         settings.dtype,

@@ -61,6 +61,8 @@ pub struct Settings {
     pub clip_grad: f64,
     pub freeze_backbone: bool,
     pub image_size: usize,
+    /// Smallest area of the random resized crop, as a fraction of the image.
+    pub crop_scale: f64,
     pub val_split: f64,
     pub seed: u64,
     /// Also checkpoint every this many optimizer steps within an epoch (0: at epoch ends).

@@ -14,6 +14,8 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod data;
+#[cfg(test)]
+mod gradcheck;
 pub mod model;
 pub mod optim;
 pub mod plot;
@@ -463,7 +465,8 @@ impl Trainer {
     }
 
     fn prepare_train(&self, epoch: usize) -> Arc<Prepare> {
-        let augment = Augment::new(self.settings.image_size as u32, &self.preprocess);
+        let mut augment = Augment::new(self.settings.image_size as u32, &self.preprocess);
+        augment.scale.0 = self.settings.crop_scale;
         let seed = self.settings.seed;
         Arc::new(move |position, sample: &Sample| {
             let image = load_rgb(&sample.path)?;

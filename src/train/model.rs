@@ -127,6 +127,39 @@ pub fn init_weights(config: &ViTConfig, seed: u64) -> Result<StateDict> {
         .collect()
 }
 
+/// Small architectures for training from scratch on small images, beside `vit bench`'s
+/// ImageNet-sized presets: (name, hidden size, layers, heads, MLP size, patch, image size).
+const SMALL_PRESETS: [(&str, usize, usize, usize, usize, usize, usize); 2] = [
+    ("vit-micro-patch7-28", 64, 4, 2, 128, 7, 28),
+    ("vit-mini-patch4-32", 128, 6, 4, 256, 4, 32),
+];
+
+/// The architecture of a preset to train from scratch: one of [`SMALL_PRESETS`] or of
+/// `vit bench`'s presets ([`crate::bench::preset_config`]).
+pub fn preset_config(name: &str) -> Result<ViTConfig> {
+    let Some(&(_, hidden, layers, heads, mlp, patch, image)) =
+        SMALL_PRESETS.iter().find(|p| p.0 == name)
+    else {
+        return crate::bench::preset_config(name).map_err(|_| {
+            let small: Vec<&str> = SMALL_PRESETS.iter().map(|p| p.0).collect();
+            anyhow::anyhow!(
+                "unknown preset {name:?} (one of: {}, {})",
+                small.join(", "),
+                crate::bench::preset_names().join(", ")
+            )
+        });
+    };
+    let mut config = crate::bench::preset_config("deit-tiny-patch16-224")?;
+    config.hidden_size = hidden;
+    config.num_hidden_layers = layers;
+    config.num_attention_heads = heads;
+    config.intermediate_size = mlp;
+    config.patch_size = patch;
+    config.image_size = image;
+    config.validate()?;
+    Ok(config)
+}
+
 /// The weights being trained (as variables) and the frozen ones, on the training device.
 pub struct Weights {
     pub config: ViTConfig,
@@ -209,7 +242,7 @@ impl Weights {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::weights::check_state_dict;
 
@@ -246,6 +279,19 @@ mod tests {
         assert!((0.015..0.02).contains(&std), "{std}");
         assert!(values(&a, "vit.layernorm.weight").iter().all(|&x| x == 1.0));
         assert!(values(&a, "classifier.bias").iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn presets_include_small_ones_and_unknown_names_list_all() {
+        let micro = preset_config("vit-micro-patch7-28").unwrap();
+        assert_eq!(
+            (micro.hidden_size, micro.patch_size, micro.grid_size()),
+            (64, 7, 4)
+        );
+        let tiny = preset_config("vit-tiny-patch16-224").unwrap();
+        assert_eq!(tiny.hidden_size, 192);
+        let err = preset_config("vit-nano").unwrap_err().to_string();
+        assert!(err.contains("vit-mini-patch4-32") && err.contains("vit-base-patch16-224"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Line charts drawn directly into an image (no plotting crate): panels side by side, each
-//! with a frame, a grid, labelled ticks, a title, a legend and its curves.
+//! with a frame, a grid, labelled ticks, a title and a legend above, and its curves.
 
 use image::{Rgb, RgbImage};
 
@@ -126,12 +126,11 @@ fn draw_panel(image: &mut RgbImage, left: i64, panel: &Panel) {
     hline(image, x0, x1, y1, BLACK);
     vline(image, x0, y0, y1, BLACK);
     vline(image, x1, y0, y1, BLACK);
-    let title_x = (x0 + x1) / 2 - text_width(&panel.title) / 2;
-    draw_text(image, title_x, 12, &panel.title, BLACK);
+    draw_text(image, x0, 12, &panel.title, BLACK);
     let label_x = (x0 + x1) / 2 - text_width(&panel.x_label) / 2;
     draw_text(image, label_x, y1 + 30, &panel.x_label, BLACK);
 
-    // Curves, then the legend on top.
+    // The curves, with a dot at each point.
     for series in &panel.series {
         let color = Rgb(series.color);
         let pixels: Vec<(i64, i64)> = series
@@ -147,20 +146,14 @@ fn draw_panel(image: &mut RgbImage, left: i64, panel: &Panel) {
             fill(image, px - 3, py - 3, 7, 7, color);
         }
     }
-    let name_width = panel
-        .series
-        .iter()
-        .map(|s| text_width(&s.name))
-        .max()
-        .unwrap_or(0);
-    let lx = x1 - 20 - name_width - 30;
-    let box_height = 20 * panel.series.len() as i64 + 8;
-    fill(image, lx - 8, y0 + 6, name_width + 46, box_height, WHITE);
-    let mut legend_y = y0 + 10;
-    for series in &panel.series {
-        fill(image, lx, legend_y + 6, 22, 3, Rgb(series.color));
-        draw_text(image, lx + 28, legend_y, &series.name, BLACK);
-        legend_y += 20;
+    // The legend, right-aligned on the title row: a swatch and a name per series.
+    let mut lx = x1;
+    for series in panel.series.iter().rev() {
+        lx -= text_width(&series.name);
+        draw_text(image, lx, 12, &series.name, BLACK);
+        lx -= 28;
+        fill(image, lx, 18, 22, 3, Rgb(series.color));
+        lx -= 16;
     }
 }
 
@@ -307,7 +300,7 @@ mod tests {
             .flat_map(|x| (0..HEIGHT).map(move |y| (x, y)))
             .filter(|&(x, y)| image.get_pixel(x, y).0 == BLUE)
             .count();
-        // The legend swatch alone is 66 pixels; the curve and its dots add many more.
+        // The legend swatch is 66 pixels; the curve and its dots add many more.
         assert!(blue_left > 400, "{blue_left}");
         assert!(
             count(&image, BLUE) < blue_left + 100,

@@ -86,3 +86,17 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A `vit` command set up as [`vit_with_env`] runs it, to spawn (and kill) as a child process.
+pub fn vit_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vit"));
+    command
+        .args(args)
+        .env_remove("VIT_MODEL")
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("vit-tests-empty-hf-home"),
+        );
+    command
+}
