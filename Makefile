@@ -84,7 +84,7 @@ cuda-smoke: check-cuda
 #                           10 minutes
 #   bench-train-compare     DeiT-Tiny, batch 32, $(FT_THREADS) threads, AdamW: one epoch of
 #                           hymenoptera/train with vit finetune, then with PyTorch +
-#                           transformers (scripts/bench_train_torch.py, installed into .venv on
+#                           transformers (tests/bench/bench_train_torch.py, installed into .venv on
 #                           first use), and the ratio of their training images per second
 
 FT_OUT     ?= target/finetune
@@ -127,7 +127,7 @@ bench-train-compare: build $(VENV)/.train-bench
 	RAYON_NUM_THREADS=$(FT_THREADS) $(VIT) finetune --data $(FT_HYM) --model $(FT_DEIT) \
 		-o $(FT_OUT)/bench-train --force --epochs 1 --batch-size 32
 	@echo "bench-train-compare: PyTorch + transformers, the same epoch" >&2
-	$(VENV)/bin/python scripts/bench_train_torch.py --model $(FT_DEIT) --data $(FT_HYM)/train \
+	$(VENV)/bin/python tests/bench/bench_train_torch.py --model $(FT_DEIT) --data $(FT_HYM)/train \
 		--batch-size 32 --threads $(FT_THREADS) > $(FT_OUT)/bench-train-torch.json
 	@$(PYTHON) -c 'import json; \
 	vit = json.loads(open("$(FT_OUT)/bench-train/metrics.jsonl").readline())["train_images_per_s"]; \
