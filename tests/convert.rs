@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
-use common::{deit_tiny, fixture, max_abs_diff, shared_dir, stderr, stdout, vit};
+use common::{deit_tiny, f32_values, fixture, max_abs_diff, shared_dir, stderr, stdout, vit};
 use serde_json::Value;
 use vit::model::weights::read_weights;
 use vit::model::{LoadOptions, LoadedModel, ModelFiles, ModelOptions};
@@ -82,20 +82,11 @@ fn load(dir: &Path) -> LoadedModel {
     loaded
 }
 
-fn to_f32(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 /// Max |logits of the model in `dir` − the logits in `io`| on `io`'s pixel values.
 fn logits_diff(dir: &Path, io: &Path) -> f32 {
     let io = candle_core::safetensors::load(io, &Device::Cpu).unwrap();
     let logits = load(dir).model.forward(&io["pixel_values"]).unwrap();
-    max_abs_diff(&to_f32(&logits), &to_f32(&io["logits"]))
+    max_abs_diff(&f32_values(&logits), &f32_values(&io["logits"]))
 }
 
 fn file_names(dir: &Path) -> Vec<String> {
@@ -234,7 +225,11 @@ fn hf_bin_folders_become_safetensors_with_the_same_logits() {
         let written = read_weights(&out.join("model.safetensors")).unwrap();
         assert_eq!(source.len(), written.len(), "{dir}");
         for (name, tensor) in &source {
-            assert_eq!(to_f32(tensor), to_f32(&written[name]), "{dir}: {name}");
+            assert_eq!(
+                f32_values(tensor),
+                f32_values(&written[name]),
+                "{dir}: {name}"
+            );
         }
     }
 }
@@ -303,7 +298,7 @@ fn f16_and_bf16_outputs_hold_exactly_the_rounded_tensors() {
         for (name, source) in &reference {
             let tensor = &written[name];
             assert_eq!(tensor.dims(), source.dims(), "{name}");
-            let source = to_f32(source);
+            let source = f32_values(source);
             let bits: Vec<u16> = match dtype {
                 "f16" => source
                     .iter()
@@ -452,7 +447,7 @@ fn keeping_the_dtype_of_the_shared_deit_writes_identical_tensors() {
     let written = read_weights(&out.join("model.safetensors")).unwrap();
     assert_eq!(source.len(), written.len());
     for (name, tensor) in &source {
-        let bits = |t: &Tensor| -> Vec<u32> { to_f32(t).iter().map(|v| v.to_bits()).collect() };
+        let bits = |t: &Tensor| -> Vec<u32> { f32_values(t).iter().map(|v| v.to_bits()).collect() };
         assert_eq!(bits(tensor), bits(&written[name]), "{name}");
     }
 }

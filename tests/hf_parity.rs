@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device};
-use common::{fixture, max_abs_diff, shared_dir};
+use common::{f32_values, fixture, max_abs_diff, shared_dir};
 use serde_json::Value;
 use vit::model::{LoadOptions, LoadedModel, ModelFiles, ModelOptions};
 use vit::preprocess::{load_rgb, PreprocessConfig};
@@ -43,15 +43,7 @@ fn check_model_logits(options: &LoadOptions) {
         );
         let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
         let logits = loaded.model.forward(&io["pixel_values"]).unwrap();
-        let got: Vec<f32> = logits
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let expected: Vec<f32> = io["logits"].flatten_all().unwrap().to_vec1().unwrap();
-        let diff = max_abs_diff(&got, &expected);
+        let diff = max_abs_diff(&f32_values(&logits), &f32_values(&io["logits"]));
         assert!(diff < 1e-4, "{name}: max |logit diff| {diff} vs HF");
     }
 }
@@ -93,13 +85,7 @@ fn pixel_values_match_hf_image_processors_within_one_8bit_step() {
             .clone();
         let dims = hf.dims().to_vec();
         assert_eq!([1, 3, ours.height, ours.width], dims[..], "{name}: size");
-        let expected: Vec<f32> = hf
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let expected = f32_values(&hf);
         let (_, std) = config.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
         let step = 1.0 / 255.0 / std.iter().cloned().fold(f32::INFINITY, f32::min);
         // One 8-bit step, plus the float16 rounding of the stored values.

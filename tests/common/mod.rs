@@ -53,15 +53,7 @@ pub fn vit(args: &[&str]) -> Output {
 
 /// Runs the built `vit` binary with extra environment variables.
 pub fn vit_with_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vit"));
-    command
-        .args(args)
-        .env_remove("VIT_MODEL")
-        .env("HF_HUB_OFFLINE", "1")
-        .env(
-            "HF_HOME",
-            std::env::temp_dir().join("vit-tests-empty-hf-home"),
-        );
+    let mut command = vit_command(args);
     for (key, value) in envs {
         command.env(key, value);
     }
@@ -76,6 +68,15 @@ pub fn stdout(output: &Output) -> String {
 /// stderr as text.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// All values of a tensor, flattened, as f32.
+pub fn f32_values(tensor: &candle_core::Tensor) -> Vec<f32> {
+    tensor
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("a numeric tensor")
 }
 
 /// Largest absolute difference between two equally long slices.
