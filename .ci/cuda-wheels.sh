@@ -18,7 +18,9 @@ nvidia-nvvm==13.4.92 nvidia-cuda-cccl==13.3.5.0.6 nvidia-cuda-nvrtc==13.4.92
 nvidia-cublas==13.4.3.11 nvidia-curand==10.4.4.72"
 stamp="$venv/.installed"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS" ] && [ -x "$(cat "$venv/cuda-home")/bin/nvcc" ]; then
+home=$(cat "$venv/cuda-home" 2>/dev/null || true)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS" ] && [ "${home#/}" != "$home" ] &&
+    [ -x "$home/bin/nvcc" ]; then
     exit 0
 fi
 
@@ -31,7 +33,8 @@ ${PYTHON:-python3} -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
     --only-binary=:all: $PINS
 
-cuda=$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)
+# An absolute path: build scripts run nvcc from their own folders, with this on PATH.
+cuda=$(cd "$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)" && pwd)
 [ -x "$cuda/bin/nvcc" ] || { echo "cuda-wheels: no nvcc in $cuda" >&2; exit 1; }
 for lib in "$cuda"/lib/lib*.so.*; do
     name=$(basename "$lib")
