@@ -51,6 +51,39 @@ clean:
 	$(CARGO) clean
 	rm -rf $(SAMPLES)
 
+# --- benchmarks ---
+# bench-compare: `vit bench` against PyTorch + HF transformers on the same machine, in one run:
+# the same random ViT-B/16 224 weights (written once by tests/bench/bench_infer_torch.py, HF's
+# own initialisation), the same threads, dtypes and batch sizes; prints vit's throughput as a
+# ratio of PyTorch's per row, and each side's 2048^3 matrix-product peak. torch and
+# transformers are installed from PyPI into $(VENV) on first use.
+
+BENCH_OUT     ?= target/bench
+BENCH_THREADS ?= 2
+BENCH_DTYPES  ?= f32,bf16
+BENCH_BATCHES ?= 1,8
+BENCH_SECONDS ?= 20
+BENCH_MODEL   := $(BENCH_OUT)/vit-base-patch16-224-random
+
+.PHONY: bench-compare
+
+$(VENV)/.torch:
+	@$(VENV)/bin/python -c 'import torch, transformers' 2>/dev/null || \
+		{ $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet torch transformers; }
+	@touch $@
+
+$(BENCH_MODEL)/config.json: | $(VENV)/.torch
+	$(VENV)/bin/python tests/bench/bench_infer_torch.py --save-random $(BENCH_MODEL)
+
+bench-compare: build $(BENCH_MODEL)/config.json
+	$(VIT) bench --model $(BENCH_MODEL) --device cpu --threads $(BENCH_THREADS) \
+		--dtype $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) --seconds $(BENCH_SECONDS) \
+		--peak --format json > $(BENCH_OUT)/vit.jsonl
+	$(VENV)/bin/python tests/bench/bench_infer_torch.py --model $(BENCH_MODEL) \
+		--threads $(BENCH_THREADS) --dtypes $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) \
+		--seconds $(BENCH_SECONDS) --peak > $(BENCH_OUT)/torch.jsonl
+	@$(PYTHON) tests/bench/compare.py $(BENCH_OUT)/vit.jsonl $(BENCH_OUT)/torch.jsonl
+
 # --- GPU builds ---
 # Checks of the CUDA build that need no GPU and no CUDA toolkit installed (README, "GPU builds").
 # Each uses its own target dir, so the CPU build above is never touched.

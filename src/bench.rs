@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::model::config::generic_labels;
 use crate::model::weights::{expected_tensors, StateDict};
-use crate::model::{Activation, ViTConfig};
+use crate::model::{Activation, ViTConfig, ViTForImageClassification};
 
 /// Width, depth, heads and MLP size of the standard ViT sizes.
 const SIZES: [(&str, usize, usize, usize, usize); 5] = [
@@ -197,6 +197,40 @@ pub fn device_memory_used(device: &Device) -> Option<u64> {
     }
 }
 
+/// How a candidate attention kernel's logits compare with standard attention's.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelAgreement {
+    /// Largest absolute logit difference (infinite if the candidate gave NaN).
+    pub max_abs_diff: f32,
+    /// The largest difference accepted for the dtype.
+    pub tolerance: f32,
+    /// Whether the candidate may be timed and reported.
+    pub agrees: bool,
+}
+
+/// Runs `reference` (standard attention) and `candidate` on the same `input` and compares their
+/// logits with the tolerance of `dtype`: a kernel that disagrees must not be reported.
+pub fn compare_kernels(
+    reference: &ViTForImageClassification,
+    candidate: &ViTForImageClassification,
+    input: &Tensor,
+    dtype: DType,
+) -> Result<KernelAgreement> {
+    let logits = |model: &ViTForImageClassification| -> Result<Vec<f32>> {
+        Ok(model
+            .forward(input)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    let (max_abs_diff, agrees) = kernels_agree(&logits(reference)?, &logits(candidate)?, dtype);
+    Ok(KernelAgreement {
+        max_abs_diff,
+        tolerance: kernel_tolerance(dtype),
+        agrees,
+    })
+}
+
 /// Largest absolute difference between two kernels' outputs, and whether it is within the
 /// tolerance for `dtype`.
 pub fn kernels_agree(reference: &[f32], candidate: &[f32], dtype: DType) -> (f32, bool) {
@@ -249,6 +283,42 @@ mod tests {
         let latency = Latency::from_samples(&samples).unwrap();
         assert_eq!((latency.p50, latency.p90, latency.p99), (50.0, 90.0, 99.0));
         assert!(Latency::from_samples(&[]).is_err());
+    }
+
+    /// The tiniest model: 2 layers of width 16 on 16x16 images.
+    fn micro_model(seed: u64, differentiable: bool) -> ViTForImageClassification {
+        let config = ViTConfig::from_json(
+            r#"{"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "intermediate_size": 32, "image_size": 16, "patch_size": 4,
+                "id2label": {"0": "a", "1": "b", "2": "c"}}"#,
+        )
+        .unwrap();
+        let options = crate::model::LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            num_heads: None,
+            model: crate::model::ModelOptions {
+                attention: crate::model::AttentionKernel::Standard,
+                differentiable,
+            },
+        };
+        crate::model::build(random_state_dict(&config, seed).unwrap(), &config, &options).unwrap()
+    }
+
+    #[test]
+    fn a_kernel_is_compared_on_the_models_logits() {
+        let input = Tensor::randn(0f32, 1.0, (2, 3, 16, 16), &Device::Cpu).unwrap();
+        let reference = micro_model(0, false);
+        // The same weights through other code (composed, differentiable ops): it agrees.
+        let same = compare_kernels(&reference, &micro_model(0, true), &input, DType::F32).unwrap();
+        assert!(same.agrees && same.max_abs_diff < 1e-5, "{same:?}");
+        // Other weights stand in for a broken kernel: refused.
+        let wrong =
+            compare_kernels(&reference, &micro_model(1, false), &input, DType::F32).unwrap();
+        assert!(
+            !wrong.agrees && wrong.max_abs_diff > wrong.tolerance,
+            "{wrong:?}"
+        );
     }
 
     #[test]

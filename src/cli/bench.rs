@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 use vit::bench::{
-    device_memory_used, forward_flops, kernel_tolerance, kernels_agree, matmul_peak_gflops,
-    parameter_count, peak_rss_bytes, preset_config, random_state_dict, Latency,
+    compare_kernels, device_memory_used, forward_flops, matmul_peak_gflops, parameter_count,
+    peak_rss_bytes, preset_config, random_state_dict, Latency,
 };
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::ModelSpec;
@@ -309,17 +309,16 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                 .as_ref()
                 .filter(|_| kernel != AttentionKernel::Standard)
             {
-                let input = random_input(1, size, &plan.device)?;
-                let expected = logits(&reference.model, &input)?;
-                let got = logits(&built.model, &input)?;
-                let (diff, ok) = kernels_agree(&expected, &got, dtype);
-                if !ok {
+                let input = random_input(1, size, &plan.device)?.to_dtype(dtype)?;
+                let check = compare_kernels(&reference.model, &built.model, &input, dtype)?;
+                if !check.agrees {
                     progress.suspend(|| {
                         eprintln!(
-                            "vit: bench: {} attention disagrees with standard attention by {diff:.3e} \
+                            "vit: bench: {} attention disagrees with standard attention by {:.3e} \
                              (tolerance {:.0e} for {}); not reported",
                             kernel.name(),
-                            kernel_tolerance(dtype),
+                            check.max_abs_diff,
+                            check.tolerance,
                             dtype.as_str()
                         )
                     });
@@ -354,14 +353,6 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
 
 fn random_input(batch: usize, size: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?.to_device(device)?)
-}
-
-fn logits(model: &ViTForImageClassification, input: &Tensor) -> Result<Vec<f32>> {
-    Ok(model
-        .forward(input)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?)
 }
 
 /// Runs `step` for the warm-up, then times it per the budget; returns seconds per call.
