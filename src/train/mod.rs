@@ -13,6 +13,7 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod cpu_step;
 pub mod data;
 #[cfg(test)]
 mod gradcheck;
@@ -394,8 +395,24 @@ impl Trainer {
     /// Forward and backward over one batch; the loss is summed over the batch and divided by
     /// `normalizer`, the images of the whole optimizer step.
     fn forward_backward(&self, batch: data::Batch, normalizer: usize) -> Result<BatchStep> {
-        let device = &self.weights.device;
         let images = batch.len();
+        if cpu_step::applies(&self.weights) && batch.height == self.weights.config.image_size {
+            let step = cpu_step::forward_backward(
+                &self.weights,
+                &batch.pixels,
+                &batch.labels,
+                self.settings.label_smoothing,
+                normalizer,
+            )?;
+            check_loss(step.loss_sum, self.state.global_step)?;
+            return Ok(BatchStep {
+                loss_sum: step.loss_sum,
+                correct: count_correct(&step.logits, &batch.labels)?,
+                images,
+                grads: step.grads,
+            });
+        }
+        let device = &self.weights.device;
         let pixels =
             Tensor::from_vec(batch.pixels, (images, 3, batch.height, batch.width), device)?;
         let network = self.weights.network(true, !self.settings.freeze_backbone)?;
@@ -414,12 +431,7 @@ impl Trainer {
             }
         }
         let loss_sum = loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * normalizer as f64;
-        if !loss_sum.is_finite() {
-            bail!(
-                "the training loss is {loss_sum} at step {}: training diverged (try a lower --lr)",
-                self.state.global_step + 1
-            );
-        }
+        check_loss(loss_sum, self.state.global_step)?;
         Ok(BatchStep {
             loss_sum,
             correct: count_correct(&logits, &batch.labels)?,
@@ -536,6 +548,17 @@ struct BatchStep {
     correct: usize,
     images: usize,
     grads: HashMap<String, Tensor>,
+}
+
+/// Stops a run whose loss is no longer finite.
+fn check_loss(loss_sum: f64, global_step: usize) -> Result<()> {
+    if !loss_sum.is_finite() {
+        bail!(
+            "the training loss is {loss_sum} at step {}: training diverged (try a lower --lr)",
+            global_step + 1
+        );
+    }
+    Ok(())
 }
 
 fn count_correct(logits: &Tensor, labels: &[u32]) -> Result<usize> {
