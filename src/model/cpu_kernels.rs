@@ -108,7 +108,8 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
 
 /// Runs `kernel` compiled for AVX2 and FMA where the CPU has them (the crate is built for
 /// the baseline x86-64, whose 4-wide SSE2 is all the compiler may assume), plainly elsewhere.
-/// The kernel's loops are vectorized when they use branch-free maths such as [`exp`].
+/// The kernel's loops are vectorized when they use branch-free maths such as [`exp`]; mark the
+/// closure `#[inline(always)]`, or it is compiled on its own, for the baseline.
 #[inline(always)]
 pub(crate) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -136,7 +137,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     /// 1.5 * 2^23: adding and subtracting it rounds an f32 to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.33, 88.72);
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let rounded = x * LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = x - n * LN_2_HI - n * LN_2_LO;
     // e^r on [-ln 2 / 2, ln 2 / 2] (Cephes' expf polynomial).
     let p = 1.987_569_1e-4_f32;
@@ -146,8 +148,10 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let e_r = p * r * r + r + 1.0;
-    // 2^n; n = 128 at the upper clamp gives the bits of infinity.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the integer n held in the low bits of `rounded` (no float-to-int cast, which
+    // saturates and would keep the loop scalar); n = 128 at the upper clamp gives infinity.
+    let n_int = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     e_r * scale
 }
 
@@ -184,11 +188,14 @@ impl CustomOp1 for GeluErf {
         dst.par_chunks_mut(4096)
             .zip(src.par_chunks(4096))
             .for_each(|(dst, src)| {
-                vectorized(|| {
-                    for (d, &x) in dst.iter_mut().zip(src) {
-                        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                    }
-                })
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (d, &x) in dst.iter_mut().zip(src) {
+                            *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
@@ -352,14 +359,17 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Softmax of each row of `cols` values of `data`, in place.
 pub(crate) fn softmax_rows(data: &mut [f32], cols: usize) {
-    vectorized(|| {
-        for row in data.chunks_mut(cols) {
-            let max = max(row);
-            row.iter_mut().for_each(|x| *x = exp(*x - max));
-            let inverse = 1.0 / sum(row);
-            row.iter_mut().for_each(|x| *x *= inverse);
-        }
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            for row in data.chunks_mut(cols) {
+                let max = max(row);
+                row.iter_mut().for_each(|x| *x = exp(*x - max));
+                let inverse = 1.0 / sum(row);
+                row.iter_mut().for_each(|x| *x *= inverse);
+            }
+        },
+    )
 }
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
@@ -423,7 +433,13 @@ mod tests {
         }
         assert!(exp(-100.0) < 1e-37);
         assert_eq!(exp(100.0), f32::INFINITY);
-        assert_eq!(vectorized(|| exp(1.0)), exp(1.0));
+        assert_eq!(
+            vectorized(
+                #[inline(always)]
+                || exp(1.0)
+            ),
+            exp(1.0)
+        );
     }
 
     #[test]

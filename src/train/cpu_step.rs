@@ -57,6 +57,7 @@ pub fn forward_backward(
     smoothing: f64,
     normalizer: usize,
 ) -> Result<Step> {
+    keep_freed_memory();
     let params = Params::read(weights)?;
     let dims = Dims::new(&weights.config, labels.len());
     if pixels.len() != dims.batch * 3 * dims.image * dims.image {
@@ -99,6 +100,26 @@ pub fn forward_backward(
         logits,
         grads,
     })
+}
+
+/// Keeps the memory of freed step buffers in the process. A step allocates and frees some
+/// hundred megabytes; glibc hands large freed blocks back to the OS (above its mmap and trim
+/// thresholds), so every step paid again for zeroed pages, page faults and TLB shootdowns:
+/// on a DeiT-Tiny epoch (batch 32) 2.1 million page faults and 8 s of system time, against
+/// 0.4 million and 2.5 s when the memory is kept.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator parameters; it is called once, before
+            // the step's allocations. 32 MiB is glibc's largest mmap threshold.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            }
+        });
+    }
 }
 
 /// The sizes of a step.
@@ -755,19 +776,22 @@ fn layer_norm(
         .zip(inverse_std.par_chunks_mut(ROWS_PER_TASK))
         .zip(x.par_chunks(ROWS_PER_TASK * cols))
         .for_each(|((normalized, inverse_std), x)| {
-            vectorized(|| {
-                for ((n, r), x) in normalized
-                    .chunks_mut(cols)
-                    .zip(inverse_std.iter_mut())
-                    .zip(x.chunks(cols))
-                {
-                    let mean = sum(x) / cols as f32;
-                    n.iter_mut().zip(x).for_each(|(n, v)| *n = v - mean);
-                    let variance = dot(n, n) / cols as f32;
-                    *r = 1.0 / (variance + eps).sqrt();
-                    n.iter_mut().for_each(|n| *n *= *r);
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((n, r), x) in normalized
+                        .chunks_mut(cols)
+                        .zip(inverse_std.iter_mut())
+                        .zip(x.chunks(cols))
+                    {
+                        let mean = sum(x) / cols as f32;
+                        n.iter_mut().zip(x).for_each(|(n, v)| *n = v - mean);
+                        let variance = dot(n, n) / cols as f32;
+                        *r = 1.0 / (variance + eps).sqrt();
+                        n.iter_mut().for_each(|n| *n *= *r);
+                    }
+                },
+            )
         });
     let out = affine_rows(&normalized, gamma, beta);
     (
@@ -796,25 +820,34 @@ fn layer_norm_backward(
             let mut dgamma = vec![0f32; cols];
             let mut dbeta = vec![0f32; cols];
             let mut scaled = vec![0f32; cols];
-            vectorized(|| {
-                for (((dx, dy), n), r) in dx
-                    .chunks_mut(cols)
-                    .zip(dy.chunks(cols))
-                    .zip(normalized.chunks(cols))
-                    .zip(inverse_std)
-                {
-                    for i in 0..cols {
-                        dgamma[i] += dy[i] * n[i];
-                        dbeta[i] += dy[i];
-                        scaled[i] = dy[i] * gamma[i];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (((dx, dy), n), r) in dx
+                        .chunks_mut(cols)
+                        .zip(dy.chunks(cols))
+                        .zip(normalized.chunks(cols))
+                        .zip(inverse_std)
+                    {
+                        for ((((dg, db), s), &dy), (&n, &g)) in dgamma
+                            .iter_mut()
+                            .zip(dbeta.iter_mut())
+                            .zip(scaled.iter_mut())
+                            .zip(dy)
+                            .zip(n.iter().zip(gamma))
+                        {
+                            *dg += dy * n;
+                            *db += dy;
+                            *s = dy * g;
+                        }
+                        let mean_dy = sum(&scaled) / cols as f32;
+                        let mean_dy_n = dot(&scaled, n) / cols as f32;
+                        for ((dx, s), n) in dx.iter_mut().zip(&scaled).zip(n) {
+                            *dx += r * (s - mean_dy - n * mean_dy_n);
+                        }
                     }
-                    let mean_dy = sum(&scaled) / cols as f32;
-                    let mean_dy_n = dot(&scaled, n) / cols as f32;
-                    for i in 0..cols {
-                        dx[i] += r * (scaled[i] - mean_dy - n[i] * mean_dy_n);
-                    }
-                }
-            });
+                },
+            );
             (dgamma, dbeta)
         })
         .collect();
@@ -836,37 +869,43 @@ fn sigmoid(x: f32) -> f32 {
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_TANH_CUBIC: f32 = 0.044_715;
 
-/// The activation and its derivative at `x`, branch-free where the activation allows.
 #[inline(always)]
-fn activation_and_slope(act: Activation, x: f32) -> (f32, f32) {
-    match act {
-        Activation::Gelu => {
-            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-            let pdf = exp(-0.5 * x * x) * (SQRT_2_OVER_PI * 0.5);
-            (x * cdf, cdf + x * pdf)
-        }
-        Activation::GeluTanh => {
-            let inner = SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x);
-            let t = 1.0 - 2.0 / (exp(2.0 * inner) + 1.0);
-            let slope_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_CUBIC * x * x);
-            (
-                0.5 * x * (1.0 + t),
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * slope_inner,
-            )
-        }
-        Activation::QuickGelu => {
-            let s = sigmoid(1.702 * x);
-            (x * s, s + 1.702 * x * s * (1.0 - s))
-        }
-        Activation::Relu => match x > 0.0 {
-            true => (x, 1.0),
-            false => (0.0, 0.0),
-        },
-        Activation::Silu => {
-            let s = sigmoid(x);
-            (x * s, s * (1.0 + x * (1.0 - s)))
-        }
-    }
+fn gelu(x: f32) -> (f32, f32) {
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = exp(-0.5 * x * x) * (SQRT_2_OVER_PI * 0.5);
+    (x * cdf, cdf + x * pdf)
+}
+
+#[inline(always)]
+fn gelu_tanh(x: f32) -> (f32, f32) {
+    let inner = SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x);
+    let t = 1.0 - 2.0 / (exp(2.0 * inner) + 1.0);
+    let slope_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_CUBIC * x * x);
+    (
+        0.5 * x * (1.0 + t),
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * slope_inner,
+    )
+}
+
+#[inline(always)]
+fn quick_gelu(x: f32) -> (f32, f32) {
+    let s = sigmoid(1.702 * x);
+    (x * s, s + 1.702 * x * s * (1.0 - s))
+}
+
+#[inline(always)]
+fn relu(x: f32) -> (f32, f32) {
+    let positive = x > 0.0;
+    (
+        if positive { x } else { 0.0 },
+        if positive { 1.0 } else { 0.0 },
+    )
+}
+
+#[inline(always)]
+fn silu(x: f32) -> (f32, f32) {
+    let s = sigmoid(x);
+    (x * s, s * (1.0 + x * (1.0 - s)))
 }
 
 /// The activation of `x` and its slope at each value (kept for the backward pass).
@@ -876,27 +915,29 @@ fn activate(x: &[f32], act: Activation) -> (Vec<f32>, Vec<f32>) {
     out.par_chunks_mut(VALUES_PER_TASK)
         .zip(slope.par_chunks_mut(VALUES_PER_TASK))
         .zip(x.par_chunks(VALUES_PER_TASK))
-        .for_each(|((out, slope), x)| {
-            let f = |act| move |x| activation_and_slope(act, x);
-            match act {
-                Activation::Gelu => activation_chunk(out, slope, x, f(Activation::Gelu)),
-                Activation::GeluTanh => activation_chunk(out, slope, x, f(Activation::GeluTanh)),
-                Activation::QuickGelu => activation_chunk(out, slope, x, f(Activation::QuickGelu)),
-                Activation::Relu => activation_chunk(out, slope, x, f(Activation::Relu)),
-                Activation::Silu => activation_chunk(out, slope, x, f(Activation::Silu)),
-            }
+        .for_each(|((out, slope), x)| match act {
+            // One loop per activation, each over a function known at compile time (a `match`
+            // inside the loop would keep it from being vectorized).
+            Activation::Gelu => activation_chunk(out, slope, x, gelu),
+            Activation::GeluTanh => activation_chunk(out, slope, x, gelu_tanh),
+            Activation::QuickGelu => activation_chunk(out, slope, x, quick_gelu),
+            Activation::Relu => activation_chunk(out, slope, x, relu),
+            Activation::Silu => activation_chunk(out, slope, x, silu),
         });
     (out, slope)
 }
 
-/// Applies `f` (value and slope) to a chunk, vectorized: `f` is a closure, inlined.
+/// Applies `f` (value and slope) to a chunk, vectorized.
 #[inline(always)]
 fn activation_chunk(out: &mut [f32], slope: &mut [f32], x: &[f32], f: impl Fn(f32) -> (f32, f32)) {
-    vectorized(|| {
-        for ((o, s), &x) in out.iter_mut().zip(slope.iter_mut()).zip(x) {
-            (*o, *s) = f(x);
-        }
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            for ((o, s), &x) in out.iter_mut().zip(slope.iter_mut()).zip(x) {
+                (*o, *s) = f(x);
+            }
+        },
+    )
 }
 
 /// Multiplies `grad` by `slope`, value by value.
@@ -1029,13 +1070,16 @@ fn attention_backward(dcontext: &[f32], qkv: &[f32], probs: &[f32], d: Dims) -> 
                 );
             }
             // Softmax backward: p * (g - sum(g * p)), row by row.
-            vectorized(|| {
-                for (ds, p) in dscores.chunks_mut(t).zip(p.chunks(t)) {
-                    ds.iter_mut().zip(p).for_each(|(g, p)| *g *= p);
-                    let dot = sum(ds);
-                    ds.iter_mut().zip(p).for_each(|(g, p)| *g -= p * dot);
-                }
-            });
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (ds, p) in dscores.chunks_mut(t).zip(p.chunks(t)) {
+                        ds.iter_mut().zip(p).for_each(|(g, p)| *g *= p);
+                        let dot = sum(ds);
+                        ds.iter_mut().zip(p).for_each(|(g, p)| *g -= p * dot);
+                    }
+                },
+            );
             let dscores = View::of(dscores, t, t);
             unsafe {
                 let dst = |offset: usize| out.at(base + offset);
@@ -1190,6 +1234,17 @@ mod tests {
         agrees_with_autograd(Activation::GeluTanh, false);
         agrees_with_autograd(Activation::QuickGelu, true);
         agrees_with_autograd(Activation::Silu, true);
+    }
+
+    /// The activation and its derivative at `x`.
+    fn activation_and_slope(act: Activation, x: f32) -> (f32, f32) {
+        match act {
+            Activation::Gelu => gelu(x),
+            Activation::GeluTanh => gelu_tanh(x),
+            Activation::QuickGelu => quick_gelu(x),
+            Activation::Relu => relu(x),
+            Activation::Silu => silu(x),
+        }
     }
 
     #[test]
