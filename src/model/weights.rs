@@ -194,7 +194,8 @@ fn raw_to_tensor(raw: RawTensor) -> Result<Tensor> {
         .with_context(|| format!("tensor {}", raw.name))
 }
 
-/// Strips DataParallel's `module.` prefix and adds `vit.` to bare `ViTModel` names.
+/// Strips DataParallel's `module.` prefix, adds `vit.` to bare `ViTModel` names and renames
+/// transformers 5's module names to the checkpoint names ([`checkpoint_name`]).
 fn normalize_names(tensors: StateDict) -> StateDict {
     let strip = tensors.keys().all(|k| k.starts_with("module."));
     let tensors: StateDict = tensors
@@ -206,16 +207,36 @@ fn normalize_names(tensors: StateDict) -> StateDict {
         .collect();
     let bare_backbone = tensors.keys().any(|k| k.starts_with("embeddings."))
         && !tensors.keys().any(|k| k.starts_with("vit."));
-    if !bare_backbone {
-        return tensors;
-    }
     tensors
         .into_iter()
-        .map(|(k, v)| match k.starts_with("classifier.") {
-            true => (k, v),
-            false => (format!("vit.{k}"), v),
+        .map(|(k, v)| {
+            let k = match bare_backbone && !k.starts_with("classifier.") {
+                true => format!("vit.{k}"),
+                false => k,
+            };
+            (checkpoint_name(&k).unwrap_or(k), v)
         })
         .collect()
+}
+
+/// The checkpoint name of a tensor named as in transformers 5's modules, which `state_dict()`
+/// returns there (`vit.layers.N.attention.q_proj`, `.o_proj`, `.mlp.fc1`, `.mlp.fc2`; its
+/// `save_pretrained` writes the checkpoint names): `None` for any other name.
+fn checkpoint_name(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("vit.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, param) = rest.rsplit_once('.')?;
+    let module = match module {
+        "attention.q_proj" => "attention.attention.query",
+        "attention.k_proj" => "attention.attention.key",
+        "attention.v_proj" => "attention.attention.value",
+        "attention.o_proj" => "attention.output.dense",
+        "mlp.fc1" => "intermediate.dense",
+        "mlp.fc2" => "output.dense",
+        "layernorm_before" | "layernorm_after" => module,
+        _ => return None,
+    };
+    Some(format!("vit.encoder.layer.{layer}.{module}.{param}"))
 }
 
 /// Infers the architecture of an HF-named state dict from its tensor shapes, for a weights file
@@ -398,6 +419,62 @@ mod tests {
         assert_eq!(inferred.num_labels(), 3);
         assert!(inferred.qkv_bias);
         assert_eq!(infer_config(&weights, None).unwrap().num_attention_heads, 1);
+    }
+
+    #[test]
+    fn transformers_5_module_names_become_checkpoint_names() {
+        let t = || Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        let names = [
+            (
+                "layers.3.attention.q_proj.weight",
+                "vit.encoder.layer.3.attention.attention.query.weight",
+            ),
+            (
+                "layers.3.attention.k_proj.bias",
+                "vit.encoder.layer.3.attention.attention.key.bias",
+            ),
+            (
+                "layers.3.attention.v_proj.weight",
+                "vit.encoder.layer.3.attention.attention.value.weight",
+            ),
+            (
+                "layers.3.attention.o_proj.bias",
+                "vit.encoder.layer.3.attention.output.dense.bias",
+            ),
+            (
+                "layers.11.mlp.fc1.weight",
+                "vit.encoder.layer.11.intermediate.dense.weight",
+            ),
+            (
+                "layers.11.mlp.fc2.bias",
+                "vit.encoder.layer.11.output.dense.bias",
+            ),
+            (
+                "layers.0.layernorm_after.weight",
+                "vit.encoder.layer.0.layernorm_after.weight",
+            ),
+            ("embeddings.cls_token", "vit.embeddings.cls_token"),
+            ("layernorm.bias", "vit.layernorm.bias"),
+        ];
+        // As `ViTForImageClassification.state_dict()` names them, and as a bare `ViTModel`'s.
+        for prefix in ["module.vit.", ""] {
+            let dict: StateDict = names
+                .iter()
+                .map(|(from, _)| (format!("{prefix}{from}"), t()))
+                .chain([(
+                    format!("{}classifier.bias", &prefix[..prefix.len().min(7)]),
+                    t(),
+                )])
+                .collect();
+            let dict = normalize_names(dict);
+            for (_, to) in names {
+                assert!(dict.contains_key(to), "{prefix}: {to} in {:?}", dict.keys());
+            }
+        }
+        assert_eq!(
+            checkpoint_name("vit.layers.0.attention.x_proj.weight"),
+            None
+        );
     }
 
     #[test]
