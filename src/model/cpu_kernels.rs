@@ -159,6 +159,12 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// branch-free so the compiler can vectorize it.
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
+    erf_given_exp(x, exp(-x * x))
+}
+
+/// [`erf`] given `e^(-x^2)`, for callers that need that exponential too (GELU's slope).
+#[inline(always)]
+pub(crate) fn erf_given_exp(x: f32, exp_minus_x_squared: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -171,7 +177,7 @@ pub(crate) fn erf(x: f32) -> f32 {
     let x = x.abs();
     let t = 1.0 / (1.0 + P * x);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    sign * (1.0 - poly * exp(-x * x))
+    sign * (1.0 - poly * exp_minus_x_squared)
 }
 
 /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.

@@ -20,7 +20,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::model::Weights;
-use crate::model::cpu_kernels::{dot, erf, exp, softmax_rows, sum, vectorized};
+use crate::model::cpu_kernels::{dot, erf_given_exp, exp, softmax_rows, sum, vectorized};
 use crate::model::weights::expected_tensors;
 use crate::model::{Activation, ViTConfig};
 
@@ -871,8 +871,10 @@ const GELU_TANH_CUBIC: f32 = 0.044_715;
 
 #[inline(always)]
 fn gelu(x: f32) -> (f32, f32) {
-    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = exp(-0.5 * x * x) * (SQRT_2_OVER_PI * 0.5);
+    // e^(-x^2 / 2) serves both erf(x / sqrt 2) and the normal density.
+    let gaussian = exp(-0.5 * x * x);
+    let cdf = 0.5 * (1.0 + erf_given_exp(x * std::f32::consts::FRAC_1_SQRT_2, gaussian));
+    let pdf = gaussian * (SQRT_2_OVER_PI * 0.5);
     (x * cdf, cdf + x * pdf)
 }
 
