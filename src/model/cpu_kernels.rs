@@ -25,7 +25,7 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
     Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
-fn gemm_parallelism() -> Parallelism {
+pub(crate) fn gemm_parallelism() -> Parallelism {
     match candle_core::utils::get_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
@@ -61,35 +61,7 @@ impl CustomOp3 for LinearBias {
         let xs = contiguous_f32(xs, xs_layout, "linear input")?;
         let weight = contiguous_f32(weight, weight_layout, "linear weight")?;
         let bias = contiguous_f32(bias, bias_layout, "linear bias")?;
-        let mut dst: Vec<f32> = Vec::with_capacity(rows * out);
-        for _ in 0..rows {
-            dst.extend_from_slice(bias);
-        }
-        // SAFETY: the pointers cover `rows x out`, `rows x inner` and `out x inner` f32 values
-        // with the strides given (row-major dst and xs, weight read transposed).
-        unsafe {
-            gemm::gemm(
-                rows,
-                out,
-                inner,
-                dst.as_mut_ptr(),
-                1,
-                out as isize,
-                true,
-                xs.as_ptr(),
-                1,
-                inner as isize,
-                weight.as_ptr(),
-                inner as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm_parallelism(),
-            );
-        }
+        let dst = linear_rows(xs, weight, Some(bias), None, out);
         Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
     }
 }
@@ -217,9 +189,7 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// Softmax attention over `qkv` of shape `(batch, seq, 3, heads, head_dim)`, giving
-/// `(batch, seq, heads, head_dim)`. Each (batch, head) pair is one task: scores by one matrix
-/// product read straight from the strided q and k, a softmax in place, then the product
-/// with v written into the output's strided slot.
+/// `(batch, seq, heads, head_dim)` ([`attention_rows`], without keeping the probabilities).
 struct FusedAttention;
 
 impl CustomOp1 for FusedAttention {
@@ -236,72 +206,7 @@ impl CustomOp1 for FusedAttention {
             );
         }
         let qkv = contiguous_f32(storage, layout, "attention input")?;
-        let token_stride = 3 * heads * head_dim;
-        let out_token_stride = heads * head_dim;
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let mut out = vec![0f32; batch * seq * heads * head_dim];
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        (0..batch * heads).into_par_iter().for_each_init(
-            || vec![0f32; seq * seq],
-            |scores, task| {
-                let (b, h) = (task / heads, task % heads);
-                let base = b * seq * token_stride + h * head_dim;
-                let q = qkv[base..].as_ptr();
-                let k = qkv[base + heads * head_dim..].as_ptr();
-                let v = qkv[base + 2 * heads * head_dim..].as_ptr();
-                // SAFETY: q, k, v address `seq` rows of `head_dim` values at `token_stride`
-                // apart inside `qkv`; `scores` is seq x seq; each task writes only its own
-                // (b, h) slot of `out`, rows `out_token_stride` apart.
-                unsafe {
-                    gemm::gemm(
-                        seq,
-                        seq,
-                        head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        seq as isize,
-                        false,
-                        q,
-                        1,
-                        token_stride as isize,
-                        k,
-                        token_stride as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                softmax_rows(scores, seq);
-                let dst = out_ptr.at(b * seq * out_token_stride + h * head_dim);
-                unsafe {
-                    gemm::gemm(
-                        seq,
-                        head_dim,
-                        seq,
-                        dst,
-                        1,
-                        out_token_stride as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        seq as isize,
-                        v,
-                        1,
-                        token_stride as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            },
-        );
+        let (out, _) = attention_rows(qkv, (batch, seq, heads, head_dim), false);
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, seq, heads, head_dim)),
@@ -380,17 +285,240 @@ pub(crate) fn softmax_rows(data: &mut [f32], cols: usize) {
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 
-// SAFETY: every task writes a disjoint (batch, head) slot, so sharing the pointer is sound.
+// SAFETY: every task sharing it writes a disjoint part (an (image, head) slot), so sharing
+// the pointer is sound.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    fn at(self, offset: usize) -> *mut f32 {
+    /// The pointer `offset` values in.
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: callers pass offsets inside the buffer.
         unsafe { self.0.add(offset) }
     }
+}
+
+/// A strided view of a row-major matrix for `gemm`.
+#[derive(Clone, Copy)]
+pub(crate) struct View {
+    pub(crate) ptr: *const f32,
+    pub(crate) row_stride: isize,
+    pub(crate) col_stride: isize,
+}
+
+impl View {
+    /// `rows x cols` row-major values of `data` (checked to be there).
+    pub(crate) fn of(data: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            data.len() >= rows * cols,
+            "matrix of {rows}x{cols} over {} values",
+            data.len()
+        );
+        Self {
+            ptr: data.as_ptr(),
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// `rows` rows of `cols` values of `data` from `offset`, `row_stride` apart (a head's
+    /// slice of q, k or v among the tokens' fused projections; checked to be there).
+    pub(crate) fn strided(
+        data: &[f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Self {
+        assert!(
+            rows == 0 || offset + (rows - 1) * row_stride + cols <= data.len(),
+            "{rows} rows of {cols} values, {row_stride} apart from {offset}, over {} values",
+            data.len()
+        );
+        Self {
+            ptr: data[offset..].as_ptr(),
+            row_stride: row_stride as isize,
+            col_stride: 1,
+        }
+    }
+
+    pub(crate) fn transposed(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+/// `dst (m x n, row stride dst_stride) = [dst +] scale * a (m x k) * b (k x n)`.
+///
+/// # Safety
+/// `dst`, `a` and `b` must address matrices of those sizes with their strides, and `dst`
+/// must not overlap `a` or `b` nor be written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_stride: usize,
+    (m, n, k): (usize, usize, usize),
+    a: View,
+    b: View,
+    accumulate: bool,
+    scale: f32,
+    parallelism: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_stride as isize,
+        accumulate,
+        a.ptr,
+        a.col_stride,
+        a.row_stride,
+        b.ptr,
+        b.col_stride,
+        b.row_stride,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// `dst (m x n) = [dst +] a * b` on all threads, for views checked by [`View::of`].
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    a: View,
+    b: View,
+    accumulate: bool,
+) {
+    assert_eq!(dst.len(), m * n);
+    // SAFETY: dst is an exclusive m x n buffer; a and b were built over slices that hold
+    // their matrices (View::of), which the borrow checker keeps apart from dst.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            n,
+            (m, n, k),
+            a,
+            b,
+            accumulate,
+            1.0,
+            gemm_parallelism(),
+        )
+    }
+}
+
+/// Rows handled by one parallel task when a bias is spread over the output.
+const BIAS_ROWS_PER_TASK: usize = 32;
+
+/// `x W^T + b (+ residual)` for `x` of `(rows, in)` and `W` of `(out, in)`, row-major: the
+/// bias (and residual) are the product's starting values, so no pass adds them after.
+pub(crate) fn linear_rows(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: usize,
+) -> Vec<f32> {
+    let inner = weight.len() / out;
+    let rows = x.len() / inner;
+    let mut y = match residual {
+        Some(residual) => residual.to_vec(),
+        None => vec![0f32; rows * out],
+    };
+    if let Some(bias) = bias {
+        y.par_chunks_mut(BIAS_ROWS_PER_TASK * out)
+            .for_each(|chunk| {
+                for row in chunk.chunks_mut(out) {
+                    row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                }
+            });
+    }
+    let w = View::of(weight, out, inner).transposed();
+    gemm_into(
+        &mut y,
+        (rows, out, inner),
+        View::of(x, rows, inner),
+        w,
+        true,
+    );
+    y
+}
+
+/// Softmax attention over `qkv` of `(batch, seq, 3, heads, head_dim)`: the context
+/// `(batch, seq, heads, head_dim)` and, with `keep_probs`, the probabilities
+/// `(batch, heads, seq, seq)` (empty otherwise). Each (batch, head) pair is one task: scores
+/// by one matrix product read straight from the strided q and k, a softmax in place, then the
+/// product with v written into the context's strided slot.
+pub(crate) fn attention_rows(
+    qkv: &[f32],
+    (batch, seq, heads, head_dim): (usize, usize, usize, usize),
+    keep_probs: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let hidden = heads * head_dim;
+    let stride = 3 * hidden;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut context = vec![0f32; batch * seq * hidden];
+    let out = SendPtr(context.as_mut_ptr());
+    let head = |task: usize, scores: &mut [f32]| {
+        let (b, h) = (task / heads, task % heads);
+        let base = b * seq * stride + h * head_dim;
+        let view = |offset: usize| View::strided(qkv, base + offset, seq, head_dim, stride);
+        let (q, k, v) = (view(0), view(hidden), view(2 * hidden));
+        // SAFETY: q, k and v are checked views inside qkv; scores is this task's own
+        // seq x seq block; the context slot of (b, h) is written by this task only.
+        unsafe {
+            gemm_raw(
+                scores.as_mut_ptr(),
+                seq,
+                (seq, seq, head_dim),
+                q,
+                k.transposed(),
+                false,
+                scale,
+                Parallelism::None,
+            );
+        }
+        softmax_rows(scores, seq);
+        unsafe {
+            gemm_raw(
+                out.at(b * seq * hidden + h * head_dim),
+                hidden,
+                (seq, head_dim, seq),
+                View::of(scores, seq, seq),
+                v,
+                false,
+                1.0,
+                Parallelism::None,
+            );
+        }
+    };
+    let probs = match keep_probs {
+        true => {
+            let mut probs = vec![0f32; batch * heads * seq * seq];
+            probs
+                .par_chunks_mut(seq * seq)
+                .enumerate()
+                .for_each(|(task, scores)| head(task, scores));
+            probs
+        }
+        false => {
+            (0..batch * heads)
+                .into_par_iter()
+                .for_each_init(|| vec![0f32; seq * seq], |scores, task| head(task, scores));
+            Vec::new()
+        }
+    };
+    (context, probs)
 }
 
 /// The fused attention kernel when it applies, `None` otherwise.
