@@ -229,10 +229,6 @@ impl Params {
     fn get(&self, name: &str) -> &[f32] {
         &self.values[name]
     }
-
-    fn layer(&self, layer: usize, name: &str) -> &[f32] {
-        self.get(&format!("vit.encoder.layer.{layer}.{name}"))
-    }
 }
 
 /// What a layer's backward pass needs from its forward pass.
@@ -284,10 +280,9 @@ impl Network<'_> {
         let (rows, hidden) = (d.rows(), d.hidden);
 
         let patches = im2col(pixels, d);
-        let projected = linear(
+        let projected = self.dense(
+            "vit.embeddings.patch_embeddings.projection",
             &patches,
-            p.get("vit.embeddings.patch_embeddings.projection.weight"),
-            Some(p.get("vit.embeddings.patch_embeddings.projection.bias")),
             None,
             hidden,
         );
@@ -314,49 +309,20 @@ impl Network<'_> {
 
         let mut layers = Vec::with_capacity(d.layers);
         for l in 0..d.layers {
-            let (normed, norm_before) = layer_norm(
-                &x,
-                p.layer(l, "layernorm_before.weight"),
-                p.layer(l, "layernorm_before.bias"),
-                hidden,
-                self.eps,
-            );
+            let name = |n: &str| format!("vit.encoder.layer.{l}.{n}");
+            let (normed, norm_before) = self.norm(&name("layernorm_before"), &x);
             let (qkv_weight, qkv_bias) = &p.qkv[l];
             let qkv = linear(&normed, qkv_weight, qkv_bias.as_deref(), None, 3 * hidden);
             drop(normed);
             let (context, probs) =
                 attention_rows(&qkv, (d.batch, d.tokens, d.heads, d.head_dim), true);
-            let h = linear(
-                &context,
-                p.layer(l, "attention.output.dense.weight"),
-                Some(p.layer(l, "attention.output.dense.bias")),
-                Some(&x),
-                hidden,
-            );
-            let (normed, norm_after) = layer_norm(
-                &h,
-                p.layer(l, "layernorm_after.weight"),
-                p.layer(l, "layernorm_after.bias"),
-                hidden,
-                self.eps,
-            );
-            let pre_activation = linear(
-                &normed,
-                p.layer(l, "intermediate.dense.weight"),
-                Some(p.layer(l, "intermediate.dense.bias")),
-                None,
-                d.mlp,
-            );
+            let h = self.dense(&name("attention.output.dense"), &context, Some(&x), hidden);
+            let (normed, norm_after) = self.norm(&name("layernorm_after"), &h);
+            let pre_activation = self.dense(&name("intermediate.dense"), &normed, None, d.mlp);
             drop(normed);
             let (activated, slope) = activate(&pre_activation, self.act);
             drop(pre_activation);
-            x = linear(
-                &activated,
-                p.layer(l, "output.dense.weight"),
-                Some(p.layer(l, "output.dense.bias")),
-                Some(&h),
-                hidden,
-            );
+            x = self.dense(&name("output.dense"), &activated, Some(&h), hidden);
             layers.push(LayerSaved {
                 norm_before,
                 qkv,
@@ -372,20 +338,8 @@ impl Network<'_> {
             .chunks(d.tokens * hidden)
             .flat_map(|image| image[..hidden].iter().copied())
             .collect();
-        let (features, final_norm) = layer_norm(
-            &class_tokens,
-            p.get("vit.layernorm.weight"),
-            p.get("vit.layernorm.bias"),
-            hidden,
-            self.eps,
-        );
-        let logits = linear(
-            &features,
-            p.get("classifier.weight"),
-            Some(p.get("classifier.bias")),
-            None,
-            d.classes,
-        );
+        let (features, final_norm) = self.norm("vit.layernorm", &class_tokens);
+        let logits = self.dense("classifier", &features, None, d.classes);
         Forward {
             logits,
             patches,
@@ -510,6 +464,20 @@ impl Network<'_> {
             column_sums(&dprojected, hidden),
         );
         grads
+    }
+
+    /// Dense layer `module` (`{module}.weight`, `.bias`) over `x`, plus `residual`.
+    fn dense(&self, module: &str, x: &[f32], residual: Option<&[f32]>, out: usize) -> Vec<f32> {
+        let weight = self.params.get(&format!("{module}.weight"));
+        let bias = self.params.get(&format!("{module}.bias"));
+        linear(x, weight, Some(bias), residual, out)
+    }
+
+    /// Layer norm `module` over rows of `x`: its output and what its backward pass needs.
+    fn norm(&self, module: &str, x: &[f32]) -> (Vec<f32>, NormSaved) {
+        let gamma = self.params.get(&format!("{module}.weight"));
+        let beta = self.params.get(&format!("{module}.bias"));
+        layer_norm(x, gamma, beta, self.dims.hidden, self.eps)
     }
 
     /// The gradient of the input of dense layer `module` (`{module}.weight` and `.bias`)
