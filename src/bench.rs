@@ -129,21 +129,60 @@ pub fn forward_flops(config: &ViTConfig, size: usize) -> u64 {
     embed + config.num_hidden_layers as u64 * per_layer + head
 }
 
-/// Achieved GFLOP/s of an `n` x `n` by `n` x `n` matrix product in `dtype` on `device`
-/// (the matmul kernel's practical peak), best of `repeats` after one warm-up.
-pub fn matmul_peak_gflops(n: usize, dtype: DType, device: &Device, repeats: usize) -> Result<f64> {
+/// The sizes `--peak` measures.
+pub const PEAK_SIZES: [usize; 2] = [2048, 4096];
+
+/// Achieved GFLOP/s of an `n` x `n` by `n` x `n` matrix product in `dtype` on `device`, best of
+/// `repeats` after one warm-up, and the kernel that ran it: the CPU engine (packing both
+/// operands, as a library's product does) for f32 on the CPU, candle's matmul otherwise.
+pub fn matmul_peak_gflops(
+    n: usize,
+    dtype: DType,
+    device: &Device,
+    repeats: usize,
+) -> Result<(f64, String)> {
+    let time_best = |run: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        run()?;
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let start = std::time::Instant::now();
+            run()?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+    };
+    if device.is_cpu() && dtype == DType::F32 {
+        use crate::kernels::{gemm, Epilogue, Isa, View};
+        let isa = Isa::current();
+        let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut c = vec![0f32; n * n];
+        let gflops = time_best(&mut || {
+            // SAFETY: a, b and c each hold an n x n matrix; c is not read meanwhile.
+            unsafe {
+                gemm(
+                    isa,
+                    (n, n, n),
+                    View::of(&a, n, n),
+                    View::of(&b, n, n),
+                    c.as_mut_ptr(),
+                    n,
+                    &Epilogue::none(),
+                    true,
+                )
+            };
+            Ok(())
+        })?;
+        return Ok((gflops, format!("vit {}", isa.name())));
+    }
     let a = Tensor::ones((n, n), DType::F32, device)?.to_dtype(dtype)?;
     let b = Tensor::ones((n, n), DType::F32, device)?.to_dtype(dtype)?;
-    a.matmul(&b)?;
-    device.synchronize()?;
-    let mut best = f64::INFINITY;
-    for _ in 0..repeats.max(1) {
-        let start = std::time::Instant::now();
+    let gflops = time_best(&mut || {
         a.matmul(&b)?;
         device.synchronize()?;
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+        Ok(())
+    })?;
+    Ok((gflops, "candle matmul".into()))
 }
 
 /// Latency percentiles of a timed run, in seconds.
@@ -300,6 +339,7 @@ mod tests {
             model: crate::model::ModelOptions {
                 attention: crate::model::AttentionKernel::Standard,
                 differentiable,
+                ..Default::default()
             },
         };
         crate::model::build(random_state_dict(&config, seed).unwrap(), &config, &options).unwrap()

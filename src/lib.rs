@@ -32,6 +32,7 @@ pub mod convert;
 pub mod device;
 pub mod hub;
 pub mod inputs;
+pub mod kernels;
 pub mod model;
 pub mod preprocess;
 pub mod train;

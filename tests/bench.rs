@@ -35,12 +35,16 @@ fn json_rows_parse_and_hold_every_figure() {
     let output = bench(&["--batch-sizes", "1,2", "--peak", "--format", "json"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let lines = json_lines(&stdout(&output));
-    assert_eq!(lines.len(), 3, "one peak line and one row per batch size");
-    let peak = &lines[0]["matmul_peak"];
-    assert_eq!(peak["dtype"], "f32");
-    assert!(peak["gflops"].as_f64().unwrap() > 0.0);
+    assert_eq!(lines.len(), 4, "two peak lines and one row per batch size");
+    for (line, size) in lines.iter().zip([2048, 4096]) {
+        let peak = &line["matmul_peak"];
+        assert_eq!(peak["dtype"], "f32");
+        assert_eq!(peak["size"], size);
+        assert!(peak["gflops"].as_f64().unwrap() > 0.0);
+        assert!(peak["kernel"].as_str().unwrap().starts_with("vit "));
+    }
 
-    for (row, batch) in lines[1..].iter().zip([1, 2]) {
+    for (row, batch) in lines[2..].iter().zip([1, 2]) {
         assert_eq!(row["model"], "deit-tiny-patch16-224");
         assert_eq!(row["params"], 5_717_416);
         assert_eq!(row["device"], "cpu");

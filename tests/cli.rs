@@ -381,3 +381,63 @@ fn folders_of_real_photos_classify_with_the_shared_model() {
         .unwrap();
     assert!([281, 282, 285].contains(&cat["predictions"][0]["index"].as_u64().unwrap()));
 }
+
+/// `classify --function none` logits of one image, by file, with the environment `envs`.
+fn logits_with_env(envs: &[(&str, &str)]) -> (Vec<f64>, String) {
+    let model = fixture("hf/p16_s112_gelu_tanh_1000").display().to_string();
+    let image = sample_image("odd_301x157.jpg");
+    let output = vit_with_env(
+        &[
+            "classify",
+            "--model",
+            &model,
+            "--function",
+            "none",
+            "--top-k",
+            "1000",
+            "--format",
+            "json",
+            &image,
+        ],
+        envs,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let mut scores: Vec<(u64, f64)> = rows[0]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["index"].as_u64().unwrap(), p["score"].as_f64().unwrap()))
+        .collect();
+    scores.sort_by_key(|&(index, _)| index);
+    (
+        scores.into_iter().map(|(_, s)| s).collect(),
+        stderr(&output),
+    )
+}
+
+#[test]
+fn vit_gemm_picks_the_cpu_kernel_and_every_kernel_gives_the_same_logits() {
+    let (reference, _) = logits_with_env(&[]);
+    assert_eq!(reference.len(), 1000);
+    for kernel in vit::kernels::Isa::supported() {
+        let (logits, err) = logits_with_env(&[("VIT_GEMM", kernel.name())]);
+        assert!(!err.contains("VIT_GEMM"), "{}: {err}", kernel.name());
+        let diff = reference
+            .iter()
+            .zip(&logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-4, "{}: logits differ by {diff}", kernel.name());
+    }
+    let (logits, err) = logits_with_env(&[("VIT_GEMM", "sse9")]);
+    assert!(
+        err.contains("VIT_GEMM=sse9: expected auto, avx512, avx2 or portable"),
+        "{err}"
+    );
+    assert_eq!(
+        logits.len(),
+        1000,
+        "an unknown kernel name falls back to the fastest"
+    );
+}

@@ -6,6 +6,7 @@ mod common;
 use candle_core::{DType, Device};
 use common::{f32_values, fixture, max_abs_diff, shared_dir};
 use serde_json::Value;
+use vit::kernels::Isa;
 use vit::model::{LoadOptions, LoadedModel, ModelFiles, ModelOptions};
 use vit::preprocess::{load_rgb, PreprocessConfig};
 
@@ -48,9 +49,21 @@ fn check_model_logits(options: &LoadOptions) {
     }
 }
 
+/// Every kernel path of the CPU engine this machine can run: AVX-512, AVX2 (tested even
+/// where AVX-512 is there) and the portable one.
 #[test]
-fn logits_match_hf_transformers_in_f32() {
-    check_model_logits(&f32_options());
+fn logits_match_hf_transformers_in_f32_on_every_cpu_kernel() {
+    let supported = Isa::supported();
+    assert!(supported.contains(&Isa::Portable));
+    if std::env::var("CI").is_ok_and(|v| v == "true") && cfg!(target_arch = "x86_64") {
+        assert!(supported.contains(&Isa::Avx2), "CI machines have AVX2");
+    }
+    for isa in supported {
+        eprintln!("checking the {} kernels", isa.name());
+        let mut options = f32_options();
+        options.model.isa = isa;
+        check_model_logits(&options);
+    }
 }
 
 #[test]

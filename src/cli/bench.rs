@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use serde_json::json;
 use vit::bench::{
     compare_kernels, device_memory_used, forward_flops, matmul_peak_gflops, parameter_count,
-    peak_rss_bytes, preset_config, random_state_dict, Latency,
+    peak_rss_bytes, preset_config, random_state_dict, Latency, PEAK_SIZES,
 };
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::ModelSpec;
@@ -71,8 +71,9 @@ pub struct BenchArgs {
     /// Time the whole classify path (decode, resize, forward) on the images of this folder.
     #[arg(long, value_name = "DIR")]
     images: Option<PathBuf>,
-    /// Also measure the matrix-product peak (GFLOP/s of a 2048^3 product per dtype), the
-    /// ceiling the model rows are compared with.
+    /// Also measure vit's own matrix-product peak (GFLOP/s of 2048^3 and 4096^3 products per
+    /// dtype): the ceiling of our kernel, not the machine's (`make bench-compare` measures
+    /// the libraries' too).
     #[arg(long)]
     peak: bool,
     /// Output format.
@@ -227,6 +228,7 @@ fn build(plan: &Plan, dtype: DType, kernel: AttentionKernel) -> Result<Built> {
         model: ModelOptions {
             attention: kernel,
             differentiable: false,
+            ..Default::default()
         },
     };
     let start = Instant::now();
@@ -284,16 +286,18 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
     let mut refused = false;
     if plan.peak {
         for &dtype in &plan.dtypes {
-            let gflops = matmul_peak_gflops(2048, dtype, &plan.device, 3)?;
-            let line = json!({"matmul_peak": {"device": device_name(&plan.device), "dtype": dtype.as_str(), "n": 2048, "gflops": gflops}});
-            match plan.format {
-                Format::Json => writeln!(out, "{line}")?,
-                Format::Table => writeln!(
-                    out,
-                    "matmul peak ({} {}, 2048^3): {gflops:.1} GFLOP/s",
-                    device_name(&plan.device),
-                    dtype.as_str()
-                )?,
+            for size in PEAK_SIZES {
+                let (gflops, kernel) = matmul_peak_gflops(size, dtype, &plan.device, 3)?;
+                let device = device_name(&plan.device);
+                let line = json!({"matmul_peak": {"device": device, "dtype": dtype.as_str(), "size": size, "gflops": gflops, "kernel": kernel}});
+                match plan.format {
+                    Format::Json => writeln!(out, "{line}")?,
+                    Format::Table => writeln!(
+                        out,
+                        "matmul peak ({device} {}, {size}^3, {kernel}): {gflops:.1} GFLOP/s",
+                        dtype.as_str()
+                    )?,
+                }
             }
         }
     }

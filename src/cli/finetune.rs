@@ -414,7 +414,7 @@ fn start_new(
 /// The input size: asked for or the model's, a multiple of the patch size.
 fn checked_size(asked: Option<usize>, config: &ViTConfig) -> Result<usize> {
     let size = asked.unwrap_or(config.image_size);
-    if size < config.patch_size || size % config.patch_size != 0 {
+    if size < config.patch_size || !size.is_multiple_of(config.patch_size) {
         bail!(
             "--image-size {size} is not a positive multiple of the model's patch size {}",
             config.patch_size

@@ -92,7 +92,7 @@ impl ModelArgs {
             num_heads: self.num_heads,
             model: ModelOptions {
                 attention,
-                differentiable: false,
+                ..ModelOptions::default()
             },
         };
         let loaded = LoadedModel::load(&files, &options)

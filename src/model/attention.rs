@@ -2,6 +2,8 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::kernels::Isa;
+
 /// Which implementation computes `softmax(q k^T / sqrt(d)) v`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
@@ -22,17 +24,18 @@ impl AttentionKernel {
 
     /// Attends over `qkv` of shape `(batch, seq, 3, heads, head_dim)` and returns the context
     /// `(batch, seq, heads, head_dim)`, contiguous.
-    pub fn attend(self, qkv: &Tensor, differentiable: bool) -> Result<Tensor> {
+    /// `isa` is the CPU engine's instruction set for the fused CPU kernel.
+    pub fn attend(self, qkv: &Tensor, differentiable: bool, isa: Isa) -> Result<Tensor> {
         match self {
-            Self::Standard => standard_attention(qkv, differentiable),
+            Self::Standard => standard_attention(qkv, differentiable, isa),
             Self::Flash => flash_attention(qkv),
         }
     }
 }
 
-fn standard_attention(qkv: &Tensor, differentiable: bool) -> Result<Tensor> {
+fn standard_attention(qkv: &Tensor, differentiable: bool, isa: Isa) -> Result<Tensor> {
     if !differentiable {
-        if let Some(context) = super::cpu_kernels::attention(qkv)? {
+        if let Some(context) = super::cpu_kernels::attention(qkv, isa)? {
             return Ok(context);
         }
     }
@@ -127,8 +130,11 @@ mod tests {
     fn standard_attention_matches_a_loop_reference() -> Result<()> {
         let qkv = Tensor::randn(0f32, 1., (2, 5, 3, 2, 4), &Device::Cpu)?;
         let expected = reference_attention(&qkv)?;
-        for differentiable in [false, true] {
-            let got = AttentionKernel::Standard.attend(&qkv, differentiable)?;
+        for (differentiable, isa) in [(true, Isa::current())]
+            .into_iter()
+            .chain(Isa::supported().into_iter().map(|isa| (false, isa)))
+        {
+            let got = AttentionKernel::Standard.attend(&qkv, differentiable, isa)?;
             assert_eq!(got.dims(), &[2, 5, 2, 4]);
             let got = got.flatten_all()?.to_vec1::<f32>()?;
             for (g, e) in got.iter().zip(&expected) {
@@ -142,7 +148,9 @@ mod tests {
     #[test]
     fn flash_without_the_feature_is_a_clear_error() {
         let qkv = Tensor::zeros((1, 2, 3, 1, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let err = AttentionKernel::Flash.attend(&qkv, false).unwrap_err();
+        let err = AttentionKernel::Flash
+            .attend(&qkv, false, Isa::current())
+            .unwrap_err();
         assert!(err.to_string().contains("--features flash-attn"));
     }
 }

@@ -194,7 +194,7 @@ impl ViTConfig {
                 bail!("{key} must be positive");
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,

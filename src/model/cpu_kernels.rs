@@ -1,15 +1,18 @@
 //! Fused f32 CPU kernels for inference, where candle's generic ops leave speed on the table:
-//! a dense layer with its bias folded into the matrix product, exact GELU computed in
-//! parallel, and attention computed head by head straight from the fused q/k/v projection
-//! without transposed copies.
+//! exact GELU computed in parallel, and attention computed head by head straight from the
+//! fused q/k/v projection without transposed copies. Their matrix products, and those of the
+//! training step, are the CPU engine's ([`crate::kernels`]).
 //!
 //! Each kernel runs only on CPU f32 tensors that track no gradient; everything else (GPUs,
 //! half precision, training) goes through the equivalent candle ops, so these kernels never
 //! stop a gradient and GPU builds need no kernel of their own.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+pub(crate) use crate::kernels::math::{erf, erf_given_exp, exp};
+pub(crate) use crate::kernels::View;
+use crate::kernels::{self, Epilogue, Isa};
 
 /// Whether the fused CPU kernels apply to these inputs.
 pub fn applies(tensors: &[&Tensor]) -> bool {
@@ -23,59 +26,6 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))?;
     Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
-pub(crate) fn gemm_parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
-/// `x W^T + b` for `x` of shape `(rows, in)`, `W` of shape `(out, in)`, `b` of shape `(out,)`.
-struct LinearBias;
-
-impl CustomOp3 for LinearBias {
-    fn name(&self) -> &'static str {
-        "vit-linear-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xs_layout: &Layout,
-        weight: &CpuStorage,
-        weight_layout: &Layout,
-        bias: &CpuStorage,
-        bias_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (rows, inner) = xs_layout.shape().dims2()?;
-        let (out, weight_inner) = weight_layout.shape().dims2()?;
-        if inner != weight_inner || bias_layout.shape().dims1()? != out {
-            candle_core::bail!(
-                "linear: shapes {:?} x {:?}^T do not match",
-                xs_layout.shape(),
-                weight_layout.shape()
-            );
-        }
-        let xs = contiguous_f32(xs, xs_layout, "linear input")?;
-        let weight = contiguous_f32(weight, weight_layout, "linear weight")?;
-        let bias = contiguous_f32(bias, bias_layout, "linear bias")?;
-        let dst = linear_rows(xs, weight, Some(bias), None, out);
-        Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
-    }
-}
-
-/// A dense layer over 2-D `xs`: the fused kernel when it applies, candle ops otherwise.
-pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    match bias {
-        Some(bias) if applies(&[xs, weight, bias]) => {
-            xs.contiguous()?
-                .apply_op3_no_bwd(&weight.contiguous()?, bias, &LinearBias)
-        }
-        Some(bias) => xs.matmul(&weight.t()?)?.broadcast_add(bias),
-        None => xs.matmul(&weight.t()?),
-    }
 }
 
 /// Runs `kernel` compiled for AVX2 and FMA where the CPU has them (the crate is built for
@@ -96,60 +46,6 @@ pub(crate) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<R>(kernel: impl FnOnce() -> R) -> R {
     kernel()
-}
-
-/// `e^x` in f32 (relative error below 2e-7; inputs below -87.33 give about 1e-38, above
-/// 88.72 infinity), branch-free so loops over it vectorize, where `f32::exp` is a call per
-/// value.
-#[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN_2_HI: f32 = 0.693_359_4;
-    const LN_2_LO: f32 = -2.121_944_4e-4;
-    /// 1.5 * 2^23: adding and subtracting it rounds an f32 to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.33, 88.72);
-    let rounded = x * LOG2_E + ROUND;
-    let n = rounded - ROUND;
-    let r = x - n * LN_2_HI - n * LN_2_LO;
-    // e^r on [-ln 2 / 2, ln 2 / 2] (Cephes' expf polynomial).
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5e-1;
-    let e_r = p * r * r + r + 1.0;
-    // 2^n from the integer n held in the low bits of `rounded` (no float-to-int cast, which
-    // saturates and would keep the loop scalar); n = 128 at the upper clamp gives infinity.
-    let n_int = rounded.to_bits().wrapping_sub(ROUND.to_bits());
-    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
-    e_r * scale
-}
-
-/// `erf` by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7, 6e-7 in f32),
-/// branch-free so the compiler can vectorize it.
-#[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
-    erf_given_exp(x, exp(-x * x))
-}
-
-/// [`erf`] given `e^(-x^2)`, for callers that need that exponential too (GELU's slope).
-#[inline(always)]
-pub(crate) fn erf_given_exp(x: f32, exp_minus_x_squared: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152_1,
-        1.061_405_4,
-    ];
-    let sign = x.signum();
-    let x = x.abs();
-    let t = 1.0 / (1.0 + P * x);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    sign * (1.0 - poly * exp_minus_x_squared)
 }
 
 /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.
@@ -190,7 +86,9 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
 
 /// Softmax attention over `qkv` of shape `(batch, seq, 3, heads, head_dim)`, giving
 /// `(batch, seq, heads, head_dim)` ([`attention_rows`], without keeping the probabilities).
-struct FusedAttention;
+struct FusedAttention {
+    isa: Isa,
+}
 
 impl CustomOp1 for FusedAttention {
     fn name(&self) -> &'static str {
@@ -206,7 +104,7 @@ impl CustomOp1 for FusedAttention {
             );
         }
         let qkv = contiguous_f32(storage, layout, "attention input")?;
-        let (out, _) = attention_rows(qkv, (batch, seq, heads, head_dim), false);
+        let (out, _) = attention_rows(qkv, (batch, seq, heads, head_dim), false, self.isa);
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, seq, heads, head_dim)),
@@ -300,60 +198,8 @@ impl SendPtr {
     }
 }
 
-/// A strided view of a row-major matrix for `gemm`.
-#[derive(Clone, Copy)]
-pub(crate) struct View {
-    pub(crate) ptr: *const f32,
-    pub(crate) row_stride: isize,
-    pub(crate) col_stride: isize,
-}
-
-impl View {
-    /// `rows x cols` row-major values of `data` (checked to be there).
-    pub(crate) fn of(data: &[f32], rows: usize, cols: usize) -> Self {
-        assert!(
-            data.len() >= rows * cols,
-            "matrix of {rows}x{cols} over {} values",
-            data.len()
-        );
-        Self {
-            ptr: data.as_ptr(),
-            row_stride: cols as isize,
-            col_stride: 1,
-        }
-    }
-
-    /// `rows` rows of `cols` values of `data` from `offset`, `row_stride` apart (a head's
-    /// slice of q, k or v among the tokens' fused projections; checked to be there).
-    pub(crate) fn strided(
-        data: &[f32],
-        offset: usize,
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-    ) -> Self {
-        assert!(
-            rows == 0 || offset + (rows - 1) * row_stride + cols <= data.len(),
-            "{rows} rows of {cols} values, {row_stride} apart from {offset}, over {} values",
-            data.len()
-        );
-        Self {
-            ptr: data[offset..].as_ptr(),
-            row_stride: row_stride as isize,
-            col_stride: 1,
-        }
-    }
-
-    pub(crate) fn transposed(self) -> Self {
-        Self {
-            ptr: self.ptr,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-}
-
-/// `dst (m x n, row stride dst_stride) = [dst +] scale * a (m x k) * b (k x n)`.
+/// `dst (m x n, row stride dst_stride) = [dst +] scale * a (m x k) * b (k x n)` by the CPU
+/// engine, on all threads when `parallel`.
 ///
 /// # Safety
 /// `dst`, `a` and `b` must address matrices of those sizes with their strides, and `dst`
@@ -367,28 +213,22 @@ pub(crate) unsafe fn gemm_raw(
     b: View,
     accumulate: bool,
     scale: f32,
-    parallelism: Parallelism,
+    parallel: bool,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_stride as isize,
-        accumulate,
-        a.ptr,
-        a.col_stride,
-        a.row_stride,
-        b.ptr,
-        b.col_stride,
-        b.row_stride,
-        1.0,
+    let epilogue = Epilogue {
         scale,
-        false,
-        false,
-        false,
-        parallelism,
+        accumulate,
+        ..Epilogue::none()
+    };
+    kernels::gemm(
+        Isa::current(),
+        (m, n, k),
+        a,
+        b,
+        dst,
+        dst_stride,
+        &epilogue,
+        parallel,
     );
 }
 
@@ -403,25 +243,12 @@ pub(crate) fn gemm_into(
     assert_eq!(dst.len(), m * n);
     // SAFETY: dst is an exclusive m x n buffer; a and b were built over slices that hold
     // their matrices (View::of), which the borrow checker keeps apart from dst.
-    unsafe {
-        gemm_raw(
-            dst.as_mut_ptr(),
-            n,
-            (m, n, k),
-            a,
-            b,
-            accumulate,
-            1.0,
-            gemm_parallelism(),
-        )
-    }
+    unsafe { gemm_raw(dst.as_mut_ptr(), n, (m, n, k), a, b, accumulate, 1.0, true) }
 }
 
-/// Rows handled by one parallel task when a bias is spread over the output.
-const BIAS_ROWS_PER_TASK: usize = 32;
-
-/// `x W^T + b (+ residual)` for `x` of `(rows, in)` and `W` of `(out, in)`, row-major: the
-/// bias (and residual) are the product's starting values, so no pass adds them after.
+/// `x W^T + b (+ residual)` for `x` of `(rows, in)` and `W` of `(out, in)`, row-major, with
+/// the bias and residual added as the product stores (the training step's dense layers,
+/// whose weights change every step, so `W` is packed per call).
 pub(crate) fn linear_rows(
     x: &[f32],
     weight: &[f32],
@@ -431,26 +258,24 @@ pub(crate) fn linear_rows(
 ) -> Vec<f32> {
     let inner = weight.len() / out;
     let rows = x.len() / inner;
-    let mut y = match residual {
-        Some(residual) => residual.to_vec(),
-        None => vec![0f32; rows * out],
+    let mut y = vec![0f32; rows * out];
+    let epilogue = Epilogue {
+        residual,
+        ..Epilogue::dense(bias, kernels::Activation::None)
     };
-    if let Some(bias) = bias {
-        y.par_chunks_mut(BIAS_ROWS_PER_TASK * out)
-            .for_each(|chunk| {
-                for row in chunk.chunks_mut(out) {
-                    row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-                }
-            });
-    }
-    let w = View::of(weight, out, inner).transposed();
-    gemm_into(
-        &mut y,
-        (rows, out, inner),
-        View::of(x, rows, inner),
-        w,
-        true,
-    );
+    // SAFETY: the views are checked over x and weight; y is this call's own buffer.
+    unsafe {
+        kernels::gemm(
+            Isa::current(),
+            (rows, out, inner),
+            View::of(x, rows, inner),
+            View::of(weight, out, inner).transposed(),
+            y.as_mut_ptr(),
+            out,
+            &epilogue,
+            true,
+        )
+    };
     y
 }
 
@@ -458,11 +283,12 @@ pub(crate) fn linear_rows(
 /// `(batch, seq, heads, head_dim)` and, with `keep_probs`, the probabilities
 /// `(batch, heads, seq, seq)` (empty otherwise). Each (batch, head) pair is one task: scores
 /// by one matrix product read straight from the strided q and k, a softmax in place, then the
-/// product with v written into the context's strided slot.
+/// product with v written into the context's strided slot, by the CPU engine on `isa`.
 pub(crate) fn attention_rows(
     qkv: &[f32],
     (batch, seq, heads, head_dim): (usize, usize, usize, usize),
     keep_probs: bool,
+    isa: Isa,
 ) -> (Vec<f32>, Vec<f32>) {
     let hidden = heads * head_dim;
     let stride = 3 * hidden;
@@ -476,29 +302,33 @@ pub(crate) fn attention_rows(
         let (q, k, v) = (view(0), view(hidden), view(2 * hidden));
         // SAFETY: q, k and v are checked views inside qkv; scores is this task's own
         // seq x seq block; the context slot of (b, h) is written by this task only.
+        let scaled = Epilogue {
+            scale,
+            ..Epilogue::none()
+        };
         unsafe {
-            gemm_raw(
-                scores.as_mut_ptr(),
-                seq,
+            kernels::gemm(
+                isa,
                 (seq, seq, head_dim),
                 q,
                 k.transposed(),
+                scores.as_mut_ptr(),
+                seq,
+                &scaled,
                 false,
-                scale,
-                Parallelism::None,
             );
         }
         softmax_rows(scores, seq);
         unsafe {
-            gemm_raw(
-                out.at(b * seq * hidden + h * head_dim),
-                hidden,
+            kernels::gemm(
+                isa,
                 (seq, head_dim, seq),
                 View::of(scores, seq, seq),
                 v,
+                out.at(b * seq * hidden + h * head_dim),
+                hidden,
+                &Epilogue::none(),
                 false,
-                1.0,
-                Parallelism::None,
             );
         }
     };
@@ -521,12 +351,15 @@ pub(crate) fn attention_rows(
     (context, probs)
 }
 
-/// The fused attention kernel when it applies, `None` otherwise.
-pub fn attention(qkv: &Tensor) -> Result<Option<Tensor>> {
+/// The fused attention kernel (its products on `isa`) when it applies, `None` otherwise.
+pub fn attention(qkv: &Tensor, isa: Isa) -> Result<Option<Tensor>> {
     if !applies(&[qkv]) {
         return Ok(None);
     }
-    Ok(Some(qkv.contiguous()?.apply_op1_no_bwd(&FusedAttention)?))
+    Ok(Some(
+        qkv.contiguous()?
+            .apply_op1_no_bwd(&FusedAttention { isa })?,
+    ))
 }
 
 #[cfg(test)]
@@ -548,35 +381,6 @@ mod tests {
     }
 
     #[test]
-    fn erf_is_within_1e6_of_the_exact_function() {
-        for i in -4000..=4000 {
-            let x = i as f32 / 1000.0;
-            let exact = libm_erf(x as f64);
-            // The formula's bound, 1.5e-7, plus f32 rounding near zero (5.4e-7 at -0.046).
-            assert!((erf(x) as f64 - exact).abs() < 1e-6, "erf({x})");
-        }
-    }
-
-    #[test]
-    fn exp_is_within_2e7_relative_of_the_exact_function() {
-        for i in -87_000..=88_000 {
-            let x = i as f32 / 1000.0;
-            let exact = (x as f64).exp();
-            let relative = (exp(x) as f64 - exact).abs() / exact;
-            assert!(relative < 2e-7, "exp({x}): {} vs {exact}", exp(x));
-        }
-        assert!(exp(-100.0) < 1e-37);
-        assert_eq!(exp(100.0), f32::INFINITY);
-        assert_eq!(
-            vectorized(
-                #[inline(always)]
-                || exp(1.0)
-            ),
-            exp(1.0)
-        );
-    }
-
-    #[test]
     fn lane_reductions_match_plain_ones() {
         for len in [0, 1, 7, 8, 9, 31, 197] {
             let values: Vec<f32> = (0..len).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
@@ -588,17 +392,6 @@ mod tests {
         }
     }
 
-    /// erf by its Taylor series (|x| <= 4 converges well in f64).
-    fn libm_erf(x: f64) -> f64 {
-        let mut term = x;
-        let mut sum = x;
-        for n in 1..200 {
-            term *= -x * x / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
     #[test]
     fn kernels_match_candle_ops() -> Result<()> {
         let dev = Device::Cpu;
@@ -606,13 +399,20 @@ mod tests {
         let weight = Tensor::randn(0f32, 1., (40, 24), &dev)?;
         let bias = Tensor::randn(0f32, 1., 40, &dev)?;
         let reference = xs.matmul(&weight.t()?)?.broadcast_add(&bias)?;
-        assert!(max_diff(&linear(&xs, &weight, Some(&bias))?, &reference) < 1e-4);
+        let rows = linear_rows(
+            &xs.flatten_all()?.to_vec1()?,
+            &weight.flatten_all()?.to_vec1()?,
+            Some(&bias.to_vec1()?),
+            None,
+            40,
+        );
+        assert!(max_diff(&Tensor::from_vec(rows, (37, 40), &dev)?, &reference) < 1e-4);
 
         let reference = xs.gelu_erf()?;
         assert!(max_diff(&gelu_erf(&xs)?, &reference) < 1e-6);
 
         let qkv = Tensor::randn(0f32, 1., (2, 13, 3, 4, 8), &dev)?;
-        let fused = attention(&qkv)?.expect("applies to CPU f32");
+        let fused = attention(&qkv, Isa::current())?.expect("applies to CPU f32");
         let part = |i: usize| {
             qkv.narrow(2, i, 1)?
                 .squeeze(2)?

@@ -1,27 +1,113 @@
 //! Linear and layer-norm layers with inference and differentiable paths.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape};
+use candle_core::{Storage, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::cpu_kernels;
+use super::config::Activation;
+use crate::kernels::{self, Epilogue, Isa, PackedB};
 
 /// A dense layer `x W^T + b` over the last dimension of inputs of any rank.
+///
+/// On the CPU in f32 for inference, the weight is packed once, here, into the layout of the
+/// CPU engine's microkernels (and the tensor dropped); the bias, an activation and a residual
+/// are then applied as the product stores its tiles. Elsewhere (GPUs, half precision,
+/// training) it is candle's matmul.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    differentiable: bool,
+    kind: LinearKind,
+    out_dim: usize,
+}
+
+#[derive(Debug, Clone)]
+enum LinearKind {
+    Packed(Arc<PackedLinear>),
+    Tensors {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+}
+
+/// A weight packed for the CPU engine, and its bias.
+#[derive(Debug)]
+struct PackedLinear {
+    weight: PackedB,
+    bias: Option<Vec<f32>>,
 }
 
 impl Linear {
     /// From a weight `(out, in)` and an optional bias `(out,)`; `differentiable` keeps to ops
-    /// with a backward pass (no fused CPU kernel).
-    pub fn new(weight: Tensor, bias: Option<Tensor>, differentiable: bool) -> Self {
-        Self {
-            weight,
-            bias,
-            differentiable,
+    /// with a backward pass; `isa` is the CPU engine's instruction set.
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        differentiable: bool,
+        isa: Isa,
+    ) -> Result<Self> {
+        Self::stacked(vec![weight], bias, differentiable, isa)
+    }
+
+    /// The weights `parts`, each `(out_i, in)`, stacked along the output (query, key and
+    /// value into one projection), without a concatenated copy when they are packed.
+    pub fn stacked(
+        parts: Vec<Tensor>,
+        bias: Option<Tensor>,
+        differentiable: bool,
+        isa: Isa,
+    ) -> Result<Self> {
+        let packable = !differentiable
+            && parts
+                .iter()
+                .chain(&bias)
+                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+        let mut out_dim = 0;
+        let mut in_dim = None;
+        for part in &parts {
+            let (out, inner) = part.dims2()?;
+            if in_dim.is_some_and(|d| d != inner) {
+                candle_core::bail!("stacked weights of {inner} and {:?} inputs", in_dim);
+            }
+            in_dim = Some(inner);
+            out_dim += out;
         }
+        let in_dim = in_dim.unwrap_or(0);
+        if let Some(bias) = &bias {
+            if bias.dims1()? != out_dim {
+                candle_core::bail!("bias of {:?} for {out_dim} outputs", bias.dims());
+            }
+        }
+        if !packable {
+            let weight = match parts.len() {
+                1 => parts.into_iter().next().expect("one part"),
+                _ => Tensor::cat(&parts, 0)?,
+            };
+            return Ok(Self {
+                kind: LinearKind::Tensors { weight, bias },
+                out_dim,
+            });
+        }
+        let parts = parts
+            .iter()
+            .map(|p| p.contiguous())
+            .collect::<Result<Vec<_>>>()?;
+        let storages: Vec<_> = parts.iter().map(|p| p.storage_and_layout()).collect();
+        let mut rows: Vec<&[f32]> = Vec::with_capacity(out_dim);
+        for (storage, layout) in &storages {
+            let Storage::Cpu(cpu) = &**storage else {
+                unreachable!("checked to be on the CPU")
+            };
+            let values = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+            let count = layout.shape().dims()[0];
+            rows.extend((0..count).map(|r| &values[r * in_dim..(r + 1) * in_dim]));
+        }
+        let weight = PackedB::from_weight_rows(isa, (out_dim, in_dim), |j| rows[j]);
+        let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+        Ok(Self {
+            kind: LinearKind::Packed(Arc::new(PackedLinear { weight, bias })),
+            out_dim,
+        })
     }
 
     /// Loads `weight` and `bias` from `vb`.
@@ -30,31 +116,147 @@ impl Linear {
         in_dim: usize,
         out_dim: usize,
         differentiable: bool,
+        isa: Isa,
     ) -> Result<Self> {
-        Ok(Self::new(
+        Self::new(
             vb.get((out_dim, in_dim), "weight")?,
             Some(vb.get(out_dim, "bias")?),
             differentiable,
-        ))
+            isa,
+        )
+    }
+
+    /// `activation(x W^T + b) + residual`; on the packed path in one pass.
+    pub fn forward_fused(
+        &self,
+        xs: &Tensor,
+        activation: Option<Activation>,
+        residual: Option<&Tensor>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let in_dim = xs.dim(D::Minus1)?;
+        let mut out_shape = xs.dims().to_vec();
+        *out_shape.last_mut().expect("rank checked by dim above") = self.out_dim;
+        let rows = xs.elem_count() / in_dim.max(1);
+        let flat = xs.reshape((rows, in_dim))?;
+        match &self.kind {
+            LinearKind::Packed(packed) => {
+                let op = PackedLinearOp {
+                    packed: packed.clone(),
+                    activation: activation.map_or(kernels::Activation::None, engine_activation),
+                };
+                let flat = flat.contiguous()?;
+                let ys = match residual {
+                    Some(residual) => {
+                        let residual = residual.reshape((rows, self.out_dim))?.contiguous()?;
+                        flat.apply_op2_no_bwd(&residual, &op)?
+                    }
+                    None => flat.apply_op1_no_bwd(&op)?,
+                };
+                ys.reshape(out_shape)
+            }
+            LinearKind::Tensors { weight, bias } => {
+                let ys = flat.matmul(&weight.t()?)?;
+                let ys = match bias {
+                    Some(bias) => ys.broadcast_add(bias)?,
+                    None => ys,
+                };
+                let ys = match activation {
+                    Some(activation) => super::vit::activate(&ys, activation, differentiable)?,
+                    None => ys,
+                };
+                let ys = ys.reshape(out_shape)?;
+                match residual {
+                    Some(residual) => residual + ys,
+                    None => Ok(ys),
+                }
+            }
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let in_dim = xs.dim(D::Minus1)?;
-        let mut out_shape = xs.dims().to_vec();
-        let out_dim = self.weight.dim(0)?;
-        *out_shape.last_mut().expect("rank checked by dim above") = out_dim;
-        let rows = xs.elem_count() / in_dim.max(1);
-        let flat = xs.reshape((rows, in_dim))?;
-        let flat = match (&self.bias, self.differentiable) {
-            (Some(bias), true) => flat.matmul(&self.weight.t()?)?.broadcast_add(bias)?,
-            (bias, _) => cpu_kernels::linear(&flat, &self.weight, bias.as_ref())?,
-        };
-        flat.reshape(out_shape)
+        self.forward_fused(xs, None, None, false)
     }
 }
 
+/// The engine's form of an activation of the config.
+fn engine_activation(activation: Activation) -> kernels::Activation {
+    match activation {
+        Activation::Gelu => kernels::Activation::Gelu,
+        Activation::GeluTanh => kernels::Activation::GeluTanh,
+        Activation::QuickGelu => kernels::Activation::QuickGelu,
+        Activation::Relu => kernels::Activation::Relu,
+        Activation::Silu => kernels::Activation::Silu,
+    }
+}
+
+/// A packed dense layer over `(rows, in)` inputs, with an optional `(rows, out)` residual.
+struct PackedLinearOp {
+    packed: Arc<PackedLinear>,
+    activation: kernels::Activation,
+}
+
+impl PackedLinearOp {
+    fn run(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, inner) = xs_layout.shape().dims2()?;
+        let (k, n) = self.packed.weight.dims();
+        if inner != k {
+            candle_core::bail!("linear: input of {inner} features for a weight of {k}");
+        }
+        let xs = contiguous_f32(xs, xs_layout, "linear input")?;
+        let epilogue = Epilogue {
+            residual,
+            ..Epilogue::dense(self.packed.bias.as_deref(), self.activation)
+        };
+        let ys = kernels::linear(xs, &self.packed.weight, &epilogue);
+        Ok((CpuStorage::F32(ys), Shape::from((rows, n))))
+    }
+}
+
+impl CustomOp1 for PackedLinearOp {
+    fn name(&self) -> &'static str {
+        "vit-packed-linear"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(xs, layout, None)
+    }
+}
+
+impl CustomOp2 for PackedLinearOp {
+    fn name(&self) -> &'static str {
+        "vit-packed-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, _) = xs_layout.shape().dims2()?;
+        if residual_layout.shape().dims2()? != (rows, self.packed.weight.dims().1) {
+            candle_core::bail!("linear: residual of shape {:?}", residual_layout.shape());
+        }
+        let residual = contiguous_f32(residual, residual_layout, "linear residual")?;
+        self.run(xs, xs_layout, Some(residual))
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
 /// Layer normalization over the last dimension.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -116,18 +318,52 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn linear_matches_a_hand_computed_product() -> Result<()> {
+    fn linear_matches_a_hand_computed_product_on_every_path() -> Result<()> {
         let dev = Device::Cpu;
         let weight = Tensor::new(&[[1f32, 2.], [3., 4.], [5., 6.]], &dev)?;
         let bias = Tensor::new(&[0.5f32, -1., 0.], &dev)?;
-        let linear = Linear::new(weight, Some(bias), false);
         let xs = Tensor::new(&[[[1f32, 1.]], [[2., -1.]]], &dev)?;
-        let ys = linear.forward(&xs)?;
-        assert_eq!(ys.dims(), &[2, 1, 3]);
-        assert_eq!(
-            ys.to_vec3::<f32>()?,
-            vec![vec![vec![3.5, 6., 11.]], vec![vec![0.5, 1., 4.]]]
-        );
+        for isa in Isa::supported() {
+            for differentiable in [false, true] {
+                let linear = Linear::new(weight.clone(), Some(bias.clone()), differentiable, isa)?;
+                let ys = linear.forward(&xs)?;
+                assert_eq!(ys.dims(), &[2, 1, 3]);
+                assert_eq!(
+                    ys.to_vec3::<f32>()?,
+                    vec![vec![vec![3.5, 6., 11.]], vec![vec![0.5, 1., 4.]]]
+                );
+                let fused =
+                    linear.forward_fused(&xs, Some(Activation::Relu), Some(&ys), differentiable)?;
+                assert_eq!(
+                    fused.to_vec3::<f32>()?,
+                    vec![vec![vec![7., 12., 22.]], vec![vec![1., 2., 8.]]],
+                    "{} differentiable {differentiable}",
+                    isa.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn stacked_weights_equal_their_concatenation() -> Result<()> {
+        let dev = Device::Cpu;
+        let parts: Vec<Tensor> = (0..3)
+            .map(|i| Tensor::randn(0f32, 1., (5 + i, 9), &dev))
+            .collect::<Result<_>>()?;
+        let bias = Tensor::randn(0f32, 1., 18, &dev)?;
+        let xs = Tensor::randn(0f32, 1., (4, 9), &dev)?;
+        let reference = xs
+            .matmul(&Tensor::cat(&parts, 0)?.t()?)?
+            .broadcast_add(&bias)?;
+        for isa in Isa::supported() {
+            let stacked = Linear::stacked(parts.clone(), Some(bias.clone()), false, isa)?;
+            let diff = (stacked.forward(&xs)? - &reference)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "{}: {diff}", isa.name());
+        }
         Ok(())
     }
 

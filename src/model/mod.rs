@@ -4,6 +4,7 @@ pub mod attention;
 pub mod config;
 pub mod cpu_kernels;
 pub mod layers;
+pub mod mapped;
 pub mod pickle;
 pub mod posembed;
 pub mod save;
@@ -42,21 +43,37 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Reads the config, weights and preprocessor config of `files` and builds the model.
+    /// Safetensors weights are read through a memory map, a tensor at a time (see
+    /// [`mapped`]); PyTorch checkpoints are read whole.
     pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
-        let weights = weights::read_weights(&files.weights)?;
+        let in_weights = || format!("{}", files.weights.display());
+        let weights = match weights::is_safetensors(&files.weights) {
+            true => Weights::Mapped(mapped::MappedSafetensors::open(&files.weights)?),
+            false => Weights::Loaded(weights::read_weights(&files.weights)?),
+        };
+        let shapes: &dyn weights::TensorShapes = match &weights {
+            Weights::Mapped(mapped) => mapped,
+            Weights::Loaded(state) => state,
+        };
         let config = match &files.config {
             Some(path) => ViTConfig::from_file(path)?,
-            None => weights::infer_config(&weights, options.num_heads)
-                .with_context(|| format!("{}", files.weights.display()))?,
+            None => weights::infer_config(shapes, options.num_heads).with_context(in_weights)?,
         };
         let preprocess = match &files.preprocessor {
             Some(path) => PreprocessConfig::from_file(path)?,
             None => PreprocessConfig::default(),
         };
-        let unused_tensors = weights::check_state_dict(&weights, &config)
-            .with_context(|| format!("{}", files.weights.display()))?;
-        let model = build(weights, &config, options)
-            .with_context(|| format!("{}", files.weights.display()))?;
+        let unused_tensors = weights::check_state_dict(shapes, &config).with_context(in_weights)?;
+        let vb = match weights {
+            Weights::Mapped(mapped) => {
+                VarBuilder::from_backend(Box::new(mapped), options.dtype, options.device.clone())
+            }
+            Weights::Loaded(state) => {
+                VarBuilder::from_tensors(state, options.dtype, &options.device)
+            }
+        };
+        let model =
+            ViTForImageClassification::new(vb, &config, options.model).with_context(in_weights)?;
         Ok(Self {
             model,
             config,
@@ -64,6 +81,12 @@ impl LoadedModel {
             unused_tensors,
         })
     }
+}
+
+/// A model's weights as read: mapped, or loaded whole.
+enum Weights {
+    Mapped(mapped::MappedSafetensors),
+    Loaded(StateDict),
 }
 
 /// Builds the network from a checked state dict.

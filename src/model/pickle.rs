@@ -1075,7 +1075,7 @@ fn long(bytes: &[u8]) -> Obj {
 /// Key-value pairs from the flat items of DICT/SETITEMS.
 fn pairs(items: Vec<Id>, at: usize) -> Result<Vec<(Id, Id)>> {
     ensure!(
-        items.len() % 2 == 0,
+        items.len().is_multiple_of(2),
         "a dict has a key without a value at byte {at}"
     );
     Ok(items.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect())

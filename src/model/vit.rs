@@ -13,6 +13,7 @@ use super::config::{Activation, ViTConfig};
 use super::cpu_kernels;
 use super::layers::{LayerNorm, Linear};
 use super::posembed::interpolate_patch_positions;
+use crate::kernels::Isa;
 
 /// Choices that change how the network computes, not what it computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub struct ModelOptions {
     pub attention: AttentionKernel,
     /// Use ops with a backward pass (for training) instead of the fused inference kernels.
     pub differentiable: bool,
+    /// The CPU engine's instruction set for f32 inference (default: [`Isa::current`]).
+    pub isa: Isa,
 }
 
 impl Default for ModelOptions {
@@ -28,6 +31,7 @@ impl Default for ModelOptions {
         Self {
             attention: AttentionKernel::Standard,
             differentiable: false,
+            isa: Isa::current(),
         }
     }
 }
@@ -42,13 +46,13 @@ pub struct PatchEmbeddings {
 }
 
 impl PatchEmbeddings {
-    pub fn new(vb: VarBuilder, cfg: &ViTConfig, differentiable: bool) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
         let (h, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
         let vb = vb.pp("projection");
         let weight = vb.get((h, c, p, p), "weight")?.reshape((h, c * p * p))?;
         let bias = vb.get(h, "bias")?;
         Ok(Self {
-            projection: Linear::new(weight, Some(bias), differentiable),
+            projection: Linear::new(weight, Some(bias), options.differentiable, options.isa)?,
             patch_size: p,
             num_channels: c,
         })
@@ -86,13 +90,13 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    pub fn new(vb: VarBuilder, cfg: &ViTConfig, differentiable: bool) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
         let h = cfg.hidden_size;
         let positions = cfg.grid_size() * cfg.grid_size() + 1;
         Ok(Self {
             cls_token: vb.get((1, 1, h), "cls_token")?,
             position_embeddings: vb.get((1, positions, h), "position_embeddings")?,
-            patch_embeddings: PatchEmbeddings::new(vb.pp("patch_embeddings"), cfg, differentiable)?,
+            patch_embeddings: PatchEmbeddings::new(vb.pp("patch_embeddings"), cfg, options)?,
             patch_size: cfg.patch_size,
             grid_size: cfg.grid_size(),
         })
@@ -133,6 +137,7 @@ pub struct SelfAttention {
     head_dim: usize,
     kernel: AttentionKernel,
     differentiable: bool,
+    isa: Isa,
 }
 
 impl SelfAttention {
@@ -155,23 +160,36 @@ impl SelfAttention {
             None
         };
         Ok(Self {
-            qkv: Linear::new(Tensor::cat(&weights, 0)?, qkv_bias, options.differentiable),
-            output: Linear::load(vb.pp("output").pp("dense"), h, h, options.differentiable)?,
+            qkv: Linear::stacked(weights, qkv_bias, options.differentiable, options.isa)?,
+            output: Linear::load(
+                vb.pp("output").pp("dense"),
+                h,
+                h,
+                options.differentiable,
+                options.isa,
+            )?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             kernel: options.attention,
             differentiable: options.differentiable,
+            isa: options.isa,
         })
     }
 
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// Attention over `xs`, plus `residual` (added by the output projection as it stores).
+    pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let qkv = self
             .qkv
             .forward(xs)?
             .reshape((b, s, 3, self.num_heads, self.head_dim))?;
-        let context = self.kernel.attend(&qkv, self.differentiable)?;
-        self.output.forward(&context.reshape((b, s, h))?)
+        let context = self.kernel.attend(&qkv, self.differentiable, self.isa)?;
+        self.output.forward_fused(
+            &context.reshape((b, s, h))?,
+            None,
+            residual,
+            self.differentiable,
+        )
     }
 }
 
@@ -186,20 +204,34 @@ pub struct Mlp {
 
 impl Mlp {
     /// `vb` is the layer scope (HF keeps `intermediate` and `output` side by side).
-    pub fn new(vb: VarBuilder, cfg: &ViTConfig, differentiable: bool) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (differentiable, isa) = (options.differentiable, options.isa);
         Ok(Self {
-            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), h, i, differentiable)?,
-            output: Linear::load(vb.pp("output").pp("dense"), i, h, differentiable)?,
+            intermediate: Linear::load(
+                vb.pp("intermediate").pp("dense"),
+                h,
+                i,
+                differentiable,
+                isa,
+            )?,
+            output: Linear::load(vb.pp("output").pp("dense"), i, h, differentiable, isa)?,
             activation: cfg.hidden_act,
             differentiable,
         })
     }
 
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = self.intermediate.forward(xs)?;
-        let hidden = activate(&hidden, self.activation, self.differentiable)?;
-        self.output.forward(&hidden)
+    /// The MLP over `xs`, plus `residual`: the activation and the residual are applied by
+    /// the two products as they store.
+    pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let hidden = self.intermediate.forward_fused(
+            xs,
+            Some(self.activation),
+            None,
+            self.differentiable,
+        )?;
+        self.output
+            .forward_fused(&hidden, None, residual, self.differentiable)
     }
 }
 
@@ -238,16 +270,16 @@ impl Layer {
             layernorm_before: norm("layernorm_before")?,
             attention: SelfAttention::new(vb.pp("attention"), cfg, options)?,
             layernorm_after: norm("layernorm_after")?,
-            mlp: Mlp::new(vb.clone(), cfg, options.differentiable)?,
+            mlp: Mlp::new(vb.clone(), cfg, options)?,
         })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = (xs
-            + self
-                .attention
-                .forward(&self.layernorm_before.forward(xs)?)?)?;
-        &xs + self.mlp.forward(&self.layernorm_after.forward(&xs)?)?
+        let xs = self
+            .attention
+            .forward(&self.layernorm_before.forward(xs)?, Some(xs))?;
+        self.mlp
+            .forward(&self.layernorm_after.forward(&xs)?, Some(&xs))
     }
 }
 
@@ -265,7 +297,7 @@ impl ViTModel {
             .map(|i| Layer::new(vb.pp("encoder").pp("layer").pp(i), cfg, options))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: Embeddings::new(vb.pp("embeddings"), cfg, options.differentiable)?,
+            embeddings: Embeddings::new(vb.pp("embeddings"), cfg, options)?,
             layers,
             layernorm: LayerNorm::load(
                 vb.pp("layernorm"),
@@ -303,6 +335,7 @@ impl ViTForImageClassification {
                 cfg.hidden_size,
                 cfg.num_labels(),
                 options.differentiable,
+                options.isa,
             )?,
             dtype: vb.dtype(),
         })

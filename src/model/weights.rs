@@ -67,17 +67,18 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Checks that `weights` holds every tensor of `cfg` with the right shape. Returns the names of
 /// tensors the model does not use (HF warns about those and so do we).
-pub fn check_state_dict(weights: &StateDict, cfg: &ViTConfig) -> Result<Vec<String>> {
+pub fn check_state_dict(
+    weights: &(impl TensorShapes + ?Sized),
+    cfg: &ViTConfig,
+) -> Result<Vec<String>> {
     let expected = expected_tensors(cfg);
     let mut missing = Vec::new();
     for (name, shape) in &expected {
-        match weights.get(name) {
+        match weights.shape(name) {
             None => missing.push(name.as_str()),
-            Some(tensor) if tensor.dims() != shape.as_slice() => bail!(
-                "tensor {name} has shape {:?}, the config expects {:?}",
-                tensor.dims(),
-                shape
-            ),
+            Some(found) if &found != shape => {
+                bail!("tensor {name} has shape {found:?}, the config expects {shape:?}")
+            }
             Some(_) => {}
         }
     }
@@ -90,12 +91,21 @@ pub fn check_state_dict(weights: &StateDict, cfg: &ViTConfig) -> Result<Vec<Stri
     }
     let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     let mut unexpected: Vec<String> = weights
-        .keys()
+        .names()
+        .into_iter()
         .filter(|name| !known.contains(name.as_str()))
-        .cloned()
         .collect();
     unexpected.sort();
     Ok(unexpected)
+}
+
+/// Whether `path` names safetensors weights: a `.safetensors` file or its shard index.
+pub fn is_safetensors(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
 }
 
 /// Reads a weights file by its extension: `.safetensors`, a shard index
@@ -197,26 +207,54 @@ fn raw_to_tensor(raw: RawTensor) -> Result<Tensor> {
 /// Strips DataParallel's `module.` prefix, adds `vit.` to bare `ViTModel` names and renames
 /// transformers 5's module names to the checkpoint names ([`checkpoint_name`]).
 fn normalize_names(tensors: StateDict) -> StateDict {
-    let strip = tensors.keys().all(|k| k.starts_with("module."));
-    let tensors: StateDict = tensors
-        .into_iter()
-        .map(|(k, v)| match strip {
-            true => (k["module.".len()..].to_string(), v),
-            false => (k, v),
-        })
-        .collect();
-    let bare_backbone = tensors.keys().any(|k| k.starts_with("embeddings."))
-        && !tensors.keys().any(|k| k.starts_with("vit."));
+    let renamed: HashMap<String, String> = normalized_names(tensors.keys().cloned()).collect();
     tensors
         .into_iter()
-        .map(|(k, v)| {
-            let k = match bare_backbone && !k.starts_with("classifier.") {
-                true => format!("vit.{k}"),
-                false => k,
-            };
-            (checkpoint_name(&k).unwrap_or(k), v)
-        })
+        .map(|(name, tensor)| (renamed[&name].clone(), tensor))
         .collect()
+}
+
+/// Each of `names` with the name [`normalize_names`] gives it: `(stored, normalized)`.
+pub(crate) fn normalized_names(
+    names: impl Iterator<Item = String>,
+) -> impl Iterator<Item = (String, String)> {
+    let names: Vec<String> = names.collect();
+    let strip = !names.is_empty() && names.iter().all(|k| k.starts_with("module."));
+    let unprefixed = move |k: &str| match strip {
+        true => k["module.".len()..].to_string(),
+        false => k.to_string(),
+    };
+    let bare_backbone = names
+        .iter()
+        .any(|k| unprefixed(k).starts_with("embeddings."))
+        && !names.iter().any(|k| unprefixed(k).starts_with("vit."));
+    names.into_iter().map(move |stored| {
+        let k = unprefixed(&stored);
+        let k = match bare_backbone && !k.starts_with("classifier.") {
+            true => format!("vit.{k}"),
+            false => k,
+        };
+        let normalized = checkpoint_name(&k).unwrap_or(k);
+        (stored, normalized)
+    })
+}
+
+/// Names and shapes of a set of tensors, whether loaded or only mapped.
+pub trait TensorShapes {
+    /// The shape of tensor `name`, if there is one.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Every tensor's name.
+    fn names(&self) -> Vec<String>;
+}
+
+impl TensorShapes for StateDict {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.get(name).map(|t| t.dims().to_vec())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
 }
 
 /// The checkpoint name of a tensor named as in transformers 5's modules, which `state_dict()`
@@ -241,11 +279,13 @@ fn checkpoint_name(name: &str) -> Option<String> {
 
 /// Infers the architecture of an HF-named state dict from its tensor shapes, for a weights file
 /// that comes without `config.json`. Heads default to `hidden / 64` (at least 1) unless given.
-pub fn infer_config(weights: &StateDict, num_heads: Option<usize>) -> Result<ViTConfig> {
+pub fn infer_config(
+    weights: &(impl TensorShapes + ?Sized),
+    num_heads: Option<usize>,
+) -> Result<ViTConfig> {
     let shape = |name: &str| -> Result<Vec<usize>> {
         weights
-            .get(name)
-            .map(|t| t.dims().to_vec())
+            .shape(name)
             .with_context(|| format!("cannot infer the config: missing tensor {name}"))
     };
     let projection = shape("vit.embeddings.patch_embeddings.projection.weight")?;
@@ -260,7 +300,9 @@ pub fn infer_config(weights: &StateDict, num_heads: Option<usize>) -> Result<ViT
     }
     let num_hidden_layers = (0..)
         .take_while(|i| {
-            weights.contains_key(&format!("vit.encoder.layer.{i}.layernorm_before.weight"))
+            weights
+                .shape(&format!("vit.encoder.layer.{i}.layernorm_before.weight"))
+                .is_some()
         })
         .count();
     let intermediate = shape("vit.encoder.layer.0.intermediate.dense.weight")?;
@@ -276,7 +318,9 @@ pub fn infer_config(weights: &StateDict, num_heads: Option<usize>) -> Result<ViT
         image_size: grid * patch_size,
         patch_size,
         num_channels,
-        qkv_bias: weights.contains_key("vit.encoder.layer.0.attention.attention.query.bias"),
+        qkv_bias: weights
+            .shape("vit.encoder.layer.0.attention.attention.query.bias")
+            .is_some(),
         id2label: default_labels(num_labels),
     };
     config.validate()?;

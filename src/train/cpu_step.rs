@@ -16,7 +16,6 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::model::Weights;
@@ -314,8 +313,12 @@ impl Network<'_> {
             let (qkv_weight, qkv_bias) = &p.qkv[l];
             let qkv = linear(&normed, qkv_weight, qkv_bias.as_deref(), None, 3 * hidden);
             drop(normed);
-            let (context, probs) =
-                attention_rows(&qkv, (d.batch, d.tokens, d.heads, d.head_dim), true);
+            let (context, probs) = attention_rows(
+                &qkv,
+                (d.batch, d.tokens, d.heads, d.head_dim),
+                true,
+                crate::kernels::Isa::current(),
+            );
             let h = self.dense(&name("attention.output.dense"), &context, Some(&x), hidden);
             let (normed, norm_after) = self.norm(&name("layernorm_after"), &h);
             let pre_activation = self.dense(&name("intermediate.dense"), &normed, None, d.mlp);
@@ -840,7 +843,7 @@ fn attention_backward(dcontext: &[f32], qkv: &[f32], probs: &[f32], d: Dims) -> 
                     dout,
                     false,
                     1.0,
-                    Parallelism::None,
+                    false,
                 );
                 gemm_raw(
                     dscores.as_mut_ptr(),
@@ -850,7 +853,7 @@ fn attention_backward(dcontext: &[f32], qkv: &[f32], probs: &[f32], d: Dims) -> 
                     v.transposed(),
                     false,
                     1.0,
-                    Parallelism::None,
+                    false,
                 );
             }
             // Softmax backward: p * (g - sum(g * p)), row by row.
@@ -867,16 +870,7 @@ fn attention_backward(dcontext: &[f32], qkv: &[f32], probs: &[f32], d: Dims) -> 
             let dscores = View::of(dscores, t, t);
             unsafe {
                 let dst = |offset: usize| out.at(base + offset);
-                gemm_raw(
-                    dst(0),
-                    stride,
-                    (t, hd, t),
-                    dscores,
-                    k,
-                    false,
-                    scale,
-                    Parallelism::None,
-                );
+                gemm_raw(dst(0), stride, (t, hd, t), dscores, k, false, scale, false);
                 gemm_raw(
                     dst(d.hidden),
                     stride,
@@ -885,7 +879,7 @@ fn attention_backward(dcontext: &[f32], qkv: &[f32], probs: &[f32], d: Dims) -> 
                     q,
                     false,
                     scale,
-                    Parallelism::None,
+                    false,
                 );
             }
         },

@@ -345,7 +345,7 @@ impl Trainer {
             });
             let save_steps = self.settings.save_steps;
             if save_steps > 0
-                && self.state.global_step % save_steps == 0
+                && self.state.global_step.is_multiple_of(save_steps)
                 && self.state.step_in_epoch < steps
             {
                 self.state.progress.seconds = seconds;

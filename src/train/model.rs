@@ -220,6 +220,7 @@ impl Weights {
         let options = ModelOptions {
             attention: AttentionKernel::Standard,
             differentiable,
+            ..Default::default()
         };
         Ok(ViTForImageClassification::new(vb, &self.config, options)?)
     }

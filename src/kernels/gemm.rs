@@ -1,0 +1,526 @@
+//! The blocked, threaded matrix product over the microkernels (BLIS's loop nest): for each
+//! block of `kc` depths, a block of `mc` rows of A is packed into L2, then every `kc x nr`
+//! panel of B (kept in L1) meets every `mr`-row panel of A. Threads split the output into
+//! (row block, column chunk) tasks, so 197 rows (one image) still keep every core busy.
+
+use rayon::prelude::*;
+
+use super::cache::{Blocking, CacheSizes};
+use super::epilogue::Epilogue;
+use super::microkernel::{self, finish_partial, APanel, Microkernel, Store, MAX_TILE};
+use super::pack::{pack_panels, AlignedBuf, PackedB, SendMut};
+use super::{Isa, View};
+
+/// `C (m x n, rows ldc apart) = epilogue(A (m x k) B)` with `B` packed; on all of rayon's
+/// threads when `parallel`.
+///
+/// # Safety
+/// `a` must address every element of the `m x k` view, `c` `m` rows of `n` values `ldc`
+/// apart that nothing else reads or writes meanwhile; the epilogue's bias must hold `n`
+/// values and its residual `m x n`.
+pub unsafe fn gemm_packed(
+    m: usize,
+    a: View,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    epilogue: &Epilogue,
+    parallel: bool,
+) {
+    check_epilogue(m, b.dims().1, epilogue);
+    match microkernel::for_isa(b.isa()) {
+        Some(kernel) => blocked(kernel, m, a, b, c, ldc, epilogue, parallel),
+        None => portable(m, a, b, c, ldc, epilogue, parallel),
+    }
+}
+
+/// `C = epilogue(A (m x k) B (k x n))` from strided views, packing `B` for this product.
+///
+/// # Safety
+/// As [`gemm_packed`], and `b` must address every element of the `k x n` view.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    isa: Isa,
+    (m, n, k): (usize, usize, usize),
+    a: View,
+    b: View,
+    c: *mut f32,
+    ldc: usize,
+    epilogue: &Epilogue,
+    parallel: bool,
+) {
+    check_epilogue(m, n, epilogue);
+    match microkernel::for_isa(isa) {
+        Some(kernel) => {
+            let packed = PackedB::from_view(isa, kernel, b, (k, n), parallel);
+            blocked(kernel, m, a, &packed, c, ldc, epilogue, parallel)
+        }
+        None => {
+            gemm_crate(c, ldc, (m, n, k), a, b, epilogue, parallel);
+            finish_rows(c, ldc, (m, n), epilogue);
+        }
+    }
+}
+
+fn check_epilogue(m: usize, n: usize, epilogue: &Epilogue) {
+    if let Some(bias) = epilogue.bias {
+        assert!(
+            bias.len() >= n,
+            "bias of {} values for {n} columns",
+            bias.len()
+        );
+    }
+    if let Some(residual) = epilogue.residual {
+        assert!(
+            residual.len() >= m * n,
+            "residual of {} values for {m}x{n}",
+            residual.len()
+        );
+    }
+}
+
+/// How the output is split among threads: `mc` rows by `chunk` panels a task.
+struct Split {
+    mc: usize,
+    row_blocks: usize,
+    chunk: usize,
+    chunks: usize,
+}
+
+impl Split {
+    fn new(kernel: Microkernel, m: usize, panels: usize, threads: usize) -> Self {
+        let max_mc = Blocking::for_kernel(CacheSizes::current(), kernel.mr, kernel.nr).mc;
+        let row_blocks = m.div_ceil(max_mc).max(1);
+        let mc = m.div_ceil(row_blocks).div_ceil(kernel.mr) * kernel.mr;
+        let row_blocks = m.div_ceil(mc).max(1);
+        // At least two tasks a thread, so that uneven tasks even out.
+        let wanted = if threads > 1 {
+            (2 * threads).div_ceil(row_blocks)
+        } else {
+            1
+        };
+        let chunk = panels.div_ceil(wanted.clamp(1, panels.max(1))).max(1);
+        Self {
+            mc,
+            row_blocks,
+            chunk,
+            chunks: panels.div_ceil(chunk).max(1),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocked(
+    kernel: Microkernel,
+    m: usize,
+    a: View,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    epilogue: &Epilogue,
+    parallel: bool,
+) {
+    let (k, n) = b.dims();
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        finish_rows_of_zero_product(c, ldc, (m, n), epilogue);
+        return;
+    }
+    let (mr, nr, kc) = (kernel.mr, kernel.nr, b.kc());
+    let panels = n.div_ceil(nr);
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let split = Split::new(kernel, m, panels, threads);
+    let c = SendMut(c);
+    // Row-major A is read in place; any other layout is packed, a block at a time.
+    let in_place = a.col_stride == 1;
+    let task = |t: usize| {
+        let (a, c) = (a, c);
+        let (block, chunk) = (t / split.chunks, t % split.chunks);
+        let i0 = block * split.mc;
+        let rows = split.mc.min(m - i0);
+        let panels_here = chunk * split.chunk..(panels.min((chunk + 1) * split.chunk));
+        let row_panels = rows.div_ceil(mr);
+        SCRATCH.with_borrow_mut(|packed_a| {
+            packed_a.reserve_len(if in_place {
+                mr * kc
+            } else {
+                row_panels * mr * kc
+            });
+            for k0 in (0..k).step_by(kc) {
+                let depth = kc.min(k - k0);
+                let a_block = View {
+                    ptr: a
+                        .ptr
+                        .offset(i0 as isize * a.row_stride + k0 as isize * a.col_stride),
+                    ..a
+                };
+                let edge_rows = rows % mr;
+                if !in_place {
+                    pack_panels(packed_a.as_mut_slice(), a_block, (rows, depth), mr);
+                } else if edge_rows > 0 {
+                    // The last, partial panel: packed with zero rows, so no read passes A.
+                    let edge = View {
+                        ptr: a_block
+                            .ptr
+                            .offset((rows - edge_rows) as isize * a.row_stride),
+                        ..a
+                    };
+                    pack_panels(packed_a.as_mut_slice(), edge, (edge_rows, depth), mr);
+                }
+                let a_panel = |p: usize| {
+                    let packed = |offset: usize| APanel {
+                        ptr: packed_a.as_slice()[offset..].as_ptr(),
+                        rs: 1,
+                        cs: mr as isize,
+                    };
+                    match in_place {
+                        true if (p + 1) * mr <= rows => APanel {
+                            ptr: a_block.ptr.offset((p * mr) as isize * a.row_stride),
+                            rs: a.row_stride,
+                            cs: 1,
+                        },
+                        true => packed(0),
+                        false => packed(p * mr * depth),
+                    }
+                };
+                let last = k0 + depth == k;
+                for q in panels_here.clone() {
+                    let b_panel = b.panel(k0, q);
+                    let j0 = q * nr;
+                    let cols = nr.min(n - j0);
+                    for p in 0..row_panels {
+                        let r0 = i0 + p * mr;
+                        let tile_rows = mr.min(m - r0);
+                        let c_tile = c.get().add(r0 * ldc + j0);
+                        let store = Store {
+                            scale: epilogue.scale,
+                            accumulate: k0 > 0 || epilogue.accumulate,
+                            bias: match epilogue.bias {
+                                Some(bias) if last => bias[j0..].as_ptr(),
+                                _ => std::ptr::null(),
+                            },
+                            activation: match last {
+                                true => epilogue.activation,
+                                false => super::Activation::None,
+                            },
+                            residual: match epilogue.residual {
+                                Some(residual) if last => residual[r0 * n + j0..].as_ptr(),
+                                _ => std::ptr::null(),
+                            },
+                            ld_residual: n,
+                        };
+                        if tile_rows == mr && cols == nr {
+                            (kernel.run)(depth, a_panel(p), b_panel, c_tile, ldc, &store);
+                        } else {
+                            let mut tile = [0f32; MAX_TILE];
+                            let raw = tile.as_mut_ptr();
+                            (kernel.run)(depth, a_panel(p), b_panel, raw, nr, &Store::RAW);
+                            finish_partial(&tile, nr, c_tile, ldc, (tile_rows, cols), &store);
+                        }
+                    }
+                }
+            }
+        });
+    };
+    let tasks = split.row_blocks * split.chunks;
+    if parallel && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+thread_local! {
+    /// Each thread's buffer for packed blocks of A.
+    static SCRATCH: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::zeros(0));
+}
+
+/// The portable path: the `gemm` crate over the plain weight, then the epilogue by rows.
+unsafe fn portable(
+    m: usize,
+    a: View,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    epilogue: &Epilogue,
+    parallel: bool,
+) {
+    let (k, n) = b.dims();
+    // B (p, j) = W (j, p).
+    let weight = View {
+        ptr: b.plain_weight().as_ptr(),
+        row_stride: 1,
+        col_stride: k as isize,
+    };
+    gemm_crate(c, ldc, (m, n, k), a, weight, epilogue, parallel);
+    finish_rows(c, ldc, (m, n), epilogue);
+}
+
+/// `C = scale * A B + [C]` by the `gemm` crate.
+unsafe fn gemm_crate(
+    c: *mut f32,
+    ldc: usize,
+    (m, n, k): (usize, usize, usize),
+    a: View,
+    b: View,
+    epilogue: &Epilogue,
+    parallel: bool,
+) {
+    let parallelism = match (parallel, rayon::current_num_threads()) {
+        (true, threads) if threads > 1 => gemm::Parallelism::Rayon(threads),
+        _ => gemm::Parallelism::None,
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        epilogue.accumulate,
+        a.ptr,
+        a.col_stride,
+        a.row_stride,
+        b.ptr,
+        b.col_stride,
+        b.row_stride,
+        1.0,
+        epilogue.scale,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// Bias, activation and residual over rows of `C` that already hold the scaled product.
+unsafe fn finish_rows(c: *mut f32, ldc: usize, (m, n): (usize, usize), epilogue: &Epilogue) {
+    if epilogue.bias.is_none()
+        && epilogue.residual.is_none()
+        && epilogue.activation == super::Activation::None
+    {
+        return;
+    }
+    let c = SendMut(c);
+    (0..m).into_par_iter().with_min_len(16).for_each(|i| {
+        let row = std::slice::from_raw_parts_mut(c.get().add(i * ldc), n);
+        if let Some(bias) = epilogue.bias {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+        let residual = epilogue.residual.map(|r| &r[i * n..(i + 1) * n]);
+        epilogue.activation.apply_row(row, residual);
+    });
+}
+
+/// The epilogue of an empty sum (`k = 0`).
+unsafe fn finish_rows_of_zero_product(
+    c: *mut f32,
+    ldc: usize,
+    (m, n): (usize, usize),
+    epilogue: &Epilogue,
+) {
+    if !epilogue.accumulate {
+        for i in 0..m {
+            std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
+        }
+    }
+    finish_rows(c, ldc, (m, n), epilogue);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Activation;
+
+    /// Values in [-1, 1) from a small linear congruential generator.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The epilogue of a product, in f64 element by element.
+    fn reference(
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        w: &[f32],
+        c_before: &[f32],
+        epilogue: &Epilogue,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| a[i * k + p] as f64 * w[j * k + p] as f64)
+                    .sum();
+                let mut v = epilogue.scale * dot as f32;
+                if epilogue.accumulate {
+                    v += c_before[i * n + j];
+                }
+                if let Some(bias) = epilogue.bias {
+                    v += bias[j];
+                }
+                v = epilogue.activation.apply(v);
+                if let Some(residual) = epilogue.residual {
+                    v += residual[i * n + j];
+                }
+                out[i * n + j] = v;
+            }
+        }
+        out
+    }
+
+    fn assert_close(got: &[f32], expected: &[f32], what: &str) {
+        for (index, (g, e)) in got.iter().zip(expected).enumerate() {
+            assert!(
+                (g - e).abs() <= 2e-5 * (1.0 + e.abs()),
+                "{what}: [{index}] {g} vs {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn packed_products_match_a_reference_on_every_isa() {
+        // Tails in every direction, k past one block, m past one row block.
+        let shapes = [
+            (1, 1, 1),
+            (7, 13, 5),
+            (197, 70, 96),
+            (13, 130, 700),
+            (1200, 64, 33),
+        ];
+        for isa in Isa::supported() {
+            for &(m, n, k) in &shapes {
+                let a = values(m * k, 1);
+                let w = values(n * k, 2);
+                let bias = values(n, 3);
+                let residual = values(m * n, 4);
+                let before = values(m * n, 5);
+                let packed = PackedB::from_weight_rows(isa, (n, k), |j| &w[j * k..(j + 1) * k]);
+                let epilogues = [
+                    Epilogue::none(),
+                    Epilogue::dense(Some(&bias), Activation::Gelu),
+                    Epilogue {
+                        residual: Some(&residual),
+                        ..Epilogue::dense(Some(&bias), Activation::None)
+                    },
+                    Epilogue {
+                        scale: 0.125,
+                        accumulate: true,
+                        residual: Some(&residual),
+                        ..Epilogue::dense(None, Activation::Silu)
+                    },
+                ];
+                for (e, epilogue) in epilogues.iter().enumerate() {
+                    for parallel in [false, true] {
+                        let mut c = before.clone();
+                        // SAFETY: every buffer holds its view.
+                        unsafe {
+                            gemm_packed(
+                                m,
+                                View::of(&a, m, k),
+                                &packed,
+                                c.as_mut_ptr(),
+                                n,
+                                epilogue,
+                                parallel,
+                            )
+                        };
+                        let expected = reference((m, n, k), &a, &w, &before, epilogue);
+                        let what = format!(
+                            "{} {m}x{n}x{k} epilogue {e} parallel {parallel}",
+                            isa.name()
+                        );
+                        assert_close(&c, &expected, &what);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_products_match_a_reference_on_every_isa() {
+        let (m, n, k) = (37, 45, 300);
+        // A transposed in memory (k x m), B given as W (n x k), C inside a wider buffer.
+        let a_t = values(k * m, 6);
+        let w = values(n * k, 7);
+        let a: Vec<f32> = (0..m * k).map(|x| a_t[(x % k) * m + x / k]).collect();
+        for isa in Isa::supported() {
+            for activation in [
+                Activation::GeluTanh,
+                Activation::QuickGelu,
+                Activation::Relu,
+            ] {
+                let ldc = n + 3;
+                let mut c = vec![9f32; m * ldc];
+                let epilogue = Epilogue::dense(None, activation);
+                unsafe {
+                    gemm(
+                        isa,
+                        (m, n, k),
+                        View::of(&a_t, k, m).transposed(),
+                        View::of(&w, n, k).transposed(),
+                        c.as_mut_ptr(),
+                        ldc,
+                        &epilogue,
+                        true,
+                    )
+                };
+                let expected = reference((m, n, k), &a, &w, &[], &epilogue);
+                for i in 0..m {
+                    assert_close(
+                        &c[i * ldc..i * ldc + n],
+                        &expected[i * n..(i + 1) * n],
+                        isa.name(),
+                    );
+                    assert_eq!(
+                        &c[i * ldc + n..(i + 1) * ldc],
+                        &[9.0; 3],
+                        "untouched padding"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_depth_gives_the_epilogue_of_zero() {
+        for isa in Isa::supported() {
+            let packed = PackedB::from_weight_rows(isa, (3, 0), |_| &[]);
+            let bias = [1.0, -2.0, 3.0];
+            let y = crate::kernels::linear(
+                &[],
+                &packed,
+                &Epilogue::dense(Some(&bias), Activation::Relu),
+            );
+            assert!(y.is_empty());
+            let mut c = [5f32; 6];
+            unsafe {
+                gemm_packed(
+                    2,
+                    View::of(&[], 2, 0),
+                    &packed,
+                    c.as_mut_ptr(),
+                    3,
+                    &Epilogue::dense(Some(&bias), Activation::Relu),
+                    false,
+                )
+            };
+            assert_eq!(c, [1.0, 0.0, 3.0, 1.0, 0.0, 3.0], "{}", isa.name());
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Register-blocked microkernels: `MR x NR` of C from `MR` rows of `kc` values of A and a
+//! packed `kc x NR` panel of B, with the epilogue applied as the tile is stored.
+//!
+//! A is read in place through its strides (`A[r][p]` at `a + r * rs + p * cs`): row-major
+//! activations need no packing (as in ONNX Runtime's MLAS), a packed panel has `rs = 1, cs =
+//! MR`. A B panel holds the `NR` values `B[p][0..NR]` for each depth `p` (see
+//! [`super::pack`]). Each step broadcasts one value of A per row and multiplies it into that
+//! row's accumulators: `MR x NR / lanes` FMAs for `NR / lanes` loads of B and `MR`
+//! broadcasts.
+
+use super::epilogue::Activation;
+
+/// How a microkernel writes its full `MR x NR` tile: `C = act(scale * acc + [C] + bias) +
+/// residual`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Store {
+    pub scale: f32,
+    pub accumulate: bool,
+    /// `NR` values for the tile's columns, or null.
+    pub bias: *const f32,
+    pub activation: Activation,
+    /// The residual of the tile's first value, rows `ld_residual` apart, or null.
+    pub residual: *const f32,
+    pub ld_residual: usize,
+}
+
+impl Store {
+    /// The raw product, for tiles finished by [`finish_partial`].
+    pub(crate) const RAW: Store = Store {
+        scale: 1.0,
+        accumulate: false,
+        bias: std::ptr::null(),
+        activation: Activation::None,
+        residual: std::ptr::null(),
+        ld_residual: 0,
+    };
+}
+
+/// Where a microkernel reads A: element `(r, p)` at `ptr + r * rs + p * cs`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct APanel {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// A microkernel: `(kc, a, b_panel, c, ldc, store)`.
+pub(crate) type KernelFn = unsafe fn(usize, APanel, *const f32, *mut f32, usize, &Store);
+
+/// A microkernel and its tile.
+#[derive(Clone, Copy)]
+pub(crate) struct Microkernel {
+    pub mr: usize,
+    pub nr: usize,
+    pub run: KernelFn,
+}
+
+/// The largest tile of any microkernel (a partial tile is computed into a buffer this big).
+pub(crate) const MAX_TILE: usize = 6 * 64;
+
+/// Applies `store` to the `rows x cols` corner of a raw `tile` (rows `nr` apart), writing
+/// into `c`.
+///
+/// # Safety
+/// `c` must address `rows` rows of `cols` values `ldc` apart; `store`'s pointers, where not
+/// null, `cols` values (bias) and `rows x cols` values `ld_residual` apart (residual).
+pub(crate) unsafe fn finish_partial(
+    tile: &[f32],
+    nr: usize,
+    c: *mut f32,
+    ldc: usize,
+    (rows, cols): (usize, usize),
+    store: &Store,
+) {
+    for i in 0..rows {
+        let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
+        for (j, value) in row.iter_mut().enumerate() {
+            let mut v = store.scale * tile[i * nr + j];
+            if store.accumulate {
+                v += *value;
+            }
+            if !store.bias.is_null() {
+                v += *store.bias.add(j);
+            }
+            v = store.activation.apply(v);
+            if !store.residual.is_null() {
+                v += *store.residual.add(i * store.ld_residual + j);
+            }
+            *value = v;
+        }
+    }
+}
+
+/// The microkernel of `isa`, if it has one.
+pub(crate) fn for_isa(isa: super::Isa) -> Option<Microkernel> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx512 => Some(Microkernel {
+            mr: 6,
+            nr: 64,
+            run: x86::kernel_6x64_avx512,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx2 => Some(Microkernel {
+            mr: 6,
+            nr: 16,
+            run: x86::kernel_6x16_avx2,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{APanel, Store};
+    use crate::kernels::epilogue::Activation;
+    use std::arch::x86_64::*;
+
+    /// Writes one row of a tile: `vectors` registers of `lanes` values, combined with C, the
+    /// bias and the residual as `store` says, then the activation over the row in place.
+    macro_rules! store_row {
+        ($store:ident, $c:ident, $ldc:ident, $i:expr, $acc:expr, $lanes:expr, $nr:expr,
+         $mul:ident, $add:ident, $load:ident, $storeu:ident, $set1:ident) => {{
+            let row = $c.add($i * $ldc);
+            let scale = $set1($store.scale);
+            let residual_here = $store.activation == Activation::None && !$store.residual.is_null();
+            for (j, acc) in $acc.iter().enumerate() {
+                let mut v = if $store.scale == 1.0 {
+                    *acc
+                } else {
+                    $mul(*acc, scale)
+                };
+                if $store.accumulate {
+                    v = $add(v, $load(row.add(j * $lanes)));
+                }
+                if !$store.bias.is_null() {
+                    v = $add(v, $load($store.bias.add(j * $lanes)));
+                }
+                if residual_here {
+                    let r = $store.residual.add($i * $store.ld_residual + j * $lanes);
+                    v = $add(v, $load(r));
+                }
+                $storeu(row.add(j * $lanes), v);
+            }
+            if $store.activation != Activation::None {
+                let values = std::slice::from_raw_parts_mut(row, $nr);
+                let residual = (!$store.residual.is_null()).then(|| {
+                    std::slice::from_raw_parts($store.residual.add($i * $store.ld_residual), $nr)
+                });
+                $store.activation.apply_row(values, residual);
+            }
+        }};
+    }
+
+    /// 6 x 64 on AVX-512: 24 accumulators, 4 loads of B and 6 broadcasts of A per step.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a` addresses 6 rows of `kc` values, `b` holds `kc x 64`, `c` 6
+    /// rows of 64 `ldc` apart; `store`'s pointers as [`Store`] says.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_6x64_avx512(
+        kc: usize,
+        a: APanel,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        store: &Store,
+    ) {
+        const MR: usize = 6;
+        const NV: usize = 4;
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let rows: [isize; MR] = std::array::from_fn(|r| r as isize * a.rs);
+        let (mut ap, mut b) = (a.ptr, b);
+        for _ in 0..kc {
+            let bv = [
+                _mm512_loadu_ps(b),
+                _mm512_loadu_ps(b.add(16)),
+                _mm512_loadu_ps(b.add(32)),
+                _mm512_loadu_ps(b.add(48)),
+            ];
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.offset(rows[i]));
+                for (acc, bv) in row.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(ai, *bv, *acc);
+                }
+            }
+            ap = ap.offset(a.cs);
+            b = b.add(NV * 16);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            store_row!(
+                store,
+                c,
+                ldc,
+                i,
+                row,
+                16,
+                64,
+                _mm512_mul_ps,
+                _mm512_add_ps,
+                _mm512_loadu_ps,
+                _mm512_storeu_ps,
+                _mm512_set1_ps
+            );
+        }
+    }
+
+    /// 6 x 16 on AVX2 + FMA: 12 accumulators, 2 loads of B and 6 broadcasts of A per step.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `a` addresses 6 rows of `kc` values, `b` holds `kc x 16`,
+    /// `c` 6 rows of 16 `ldc` apart; `store`'s pointers as [`Store`] says.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_6x16_avx2(
+        kc: usize,
+        a: APanel,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        store: &Store,
+    ) {
+        const MR: usize = 6;
+        const NV: usize = 2;
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        let rows: [isize; MR] = std::array::from_fn(|r| r as isize * a.rs);
+        let (mut ap, mut b) = (a.ptr, b);
+        for _ in 0..kc {
+            let bv = [_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))];
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*ap.offset(rows[i]));
+                for (acc, bv) in row.iter_mut().zip(&bv) {
+                    *acc = _mm256_fmadd_ps(ai, *bv, *acc);
+                }
+            }
+            ap = ap.offset(a.cs);
+            b = b.add(NV * 8);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            store_row!(
+                store,
+                c,
+                ldc,
+                i,
+                row,
+                8,
+                16,
+                _mm256_mul_ps,
+                _mm256_add_ps,
+                _mm256_loadu_ps,
+                _mm256_storeu_ps,
+                _mm256_set1_ps
+            );
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The CPU engine: an f32 matrix product built as BLIS and ONNX Runtime's MLAS build theirs.
+//!
+//! - [`microkernel`]: register-blocked FMA kernels for AVX-512 and AVX2, chosen at run time
+//!   ([`Isa`]); other CPUs use the `gemm` crate.
+//! - [`pack`]: the panel layout the kernels read; weights ([`PackedB`]) are packed once,
+//!   when the model loads.
+//! - [`cache`]: block sizes from the caches the CPU reports.
+//! - [`gemm`](mod@gemm): the loop nest and the split over threads.
+//! - [`epilogue`]: bias, activation and residual applied as each tile is stored.
+
+pub mod cache;
+pub mod epilogue;
+pub mod gemm;
+pub mod isa;
+pub mod math;
+pub(crate) mod microkernel;
+pub mod pack;
+
+pub use cache::CacheSizes;
+pub use epilogue::{Activation, Epilogue};
+pub use gemm::{gemm, gemm_packed};
+pub use isa::Isa;
+pub use pack::PackedB;
+
+/// A strided view of a matrix: element `(r, c)` at `ptr + r * row_stride + c * col_stride`.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    pub ptr: *const f32,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+// SAFETY: a view only reads; whoever builds one over shared data keeps it alive and unwritten
+// while the product that reads it runs.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
+impl View {
+    /// `rows x cols` row-major values of `data` (checked to be there).
+    pub fn of(data: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            data.len() >= rows * cols,
+            "matrix of {rows}x{cols} over {} values",
+            data.len()
+        );
+        Self {
+            ptr: data.as_ptr(),
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// `rows` rows of `cols` values of `data` from `offset`, `row_stride` apart (checked to
+    /// be there).
+    pub fn strided(
+        data: &[f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Self {
+        assert!(
+            rows == 0 || offset + (rows - 1) * row_stride + cols <= data.len(),
+            "{rows} rows of {cols} values, {row_stride} apart from {offset}, over {} values",
+            data.len()
+        );
+        Self {
+            ptr: data[offset..].as_ptr(),
+            row_stride: row_stride as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose.
+    pub fn transposed(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+/// `y = epilogue(x W^T)` for `x` of `rows x k` row-major and a packed weight, on all threads.
+pub fn linear(x: &[f32], weight: &PackedB, epilogue: &Epilogue) -> Vec<f32> {
+    let (k, n) = weight.dims();
+    let rows = x.len().checked_div(k).unwrap_or(0);
+    assert_eq!(rows * k, x.len(), "{} inputs are not rows of {k}", x.len());
+    assert!(!epilogue.accumulate, "linear: nothing to accumulate into");
+    let mut y = vec![0f32; rows * n];
+    // SAFETY: x holds the rows x k view, y is this call's own rows x n buffer, and the
+    // epilogue's sizes are checked by gemm_packed.
+    unsafe {
+        gemm_packed(
+            rows,
+            View::of(x, rows, k),
+            weight,
+            y.as_mut_ptr(),
+            n,
+            epilogue,
+            true,
+        );
+    }
+    y
+}

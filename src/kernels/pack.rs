@@ -1,0 +1,270 @@
+//! Packing: matrices copied into the panel layout the microkernels read, and weights packed
+//! once at load time.
+
+use rayon::prelude::*;
+
+use super::microkernel::{self, Microkernel};
+use super::{CacheSizes, Isa, View};
+use crate::kernels::cache::Blocking;
+
+/// An f32 buffer aligned to a cache line, so that packed panels start on one.
+pub struct AlignedBuf {
+    lines: Vec<CacheLine>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct CacheLine([f32; 16]);
+
+impl AlignedBuf {
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            lines: vec![CacheLine([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+
+    /// Grows to at least `len` values (contents unspecified).
+    pub fn reserve_len(&mut self, len: usize) {
+        if self.len < len {
+            *self = Self::zeros(len);
+        }
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: the lines are contiguous f32 arrays holding at least `len` values.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in as_slice, and borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+/// Copies `rows x depth` values of `src` (element `(r, d)` at `r * row_stride + d *
+/// col_stride`) into panels of `width` rows: panel `q` holds, for each `d`, the values of
+/// rows `q * width ..` at depth `d`, zeros past the last row.
+///
+/// # Safety
+/// `src` must address every element of the `rows x depth` view; `dst` holds
+/// `rows.div_ceil(width) * width * depth` values.
+pub(crate) unsafe fn pack_panels(
+    dst: &mut [f32],
+    src: View,
+    (rows, depth): (usize, usize),
+    width: usize,
+) {
+    debug_assert!(dst.len() >= rows.div_ceil(width) * width * depth);
+    for (q, panel) in dst
+        .chunks_exact_mut(width * depth)
+        .take(rows.div_ceil(width))
+        .enumerate()
+    {
+        let first = q * width;
+        let count = width.min(rows - first);
+        if src.col_stride == 1 {
+            // Rows are contiguous along the depth: read each row, write it `width` apart.
+            for r in 0..count {
+                let row = src.ptr.offset((first + r) as isize * src.row_stride);
+                for d in 0..depth {
+                    *panel.get_unchecked_mut(d * width + r) = *row.add(d);
+                }
+            }
+        } else {
+            for d in 0..depth {
+                let column = src.ptr.offset(d as isize * src.col_stride);
+                for r in 0..count {
+                    *panel.get_unchecked_mut(d * width + r) =
+                        *column.offset((first + r) as isize * src.row_stride);
+                }
+            }
+        }
+        if count < width {
+            for d in 0..depth {
+                panel[d * width + count..(d + 1) * width].fill(0.0);
+            }
+        }
+    }
+}
+
+/// The right-hand side `B (k x n)` of products, packed for one instruction set: for each
+/// block of `kc` depths, the panels of `nr` columns, each `kc x nr` (zeros past column `n`).
+/// The portable instruction set keeps `B` as given instead, for the `gemm` crate.
+pub struct PackedB {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    kc: usize,
+    nr: usize,
+    data: AlignedBuf,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedB")
+            .field("isa", &self.isa)
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackedB {
+    /// `B = W^T` for a weight `W` of `n` rows (output features) by `k` (input features),
+    /// given by row: row `j` of `W` is `row(j)`, `k` values. Packed in parallel.
+    pub fn from_weight_rows<'w>(
+        isa: Isa,
+        (n, k): (usize, usize),
+        row: impl Fn(usize) -> &'w [f32] + Sync,
+    ) -> Self {
+        let Some(kernel) = microkernel::for_isa(isa) else {
+            let mut data = AlignedBuf::zeros(n * k);
+            data.as_mut_slice()
+                .par_chunks_mut(k.max(1))
+                .enumerate()
+                .for_each(|(j, dst)| dst.copy_from_slice(row(j)));
+            return Self {
+                isa,
+                k,
+                n,
+                kc: k,
+                nr: 1,
+                data,
+            };
+        };
+        let mut packed = Self::empty(isa, kernel, (k, n));
+        let (kc, nr, n_pad) = (packed.kc, packed.nr, packed.padded_n());
+        let panels = n.div_ceil(nr);
+        // One task per panel: its blocks of every depth.
+        let data = SendMut(packed.data.as_mut_slice().as_mut_ptr());
+        (0..panels).into_par_iter().for_each(|q| {
+            let width = nr.min(n - q * nr);
+            for k0 in (0..k).step_by(kc) {
+                let depth = kc.min(k - k0);
+                let offset = k0 * n_pad + q * depth * nr;
+                // SAFETY: each (panel, block) region is written by this task only, and lies
+                // inside the k x n_pad buffer.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(data.get().add(offset), depth * nr) };
+                for r in 0..width {
+                    let src = &row(q * nr + r)[k0..k0 + depth];
+                    for (d, &value) in src.iter().enumerate() {
+                        dst[d * nr + r] = value;
+                    }
+                }
+                if width < nr {
+                    for d in 0..depth {
+                        dst[d * nr + width..(d + 1) * nr].fill(0.0);
+                    }
+                }
+            }
+        });
+        packed
+    }
+
+    /// `B (k x n)` from a strided view, packed in parallel when `parallel`. Not for the
+    /// portable set, which has no microkernel.
+    ///
+    /// # Safety
+    /// `b` must address every element of the `k x n` view.
+    pub(crate) unsafe fn from_view(
+        isa: Isa,
+        kernel: Microkernel,
+        b: View,
+        (k, n): (usize, usize),
+        parallel: bool,
+    ) -> Self {
+        let mut packed = Self::empty(isa, kernel, (k, n));
+        let (kc, nr, n_pad) = (packed.kc, packed.nr, packed.padded_n());
+        let data = SendMut(packed.data.as_mut_slice().as_mut_ptr());
+        let pack_panel = |q: usize| {
+            let (b, data) = (b, data);
+            for k0 in (0..k).step_by(kc) {
+                let depth = kc.min(k - k0);
+                // Columns of B are the panel's rows.
+                let src = View {
+                    ptr: b
+                        .ptr
+                        .offset(k0 as isize * b.row_stride + (q * nr) as isize * b.col_stride),
+                    row_stride: b.col_stride,
+                    col_stride: b.row_stride,
+                };
+                let offset = k0 * n_pad + q * depth * nr;
+                // SAFETY: each (panel, block) region is written by this task only, inside
+                // the k x n_pad buffer; src stays inside b's view.
+                let dst = std::slice::from_raw_parts_mut(data.get().add(offset), depth * nr);
+                pack_panels(dst, src, (nr.min(n - q * nr), depth), nr);
+            }
+        };
+        let panels = n.div_ceil(nr);
+        if parallel {
+            (0..panels).into_par_iter().for_each(pack_panel);
+        } else {
+            (0..panels).for_each(pack_panel);
+        }
+        packed
+    }
+
+    fn empty(isa: Isa, kernel: Microkernel, (k, n): (usize, usize)) -> Self {
+        let kc = Blocking::for_kernel(CacheSizes::current(), kernel.mr, kernel.nr).kc;
+        let n_pad = n.div_ceil(kernel.nr) * kernel.nr;
+        Self {
+            isa,
+            k,
+            n,
+            kc,
+            nr: kernel.nr,
+            data: AlignedBuf::zeros(k * n_pad),
+        }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `(k, n)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len * 4
+    }
+
+    pub(crate) fn kc(&self) -> usize {
+        self.kc
+    }
+
+    fn padded_n(&self) -> usize {
+        self.n.div_ceil(self.nr) * self.nr
+    }
+
+    /// The `kc x nr` panel `q` of the block starting at depth `k0`.
+    pub(crate) fn panel(&self, k0: usize, q: usize) -> *const f32 {
+        let depth = self.kc.min(self.k - k0);
+        self.data.as_slice()[k0 * self.padded_n() + q * depth * self.nr..].as_ptr()
+    }
+
+    /// The portable layout: `W (n x k)` row-major, as given.
+    pub(crate) fn plain_weight(&self) -> &[f32] {
+        self.data.as_slice()
+    }
+}
+
+/// A raw pointer that parallel tasks writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+pub(crate) struct SendMut(pub *mut f32);
+// SAFETY: every task sharing it writes a disjoint part of the buffer.
+unsafe impl Send for SendMut {}
+unsafe impl Sync for SendMut {}
+
+impl SendMut {
+    /// The pointer (a method, so that closures capture the whole `SendMut`).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

@@ -1,0 +1,187 @@
+//! Safetensors weights read through a memory map: each tensor is copied out of the mapped
+//! file when the model asks for it, and its pages are handed back right after, so loading
+//! never holds the file and the model at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::{Dtype, SafeTensors};
+
+use super::weights::{normalized_names, TensorShapes};
+
+/// Where one tensor lies in a mapped file.
+struct Entry {
+    shard: usize,
+    /// The name in the file (before [`normalized_names`]).
+    stored_name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte range in the shard's map.
+    bytes: std::ops::Range<usize>,
+}
+
+/// One `.safetensors` file, or the shards of an index, mapped; tensors by their normalized
+/// HF name.
+pub struct MappedSafetensors {
+    shards: Vec<(PathBuf, Mmap)>,
+    tensors: HashMap<String, Entry>,
+}
+
+impl MappedSafetensors {
+    /// Maps `path`: a `.safetensors` file or a `model.safetensors.index.json`.
+    ///
+    /// The files must not change while the model loads (the map reads them as they are).
+    pub fn open(path: &Path) -> Result<Self> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let files: Vec<PathBuf> = if name.ends_with(".index.json") {
+            shard_files(path)?
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut shards = Vec::new();
+        let mut stored = Vec::new();
+        for (shard, file) in files.into_iter().enumerate() {
+            let handle = std::fs::File::open(&file)
+                .with_context(|| format!("{}: cannot open", file.display()))?;
+            // SAFETY: the map is only read; the files are not modified while loading (see
+            // above), which is what a map requires.
+            let map = unsafe { Mmap::map(&handle) }
+                .with_context(|| format!("{}: cannot map", file.display()))?;
+            let (header, metadata) = SafeTensors::read_metadata(&map)
+                .with_context(|| format!("{}: not a valid safetensors file", file.display()))?;
+            let start = 8 + header;
+            for (stored_name, info) in metadata.tensors() {
+                let dtype = candle_dtype(info.dtype)
+                    .with_context(|| format!("{}: tensor {stored_name}", file.display()))?;
+                let (begin, end) = info.data_offsets;
+                stored.push(Entry {
+                    shard,
+                    stored_name,
+                    dtype,
+                    shape: info.shape.clone(),
+                    bytes: start + begin..start + end,
+                });
+            }
+            shards.push((file, map));
+        }
+        let renamed: HashMap<String, String> =
+            normalized_names(stored.iter().map(|e| e.stored_name.clone())).collect();
+        let tensors = stored
+            .into_iter()
+            .map(|entry| (renamed[&entry.stored_name].clone(), entry))
+            .collect();
+        Ok(Self { shards, tensors })
+    }
+
+    /// The tensor `name` (a normalized name) in `dtype` on `device`, copied out of the map;
+    /// its pages are released afterwards.
+    pub fn tensor(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let entry = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("missing tensor {name}"))?;
+        let (file, map) = &self.shards[entry.shard];
+        let tensor = Tensor::from_raw_buffer(
+            &map[entry.bytes.clone()],
+            entry.dtype,
+            &entry.shape,
+            &Device::Cpu,
+        )
+        .and_then(|t| t.to_dtype(dtype))
+        .and_then(|t| t.to_device(device))
+        .with_context(|| format!("{}: tensor {}", file.display(), entry.stored_name))?;
+        // SAFETY: DONTNEED on a read-only file map drops our mapping of those pages; a later
+        // read maps them again from the file, so no data the map shows can change.
+        unsafe {
+            let _ = map.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                entry.bytes.start,
+                entry.bytes.len(),
+            );
+        }
+        Ok(tensor)
+    }
+}
+
+impl TensorShapes for MappedSafetensors {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|e| e.shape.clone())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for MappedSafetensors {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.get_unchecked(name, dtype, device)?;
+        if tensor.shape() != &shape {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: shape,
+                got: tensor.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.tensor(name, dtype, device)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+fn candle_dtype(dtype: Dtype) -> Result<DType> {
+    Ok(match dtype {
+        Dtype::F64 => DType::F64,
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::I64 => DType::I64,
+        Dtype::U32 => DType::U32,
+        Dtype::U8 | Dtype::BOOL => DType::U8,
+        other => bail!("dtype {other:?} is not supported"),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The shard files an index names, each once, in name order.
+fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index_path)
+        .with_context(|| format!("{}: cannot read", index_path.display()))?;
+    let index: ShardIndex = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a shard index", index_path.display()))?;
+    let folder = index_path.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<&String> = index.weight_map.values().collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards.into_iter().map(|s| folder.join(s)).collect())
+}
