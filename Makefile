@@ -5,7 +5,9 @@ CARGO       ?= cargo
 SHARED      ?= $(or $(VIT_SHARED_DIR),../shared)
 HUB_MODEL   ?= google/vit-base-patch16-224
 SAMPLES     := assets/samples
-VIT         := target/release/vit
+# Cargo's output folder: CARGO_TARGET_DIR when set (shared build setups), else target.
+TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
+VIT         := $(TARGET_DIR)/release/vit
 PYTHON      ?= python3
 VENV        := .venv
 
@@ -52,18 +54,29 @@ clean:
 	rm -rf $(SAMPLES)
 
 # --- benchmarks ---
-# bench-compare: `vit bench` against PyTorch + HF transformers on the same machine, in one run:
-# the same random ViT-B/16 224 weights (written once by tests/bench/bench_infer_torch.py, HF's
-# own initialisation), the same threads, dtypes and batch sizes; prints vit's throughput as a
-# ratio of PyTorch's per row, and each side's 2048^3 matrix-product peak. torch and
-# transformers are installed from PyPI into $(VENV) on first use.
+# bench-compare: `vit bench` against two peers on the same machine, in one run: PyTorch + HF
+# transformers (tests/bench/bench_infer_torch.py, eager forward with SDPA attention) and ONNX Runtime
+# (tests/bench/bench_infer_onnx.py: the same HF model exported once to DIR/model.onnx, opset
+# 17, CPUExecutionProvider, ORT_ENABLE_ALL; its logits checked against PyTorch's first), on two
+# random models with HF's own initialisation (written once by bench_infer_torch.py
+# --save-random): ViT-B/16 224 and a DeiT-Tiny-sized ViT (hidden 192, 12 layers, 3 heads, MLP
+# 768, patch 16, 224). Same threads, batch sizes and seconds per row for all three; dtypes
+# BENCH_DTYPES for vit and PyTorch (bf16 possible: BENCH_DTYPES=f32,bf16), f32 only for ORT.
+# Then tests/bench/machine_peaks.py measures the machine's f32 matrix-product ceiling (numpy's
+# BLAS and torch.mm at 2048^3 and 4096^3, with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, as
+# they slow OpenBLAS down) beside vit's own kernel (`vit bench --peak`, once), and
+# tests/bench/compare.py prints per model and row: each side's img/s and p50, vit's ratio to
+# each peer, and each side's share of that ceiling; then the peaks. All outputs (JSONL, and
+# compare.py's table in compare.txt) land in $(BENCH_OUT). torch, transformers, onnxruntime,
+# onnx and onnxscript are installed from PyPI into $(VENV) on first use.
 
 BENCH_OUT     ?= target/bench
 BENCH_THREADS ?= 2
-BENCH_DTYPES  ?= f32,bf16
+BENCH_DTYPES  ?= f32
 BENCH_BATCHES ?= 1,8
 BENCH_SECONDS ?= 20
 BENCH_MODEL   := $(BENCH_OUT)/vit-base-patch16-224-random
+BENCH_DEIT    := $(BENCH_OUT)/deit-tiny-patch16-224-random
 
 .PHONY: bench-compare
 
@@ -72,17 +85,41 @@ $(VENV)/.torch:
 		{ $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet torch transformers; }
 	@touch $@
 
+$(VENV)/.onnx: | $(VENV)/.torch
+	@$(VENV)/bin/python -c 'import onnxruntime, onnx, onnxscript' 2>/dev/null || \
+		$(VENV)/bin/pip install --quiet onnxruntime onnx onnxscript
+	@touch $@
+
 $(BENCH_MODEL)/config.json: | $(VENV)/.torch
 	$(VENV)/bin/python tests/bench/bench_infer_torch.py --save-random $(BENCH_MODEL)
 
-bench-compare: build $(BENCH_MODEL)/config.json
-	$(VIT) bench --model $(BENCH_MODEL) --device cpu --threads $(BENCH_THREADS) \
-		--dtype $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) --seconds $(BENCH_SECONDS) \
-		--peak --format json > $(BENCH_OUT)/vit.jsonl
-	$(VENV)/bin/python tests/bench/bench_infer_torch.py --model $(BENCH_MODEL) \
-		--threads $(BENCH_THREADS) --dtypes $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) \
-		--seconds $(BENCH_SECONDS) --peak > $(BENCH_OUT)/torch.jsonl
-	@$(PYTHON) tests/bench/compare.py $(BENCH_OUT)/vit.jsonl $(BENCH_OUT)/torch.jsonl
+$(BENCH_DEIT)/config.json: | $(VENV)/.torch
+	$(VENV)/bin/python tests/bench/bench_infer_torch.py --save-random $(BENCH_DEIT) \
+		--hidden-size 192 --layers 12 --heads 3
+
+# $(call bench-one,MODEL_DIR,NAME,EXTRA_VIT_FLAGS): vit, then PyTorch, then ORT on one model,
+# into $(BENCH_OUT)/NAME-{vit,torch,ort}.jsonl.
+define bench-one
+$(VIT) bench --model $(1) --device cpu --threads $(BENCH_THREADS) \
+	--dtype $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) --seconds $(BENCH_SECONDS) \
+	$(3) --format json > $(BENCH_OUT)/$(2)-vit.jsonl
+$(VENV)/bin/python tests/bench/bench_infer_torch.py --model $(1) --attn sdpa \
+	--threads $(BENCH_THREADS) --dtypes $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) \
+	--seconds $(BENCH_SECONDS) > $(BENCH_OUT)/$(2)-torch.jsonl
+$(VENV)/bin/python tests/bench/bench_infer_onnx.py --model $(1) \
+	--threads $(BENCH_THREADS) --batch-sizes $(BENCH_BATCHES) \
+	--seconds $(BENCH_SECONDS) > $(BENCH_OUT)/$(2)-ort.jsonl
+endef
+
+bench-compare: build $(BENCH_MODEL)/config.json $(BENCH_DEIT)/config.json | $(VENV)/.onnx
+	$(call bench-one,$(BENCH_MODEL),vit-b16,--peak)
+	$(call bench-one,$(BENCH_DEIT),deit-tiny,)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/python tests/bench/machine_peaks.py \
+		--threads $(BENCH_THREADS) > $(BENCH_OUT)/peaks.jsonl
+	@$(PYTHON) tests/bench/compare.py --peaks $(BENCH_OUT)/peaks.jsonl \
+		--model ViT-B/16 $(BENCH_OUT)/vit-b16-vit.jsonl $(BENCH_OUT)/vit-b16-torch.jsonl $(BENCH_OUT)/vit-b16-ort.jsonl \
+		--model DeiT-Tiny $(BENCH_OUT)/deit-tiny-vit.jsonl $(BENCH_OUT)/deit-tiny-torch.jsonl $(BENCH_OUT)/deit-tiny-ort.jsonl \
+		> $(BENCH_OUT)/compare.txt && cat $(BENCH_OUT)/compare.txt
 
 # --- GPU builds ---
 # Checks of the CUDA build that need no GPU and no CUDA toolkit installed (README, "GPU builds").
@@ -105,7 +142,7 @@ check-cuda:
 	sh .ci/gpu-env.sh wheels $(CARGO) build --features cuda --bins
 
 cuda-smoke: check-cuda
-	sh .ci/gpu-env.sh wheels sh .ci/cuda-smoke.sh target/cuda/debug/vit
+	sh .ci/gpu-env.sh wheels sh .ci/cuda-smoke.sh $(TARGET_DIR)/cuda/debug/vit
 
 # --- finetune ---
 # Real-data training runs and the training-throughput comparison with PyTorch; not part of

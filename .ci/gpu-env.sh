@@ -30,9 +30,12 @@ crate_dir() {
     echo "$dir"
 }
 
+# Each build has its own folder under cargo's (CARGO_TARGET_DIR when set, else target/).
+target=${CARGO_TARGET_DIR:-$root/target}
+
 case $mode in
 fake)
-    export CARGO_TARGET_DIR="$root/target/gpu-check"
+    export CARGO_TARGET_DIR="$target/gpu-check"
     export NVCC="$root/.ci/fake-nvcc"
     # cudarc asks `nvcc --version` for the CUDA version unless told.
     export CUDARC_CUDA_VERSION=13040
@@ -51,7 +54,7 @@ fake)
     echo "$commit" >"$cutlass/.git/HEAD"
     ;;
 wheels)
-    export CARGO_TARGET_DIR="$root/target/cuda"
+    export CARGO_TARGET_DIR="$target/cuda"
     venv="$root/target/cuda-venv"
     sh "$root/.ci/cuda-wheels.sh" "$venv"
     cuda=$(cat "$venv/cuda-home")

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::cache::{Blocking, CacheSizes};
 use super::epilogue::Epilogue;
 use super::microkernel::{self, finish_partial, APanel, Microkernel, Store, MAX_TILE};
-use super::pack::{pack_panels, AlignedBuf, PackedB, SendMut};
+use super::pack::{pack_panels, pack_rows, AlignedBuf, PackedB, SendMut};
 use super::{Isa, View};
 
 /// `C (m x n, rows ldc apart) = epilogue(A (m x k) B)` with `B` packed; on all of rayon's
@@ -52,8 +52,12 @@ pub unsafe fn gemm(
     check_epilogue(m, n, epilogue);
     match microkernel::for_isa(isa) {
         Some(kernel) => {
-            let packed = PackedB::from_view(isa, kernel, b, (k, n), parallel);
-            blocked(kernel, m, a, &packed, c, ldc, epilogue, parallel)
+            // The buffer is this thread's, kept between products (taken, so that a product
+            // started meanwhile on this thread gets its own).
+            let buffer = PACKED_B.take();
+            let packed = PackedB::from_view(isa, kernel, b, (k, n), parallel, buffer);
+            blocked(kernel, m, a, &packed, c, ldc, epilogue, parallel);
+            PACKED_B.set(packed.into_buffer());
         }
         None => {
             gemm_crate(c, ldc, (m, n, k), a, b, epilogue, parallel);
@@ -79,7 +83,9 @@ fn check_epilogue(m: usize, n: usize, epilogue: &Epilogue) {
     }
 }
 
-/// How the output is split among threads: `mc` rows by `chunk` panels a task.
+/// How the output is split among threads: `row_blocks` blocks of `mc` rows by `chunks`
+/// chunks of `chunk` panels, one task each.
+#[derive(Debug, PartialEq, Eq)]
 struct Split {
     mc: usize,
     row_blocks: usize,
@@ -88,24 +94,41 @@ struct Split {
 }
 
 impl Split {
+    /// The split whose busiest thread has the fewest tiles (`mr x nr` each), counting tasks
+    /// as dealt out in turn; among equals, the fewest tasks (each task packs its block of A
+    /// again). Blocks of A stay within `max_mc` rows (half of L2).
     fn new(kernel: Microkernel, m: usize, panels: usize, threads: usize) -> Self {
         let max_mc = Blocking::for_kernel(CacheSizes::current(), kernel.mr, kernel.nr).mc;
-        let row_blocks = m.div_ceil(max_mc).max(1);
-        let mc = m.div_ceil(row_blocks).div_ceil(kernel.mr) * kernel.mr;
-        let row_blocks = m.div_ceil(mc).max(1);
-        // At least two tasks a thread, so that uneven tasks even out.
-        let wanted = if threads > 1 {
-            (2 * threads).div_ceil(row_blocks)
+        let row_panels = m.div_ceil(kernel.mr).max(1);
+        let min_blocks = m.div_ceil(max_mc).max(1);
+        let panels = panels.max(1);
+        let mut best: Option<((usize, usize), Split)> = None;
+        let max_blocks = if threads > 1 {
+            row_panels.min(min_blocks * 8)
         } else {
-            1
+            min_blocks
         };
-        let chunk = panels.div_ceil(wanted.clamp(1, panels.max(1))).max(1);
-        Self {
-            mc,
-            row_blocks,
-            chunk,
-            chunks: panels.div_ceil(chunk).max(1),
+        for row_blocks in min_blocks..=max_blocks.max(min_blocks) {
+            let block_panels = row_panels.div_ceil(row_blocks);
+            let row_blocks = row_panels.div_ceil(block_panels);
+            for chunks in 1..=panels.min(if threads > 1 { 16 } else { 1 }) {
+                let chunk = panels.div_ceil(chunks);
+                let chunks = panels.div_ceil(chunk);
+                let tasks = row_blocks * chunks;
+                let busiest = tasks.div_ceil(threads) * block_panels * chunk;
+                let score = (busiest, tasks);
+                if best.as_ref().is_none_or(|(b, _)| score < *b) {
+                    let split = Split {
+                        mc: block_panels * kernel.mr,
+                        row_blocks,
+                        chunk,
+                        chunks,
+                    };
+                    best = Some((score, split));
+                }
+            }
         }
+        best.expect("at least one candidate").1
     }
 }
 
@@ -137,8 +160,11 @@ unsafe fn blocked(
     };
     let split = Split::new(kernel, m, panels, threads);
     let c = SendMut(c);
-    // Row-major A is read in place; any other layout is packed, a block at a time.
-    let in_place = a.col_stride == 1;
+    // Each block of A is copied into a contiguous buffer: row-major A row by row (a copy of
+    // each row's stretch; the kernel reads the rows `depth` apart), other layouts
+    // interleaved by panel. In place, rows a power-of-two stride apart (fc2's 3072 inputs)
+    // would fall into a few cache sets and evict each other.
+    let row_major = a.col_stride == 1;
     let task = |t: usize| {
         let (a, c) = (a, c);
         let (block, chunk) = (t / split.chunks, t % split.chunks);
@@ -147,11 +173,7 @@ unsafe fn blocked(
         let panels_here = chunk * split.chunk..(panels.min((chunk + 1) * split.chunk));
         let row_panels = rows.div_ceil(mr);
         SCRATCH.with_borrow_mut(|packed_a| {
-            packed_a.reserve_len(if in_place {
-                mr * kc
-            } else {
-                row_panels * mr * kc
-            });
+            packed_a.reserve_len(row_panels * mr * kc);
             for k0 in (0..k).step_by(kc) {
                 let depth = kc.min(k - k0);
                 let a_block = View {
@@ -160,34 +182,15 @@ unsafe fn blocked(
                         .offset(i0 as isize * a.row_stride + k0 as isize * a.col_stride),
                     ..a
                 };
-                let edge_rows = rows % mr;
-                if !in_place {
-                    pack_panels(packed_a.as_mut_slice(), a_block, (rows, depth), mr);
-                } else if edge_rows > 0 {
-                    // The last, partial panel: packed with zero rows, so no read passes A.
-                    let edge = View {
-                        ptr: a_block
-                            .ptr
-                            .offset((rows - edge_rows) as isize * a.row_stride),
-                        ..a
-                    };
-                    pack_panels(packed_a.as_mut_slice(), edge, (edge_rows, depth), mr);
+                let dst = &mut packed_a.as_mut_slice()[..row_panels * mr * depth];
+                match row_major {
+                    true => pack_rows(dst, a_block, (rows, depth)),
+                    false => pack_panels(dst, a_block, (rows, depth), mr),
                 }
-                let a_panel = |p: usize| {
-                    let packed = |offset: usize| APanel {
-                        ptr: packed_a.as_slice()[offset..].as_ptr(),
-                        rs: 1,
-                        cs: mr as isize,
-                    };
-                    match in_place {
-                        true if (p + 1) * mr <= rows => APanel {
-                            ptr: a_block.ptr.offset((p * mr) as isize * a.row_stride),
-                            rs: a.row_stride,
-                            cs: 1,
-                        },
-                        true => packed(0),
-                        false => packed(p * mr * depth),
-                    }
+                let a_panel = |p: usize| APanel {
+                    ptr: packed_a.as_slice()[p * mr * depth..].as_ptr(),
+                    rs: if row_major { depth as isize } else { 1 },
+                    cs: if row_major { 1 } else { mr as isize },
                 };
                 let last = k0 + depth == k;
                 for q in panels_here.clone() {
@@ -239,6 +242,8 @@ unsafe fn blocked(
 thread_local! {
     /// Each thread's buffer for packed blocks of A.
     static SCRATCH: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::zeros(0));
+    /// Each thread's buffer for B packed by [`gemm`].
+    static PACKED_B: std::cell::Cell<AlignedBuf> = std::cell::Cell::new(AlignedBuf::zeros(0));
 }
 
 /// The portable path: the `gemm` crate over the plain weight, then the epilogue by rows.
@@ -495,6 +500,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn splits_keep_both_threads_busy() {
+        let kernel = microkernel::Microkernel {
+            mr: 6,
+            nr: 64,
+            run: |_, _, _, _, _, _| {},
+        };
+        // One image of ViT-B (197 rows, 33 row panels) by 768 columns (12 panels): two
+        // chunks of 6 panels, 198 tiles each.
+        let split = Split::new(kernel, 197, 12, 2);
+        assert_eq!((split.row_blocks, split.chunks, split.chunk), (1, 2, 6));
+        // DeiT-Tiny's 192 columns are 3 panels: split the rows instead (17 + 16 panels).
+        let split = Split::new(kernel, 197, 3, 2);
+        assert_eq!((split.row_blocks, split.chunks, split.mc), (2, 1, 102));
+        // One thread: one task per block of A.
+        let split = Split::new(kernel, 197, 12, 1);
+        assert_eq!((split.row_blocks, split.chunks), (1, 1));
     }
 
     #[test]

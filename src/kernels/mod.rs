@@ -87,19 +87,21 @@ pub fn linear(x: &[f32], weight: &PackedB, epilogue: &Epilogue) -> Vec<f32> {
     let rows = x.len().checked_div(k).unwrap_or(0);
     assert_eq!(rows * k, x.len(), "{} inputs are not rows of {k}", x.len());
     assert!(!epilogue.accumulate, "linear: nothing to accumulate into");
-    let mut y = vec![0f32; rows * n];
-    // SAFETY: x holds the rows x k view, y is this call's own rows x n buffer, and the
-    // epilogue's sizes are checked by gemm_packed.
+    let mut y = Vec::with_capacity(rows * n);
+    // SAFETY: x holds the rows x k view, y's capacity is this call's own rows x n buffer, and
+    // the epilogue's sizes are checked by gemm_packed; without `accumulate` the product
+    // writes every value of it (and reads none), so all rows x n are initialized after.
     unsafe {
         gemm_packed(
             rows,
             View::of(x, rows, k),
             weight,
-            y.as_mut_ptr(),
+            y.spare_capacity_mut().as_mut_ptr().cast(),
             n,
             epilogue,
             true,
         );
+        y.set_len(rows * n);
     }
     y
 }

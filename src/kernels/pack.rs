@@ -17,6 +17,12 @@ pub struct AlignedBuf {
 #[repr(C, align(64))]
 struct CacheLine([f32; 16]);
 
+impl Default for AlignedBuf {
+    fn default() -> Self {
+        Self::zeros(0)
+    }
+}
+
 impl AlignedBuf {
     /// `len` zeros.
     pub fn zeros(len: usize) -> Self {
@@ -31,6 +37,16 @@ impl AlignedBuf {
         if self.len < len {
             *self = Self::zeros(len);
         }
+    }
+
+    /// Exactly `len` values, reusing this buffer's memory when it holds enough (contents
+    /// unspecified).
+    fn resized(mut self, len: usize) -> Self {
+        if self.lines.len() * 16 < len {
+            return Self::zeros(len);
+        }
+        self.len = len;
+        self
     }
 
     pub fn as_slice(&self) -> &[f32] {
@@ -90,6 +106,27 @@ pub(crate) unsafe fn pack_panels(
     }
 }
 
+/// Copies `rows x depth` values of row-major `src` (rows `src.row_stride` apart, `col_stride`
+/// 1) into `dst`, rows `depth` apart, and zeros the rows after them up to `dst`'s end.
+///
+/// # Safety
+/// `src` must address every element of the `rows x depth` view; `dst` holds at least
+/// `rows x depth` values, a whole number of rows.
+pub(crate) unsafe fn pack_rows(dst: &mut [f32], src: View, (rows, depth): (usize, usize)) {
+    debug_assert_eq!(src.col_stride, 1);
+    if depth == 0 {
+        return;
+    }
+    for (r, row) in dst.chunks_exact_mut(depth).enumerate() {
+        if r < rows {
+            let from = src.ptr.offset(r as isize * src.row_stride);
+            row.copy_from_slice(std::slice::from_raw_parts(from, depth));
+        } else {
+            row.fill(0.0);
+        }
+    }
+}
+
 /// The right-hand side `B (k x n)` of products, packed for one instruction set: for each
 /// block of `kc` depths, the panels of `nr` columns, each `kc x nr` (zeros past column `n`).
 /// The portable instruction set keeps `B` as given instead, for the `gemm` crate.
@@ -135,7 +172,7 @@ impl PackedB {
                 data,
             };
         };
-        let mut packed = Self::empty(isa, kernel, (k, n));
+        let mut packed = Self::empty(isa, kernel, (k, n), AlignedBuf::default());
         let (kc, nr, n_pad) = (packed.kc, packed.nr, packed.padded_n());
         let panels = n.div_ceil(nr);
         // One task per panel: its blocks of every depth.
@@ -165,8 +202,8 @@ impl PackedB {
         packed
     }
 
-    /// `B (k x n)` from a strided view, packed in parallel when `parallel`. Not for the
-    /// portable set, which has no microkernel.
+    /// `B (k x n)` from a strided view, packed in parallel when `parallel`, into `buffer`'s
+    /// memory when it is large enough. Not for the portable set, which has no microkernel.
     ///
     /// # Safety
     /// `b` must address every element of the `k x n` view.
@@ -176,8 +213,9 @@ impl PackedB {
         b: View,
         (k, n): (usize, usize),
         parallel: bool,
+        buffer: AlignedBuf,
     ) -> Self {
-        let mut packed = Self::empty(isa, kernel, (k, n));
+        let mut packed = Self::empty(isa, kernel, (k, n), buffer);
         let (kc, nr, n_pad) = (packed.kc, packed.nr, packed.padded_n());
         let data = SendMut(packed.data.as_mut_slice().as_mut_ptr());
         let pack_panel = |q: usize| {
@@ -208,7 +246,9 @@ impl PackedB {
         packed
     }
 
-    fn empty(isa: Isa, kernel: Microkernel, (k, n): (usize, usize)) -> Self {
+    /// The packed form's header over `buffer` resized to hold it (contents unspecified:
+    /// packing writes every value, padding included).
+    fn empty(isa: Isa, kernel: Microkernel, (k, n): (usize, usize), buffer: AlignedBuf) -> Self {
         let kc = Blocking::for_kernel(CacheSizes::current(), kernel.mr, kernel.nr).kc;
         let n_pad = n.div_ceil(kernel.nr) * kernel.nr;
         Self {
@@ -217,8 +257,13 @@ impl PackedB {
             n,
             kc,
             nr: kernel.nr,
-            data: AlignedBuf::zeros(k * n_pad),
+            data: buffer.resized(k * n_pad),
         }
+    }
+
+    /// The buffer, for reuse.
+    pub(crate) fn into_buffer(self) -> AlignedBuf {
+        self.data
     }
 
     pub fn isa(&self) -> Isa {

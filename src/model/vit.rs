@@ -349,7 +349,9 @@ impl ViTForImageClassification {
 
     /// Classification logits `(batch, num_labels)`, in the model's dtype.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.classifier.forward(&self.features(pixel_values)?)
+        on_cpu_workers(pixel_values, || {
+            self.classifier.forward(&self.features(pixel_values)?)
+        })
     }
 
     /// The dtype the weights are held in.
@@ -361,6 +363,17 @@ impl ViTForImageClassification {
 impl Module for ViTForImageClassification {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         ViTForImageClassification::forward(self, xs)
+    }
+}
+
+/// Runs `forward` on one of rayon's worker threads when `input` is on the CPU: each parallel
+/// kernel inside then starts on a worker, which takes the first part itself, instead of the
+/// calling thread handing every kernel over and sleeping until it ends (a wake-up per kernel:
+/// a fifth of DeiT-Tiny's time at batch 1).
+fn on_cpu_workers<R: Send>(input: &Tensor, forward: impl FnOnce() -> R + Send) -> R {
+    match input.device().is_cpu() {
+        true => rayon::scope(|_| forward()),
+        false => forward(),
     }
 }
 

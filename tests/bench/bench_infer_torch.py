@@ -15,6 +15,7 @@ Two jobs:
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -24,7 +25,8 @@ DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
 def percentile(sorted_values, q):
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+    # Nearest rank, as `vit bench` and bench_infer_onnx.py compute it.
+    return sorted_values[max(1, min(len(sorted_values), math.ceil(q * len(sorted_values)))) - 1]
 
 
 def save_random(out_dir, hidden, layers, heads, image_size, patch_size):

@@ -1,52 +1,157 @@
-"""Joins the JSON lines of `vit bench` and of bench_infer_torch.py (one run each, same model,
-same machine, same threads) and prints, per (dtype, batch), both throughputs and latencies and
-vit's throughput as a ratio of PyTorch's; then each side's matrix-product peak and how much of
-it the rows reach. Only the standard library: `python3 compare.py VIT_JSONL TORCH_JSONL`.
+"""Joins the JSON lines of one `make bench-compare` run and prints, per model and per
+(dtype, batch): the throughput of `vit bench`, of PyTorch + transformers (bench_infer_torch.py)
+and of ONNX Runtime (bench_infer_onnx.py), vit's throughput as a ratio of each, the p50
+latencies, and the share of the machine's f32 ceiling each reaches; then the matrix-product
+peaks behind that ceiling (machine_peaks.py, and vit's own kernel from `vit bench --peak`).
+
+  python3 compare.py --peaks PEAKS_JSONL \\
+      --model NAME VIT_JSONL TORCH_JSONL ORT_JSONL [--model NAME2 VIT2 TORCH2 ORT2 ...]
+
+The achieved GFLOP/s of a row is images/s x the model's GFLOP per image (as `vit bench`
+counts it: the same for all three, as they run the same weights); the ceiling is the best f32
+product at 2048^3 or 4096^3 among vit's kernel, numpy's BLAS and torch.mm on this machine and
+thread count. bf16 rows are measured against the same f32 ceiling; ONNX Runtime has no bf16
+row (n/a). Only the standard library.
 """
 
+import argparse
 import json
 import sys
 
 
 def read(path):
+    lines = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                sys.exit(f"{path}:{number}: not JSON: {error}")
+    return lines
+
+
+def rows_of(lines):
+    """(dtype, batch) -> row, preferring the standard attention kernel where there are several."""
+    rows = {}
+    for row in lines:
+        if "batch" not in row or "images_per_sec" not in row:
+            continue
+        key = (row["dtype"], row["batch"])
+        if key not in rows or row.get("attn") == "standard":
+            rows[key] = row
+    return rows
+
+
+def vit_peaks(lines):
+    """vit's own products: (label, dtype, size, gflops), from both forms `vit bench` has printed."""
+    peaks = []
+    for line in lines:
+        peak = line.get("matmul_peak")
+        if not isinstance(peak, dict):
+            continue
+        kernel = peak.get("kernel", "")
+        label = kernel if kernel.startswith("vit") else f"vit {kernel}".strip()
+        peaks.append((label, peak["dtype"], peak.get("size", 2048), peak["gflops"]))
+    return peaks
+
+
+def library_peaks(lines, default_label):
+    """machine_peaks.py's lines, and bench_infer_torch.py --peak's (2048^3, no library named)."""
+    peaks = []
+    for line in lines:
+        if isinstance(line.get("matmul_peak"), str):
+            peaks.append((line.get("library", default_label), line["matmul_peak"], line.get("size", 2048), line["gflops"]))
+    return peaks
+
+
+def fmt(value, spec, missing="n/a"):
+    return missing if value is None else format(value, spec)
 
 
 def main():
-    vit_lines, torch_lines = read(sys.argv[1]), read(sys.argv[2])
-    vit_peaks = {l["matmul_peak"]["dtype"]: l["matmul_peak"]["gflops"] for l in vit_lines if "matmul_peak" in l}
-    torch_peaks = {l["matmul_peak"]: l["gflops"] for l in torch_lines if "matmul_peak" in l}
-    vit_rows = {(r["dtype"], r["batch"]): r for r in vit_lines if "batch" in r}
-    torch_rows = {(r["dtype"], r["batch"]): r for r in torch_lines if "batch" in r}
-    gflop = next(iter(vit_rows.values()))["gflop_per_image"]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peaks", metavar="PEAKS_JSONL", required=True, help="machine_peaks.py's output")
+    parser.add_argument("--model", nargs=4, action="append", required=True,
+                        metavar=("NAME", "VIT_JSONL", "TORCH_JSONL", "ORT_JSONL"))
+    args = parser.parse_args()
 
-    print(f"{next(iter(vit_rows.values()))['model']}: {gflop:.2f} GFLOP per image, "
-          f"{next(iter(torch_rows.values()))['threads']} threads; PyTorch: {next(iter(torch_rows.values()))['framework']}")
-    header = ("dtype", "batch", "vit img/s", "torch img/s", "ratio", "vit p50 ms", "torch p50 ms",
-              "vit %peak", "torch %peak")
-    print("{:<5} {:>5} {:>10} {:>12} {:>6} {:>11} {:>13} {:>10} {:>12}".format(*header))
-    for key in sorted(vit_rows, key=lambda k: (k[0] != "f32", k[0], k[1])):
-        if key not in torch_rows:
+    peak_lines = read(args.peaks)
+    cpu = next((l for l in peak_lines if "cpu" in l), {})
+    models = []
+    for name, vit_path, torch_path, ort_path in args.model:
+        vit_lines, torch_lines, ort_lines = read(vit_path), read(torch_path), read(ort_path)
+        models.append((name, rows_of(vit_lines), rows_of(torch_lines), rows_of(ort_lines)))
+        peak_lines += [l for l in vit_lines + torch_lines if "matmul_peak" in l]
+
+    # Every product measured, best value per (label, dtype, size).
+    best = {}
+    for label, dtype, size, gflops in vit_peaks(peak_lines) + library_peaks(peak_lines, "torch.mm"):
+        key = (label, dtype, size)
+        best[key] = max(best.get(key, 0.0), gflops)
+    f32 = {k: v for k, v in best.items() if k[1] == "f32" and k[2] in (2048, 4096)}
+    ceiling_key = max(f32, key=f32.get) if f32 else None
+    ceiling = f32[ceiling_key] if ceiling_key else None
+
+    threads = sorted({r["threads"] for _, _, t, o in models for r in list(t.values()) + list(o.values())}
+                     | ({cpu["threads"]} if "threads" in cpu else set()))
+    flags = f" ({cpu['flags']})" if cpu.get("flags") else ""
+    print(f"CPU: {cpu.get('cpu', 'unknown')}{flags}; threads: {', '.join(map(str, threads)) or '?'}"
+          + ("  (NOT the same for every side)" if len(threads) > 1 else ""))
+    if ceiling:
+        label, _, size = ceiling_key
+        print(f"f32 ceiling: {ceiling:.1f} GFLOP/s ({label}, {size}^3); %ceil = achieved GFLOP/s / ceiling")
+
+    header = ("dtype", "batch", "vit img/s", "torch img/s", "ort img/s", "vit/torch", "vit/ort",
+              "vit p50 ms", "torch p50", "ort p50", "vit %ceil", "torch %ceil", "ort %ceil")
+    line_format = "{:<5} {:>5} {:>10} {:>11} {:>10} {:>9} {:>8} {:>10} {:>10} {:>10} {:>9} {:>11} {:>9}"
+    for name, vit_rows, torch_rows, ort_rows in models:
+        if not vit_rows:
+            print(f"\n{name}: no vit rows")
             continue
-        ours, theirs = vit_rows[key], torch_rows[key]
-        dtype, batch = key
+        first = next(iter(vit_rows.values()))
+        gflop = first["gflop_per_image"]
+        peers = []
+        if torch_rows:
+            t = next(iter(torch_rows.values()))
+            peers.append(f"{t['framework']} ({t.get('attn', '?')} attention)")
+        if ort_rows:
+            o = next(iter(ort_rows.values()))
+            peers.append(f"{o['framework']} ({o.get('export', 'exporter unknown')})")
+        params = f", {first['params'] / 1e6:.1f}M params" if first.get("params") else ""
+        print(f"\n{name} ({first.get('model', '?')}{params}, {gflop:.2f} GFLOP per image)")
+        print(f"peers: {'; '.join(peers) or 'none'}")
+        print(line_format.format(*header))
+        for key in sorted(vit_rows, key=lambda k: (k[0] != "f32", k[0], k[1])):
+            dtype, batch = key
+            sides = [vit_rows[key], torch_rows.get(key), ort_rows.get(key)]
+            ips = [s["images_per_sec"] if s else None for s in sides]
+            p50 = [s["latency_ms"]["p50"] if s else None for s in sides]
+            ratio = [ips[0] / other if other else None for other in ips[1:]]
+            share = [100 * v * gflop / ceiling if v is not None and ceiling else None for v in ips]
+            print(line_format.format(
+                dtype, batch, *(fmt(v, ".3f") for v in ips), *(fmt(r, ".2f") + ("x" if r else "") for r in ratio),
+                *(fmt(v, ".1f") for v in p50), *(fmt(s, ".0f") + ("%" if s is not None else "") for s in share)))
 
-        def share(images_per_sec, peaks):
-            # A model row above the measured peak means that side's 2048^3 product is not the
-            # kernel its model runs (PyTorch's bf16 torch.mm on a CPU without native bf16).
-            peak = peaks.get(dtype)
-            achieved = images_per_sec * gflop
-            return f"{100 * achieved / peak:.0f}%" if peak and achieved <= peak else "n/a"
-
-        print("{:<5} {:>5} {:>10.3f} {:>12.3f} {:>5.2f}x {:>11.1f} {:>13.1f} {:>10} {:>12}".format(
-            dtype, batch, ours["images_per_sec"], theirs["images_per_sec"],
-            ours["images_per_sec"] / theirs["images_per_sec"],
-            ours["latency_ms"]["p50"], theirs["latency_ms"]["p50"],
-            share(ours["images_per_sec"], vit_peaks), share(theirs["images_per_sec"], torch_peaks)))
-    for dtype in sorted(set(vit_peaks) | set(torch_peaks)):
-        ours, theirs = vit_peaks.get(dtype), torch_peaks.get(dtype)
-        print(f"matmul peak {dtype} (2048^3): vit {ours or 0:.1f} GFLOP/s, torch {theirs or 0:.1f} GFLOP/s")
+    if best:
+        sizes = sorted({k[2] for k in best})
+        print("\nmatrix products, GFLOP/s (best call):")
+        width = max(len(k[0]) for k in best)
+        print(f"{'dtype':<5}  {'product':<{width}}" + "".join(f" {f'{n}^3':>8}" for n in sizes))
+        for label, dtype in sorted({(k[0], k[1]) for k in best}, key=lambda k: (k[1] != "f32", k[1], not k[0].startswith("vit"), k[0])):
+            cells = "".join(" " + fmt(best.get((label, dtype, n)), "8.1f", "-".rjust(8)) for n in sizes)
+            mark = "  <- ceiling" if ceiling_key and (label, dtype) == ceiling_key[:2] else ""
+            print(f"{dtype:<5}  {label:<{width}}{cells}{mark}")
+        ours = max((v for k, v in f32.items() if k[0].startswith("vit") and k[2] == 2048), default=None)
+        libraries = {k: v for k, v in f32.items() if not k[0].startswith("vit") and k[2] == 2048}
+        if ours and libraries:
+            top = max(libraries, key=libraries.get)
+            print(f"our kernel at 2048^3 = {100 * ours / libraries[top]:.0f}% of the best library product at "
+                  f"2048^3 ({top[0]}, {libraries[top]:.1f} GFLOP/s)")
+        elif not ours:
+            print("our kernel at 2048^3: not measured (no `vit bench --peak` line)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""The machine's f32 matrix-product ceiling, for `make bench-compare`.
+
+Prints JSON lines:
+
+  {"cpu": "<lscpu Model name>", "flags": "avx2 fma ...", "threads": N}
+  {"matmul_peak": "f32", "library": "numpy 2.x (OpenBLAS 0.3.x, <core>)", "size": 2048, "gflops": X, ...}
+
+one peak line per library (numpy's BLAS, torch.mm) and size (2048 and 4096): GFLOP/s of an
+n x n by n x n f32 product with N threads, the best call of those that fit in --seconds after a
+warm-up call (best, as `vit bench --peak` reports its own kernel; the mean is there too). Each
+library runs in its own process, with OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and
+MKL_NUM_THREADS set to N before it is imported, so that neither's idle threads spin beside the
+other's.
+
+OPENBLAS_CORETYPE (which pins OpenBLAS to one CPU's kernels, e.g. Haswell's AVX2 ones on an
+AVX-512 CPU) and OPENBLAS_L2_SIZE slow numpy down where they are set: `make bench-compare`
+runs this script with both unset; a warning goes to stderr if they are set.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+RELEVANT_FLAGS = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16"]
+
+
+def cpu_line(threads):
+    name, flags = "unknown", set()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True,
+                             env={**os.environ, "LC_ALL": "C"}).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name":
+                name = value.strip()
+            elif key.strip() == "Flags":
+                flags = set(value.split())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if not flags:
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key.strip() == "flags":
+                        flags = set(value.split())
+                    elif key.strip() == "model name" and name == "unknown":
+                        name = value.strip()
+        except OSError:
+            pass
+    return {"cpu": name, "flags": " ".join(f for f in RELEVANT_FLAGS if f in flags), "threads": threads}
+
+
+def time_product(matmul, a, b, seconds):
+    matmul(a, b)  # warm-up: thread pool start, page faults, packing buffers
+    times, start = [], time.perf_counter()
+    while len(times) < 2 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        matmul(a, b)
+        times.append(time.perf_counter() - t)
+    return min(times), sum(times) / len(times), len(times)
+
+
+def openblas_description(np):
+    """'OpenBLAS 0.3.31, SkylakeX' from the library numpy loaded, as far as it can be found."""
+    blas = {}
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except Exception:  # noqa: BLE001 - older numpy: no dict form
+        pass
+    name, version = blas.get("name", "BLAS"), blas.get("version", "")
+    core = None
+    try:
+        from threadpoolctl import threadpool_info
+
+        for info in threadpool_info():
+            if info.get("user_api") == "blas":
+                name, version = info.get("internal_api", name), info.get("version") or version
+                core = info.get("architecture")
+                break
+    except ImportError:
+        import ctypes
+
+        try:
+            with open("/proc/self/maps") as f:
+                paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+            for path in paths:
+                lib = ctypes.CDLL(path)
+                for symbol in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+                    if hasattr(lib, symbol):
+                        getattr(lib, symbol).restype = ctypes.c_char_p
+                        core = getattr(lib, symbol)().decode()
+                        break
+        except OSError:
+            pass
+    label = "OpenBLAS" if "openblas" in name.lower() else name
+    version = version.split(".dev")[0]
+    if label == "OpenBLAS" and version.count(".") > 2:
+        version = ".".join(version.split(".")[:3])  # scipy-openblas appends its build number
+    return ", ".join(x for x in (f"{label} {version}".strip(), core) if x)
+
+
+def run_numpy(sizes, seconds):
+    import numpy as np
+
+    library = f"numpy {np.__version__} ({openblas_description(np)})"
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        yield library, n, time_product(np.matmul, a, b, seconds)
+
+
+def run_torch(sizes, seconds, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    blas = "MKL" if torch.backends.mkl.is_available() else next(
+        (s.split("=", 1)[1] for s in torch.__config__.show().replace(",", " ").split() if s.startswith("BLAS_INFO=")),
+        "BLAS")
+    library = f"torch {torch.__version__.split('+')[0]} ({blas}, {torch.backends.cpu.get_cpu_capability()})"
+    for n in sizes:
+        a = torch.randn(n, n)
+        b = torch.randn(n, n)
+        yield library, n, time_product(torch.mm, a, b, seconds)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sizes", default="2048,4096")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per (library, size)")
+    parser.add_argument("--library", choices=["numpy", "torch"], help="time only this one, in this process")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    if args.library is None:
+        for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+            if var in os.environ:
+                print(f"machine_peaks: {var}={os.environ[var]} is set; it can slow numpy's OpenBLAS "
+                      f"(`env -u {var}` to measure without it)", file=sys.stderr)
+        print(json.dumps(cpu_line(args.threads)), flush=True)
+        env = dict(os.environ)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(args.threads)
+        for library in ("numpy", "torch"):
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--library", library,
+                            "--threads", str(args.threads), "--sizes", args.sizes,
+                            "--seconds", str(args.seconds)], env=env, check=True)
+        return
+
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)  # before numpy or torch is imported
+    rows = run_numpy(sizes, args.seconds) if args.library == "numpy" else run_torch(sizes, args.seconds, args.threads)
+    for library, n, (best, mean, runs) in rows:
+        flop = 2 * n**3
+        print(json.dumps({"matmul_peak": "f32", "library": library, "size": n, "threads": args.threads,
+                          "gflops": flop / best / 1e9, "gflops_mean": flop / mean / 1e9, "runs": runs}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
