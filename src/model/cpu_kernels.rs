@@ -295,21 +295,43 @@ pub(crate) fn attention_rows(
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut context = vec![0f32; batch * seq * hidden];
     let out = SendPtr(context.as_mut_ptr());
-    let head = |task: usize, scores: &mut [f32]| {
-        let (b, h) = (task / heads, task % heads);
+    // Few (image, head) pairs (one DeiT-Tiny image has 3 heads for 2 threads) are split by
+    // query rows, so that every thread gets an even share.
+    let pairs = batch * heads;
+    let threads = rayon::current_num_threads();
+    let row_blocks = (4 * threads)
+        .div_ceil(pairs)
+        .clamp(1, seq.div_ceil(32).max(1));
+    let block_rows = seq.div_ceil(row_blocks).max(1);
+    let row_blocks = seq.div_ceil(block_rows).max(1);
+    // A task: the query rows `first..first + rows` of one (image, head), scores into `scores`
+    // (`rows x seq`).
+    let task = |task: usize, scores: &mut [f32]| {
+        let (pair, block) = (task / row_blocks, task % row_blocks);
+        let (b, h) = (pair / heads, pair % heads);
+        let first = block * block_rows;
+        let rows = block_rows.min(seq - first);
+        let scores = &mut scores[..rows * seq];
         let base = b * seq * stride + h * head_dim;
-        let view = |offset: usize| View::strided(qkv, base + offset, seq, head_dim, stride);
-        let (q, k, v) = (view(0), view(hidden), view(2 * hidden));
-        // SAFETY: q, k and v are checked views inside qkv; scores is this task's own
-        // seq x seq block; the context slot of (b, h) is written by this task only.
+        let view = |offset: usize, from: usize, count: usize| {
+            View::strided(qkv, base + offset + from * stride, count, head_dim, stride)
+        };
+        let (q, k, v) = (
+            view(0, first, rows),
+            view(hidden, 0, seq),
+            view(2 * hidden, 0, seq),
+        );
         let scaled = Epilogue {
             scale,
             ..Epilogue::none()
         };
+        // SAFETY: q, k and v are checked views inside qkv; scores is this task's own
+        // rows x seq block; the context rows of (b, h) from `first` are written by this task
+        // only.
         unsafe {
             kernels::gemm(
                 isa,
-                (seq, seq, head_dim),
+                (rows, seq, head_dim),
                 q,
                 k.transposed(),
                 scores.as_mut_ptr(),
@@ -322,29 +344,38 @@ pub(crate) fn attention_rows(
         unsafe {
             kernels::gemm(
                 isa,
-                (seq, head_dim, seq),
-                View::of(scores, seq, seq),
+                (rows, head_dim, seq),
+                View::of(scores, rows, seq),
                 v,
-                out.at(b * seq * hidden + h * head_dim),
+                out.at((b * seq + first) * hidden + h * head_dim),
                 hidden,
                 &Epilogue::none(),
                 false,
             );
         }
     };
+    let tasks = pairs * row_blocks;
     let probs = match keep_probs {
         true => {
-            let mut probs = vec![0f32; batch * heads * seq * seq];
-            probs
-                .par_chunks_mut(seq * seq)
-                .enumerate()
-                .for_each(|(task, scores)| head(task, scores));
+            let mut probs = vec![0f32; pairs * seq * seq];
+            let all = SendPtr(probs.as_mut_ptr());
+            (0..tasks).into_par_iter().for_each(|t| {
+                let (pair, block) = (t / row_blocks, t % row_blocks);
+                let first = block * block_rows;
+                let rows = block_rows.min(seq - first);
+                // SAFETY: the rows first..first + rows of pair's seq x seq block, inside probs
+                // and written by this task only.
+                let scores = unsafe {
+                    std::slice::from_raw_parts_mut(all.at((pair * seq + first) * seq), rows * seq)
+                };
+                task(t, scores)
+            });
             probs
         }
         false => {
-            (0..batch * heads)
+            (0..tasks)
                 .into_par_iter()
-                .for_each_init(|| vec![0f32; seq * seq], |scores, task| head(task, scores));
+                .for_each_init(|| vec![0f32; block_rows * seq], |scores, t| task(t, scores));
             Vec::new()
         }
     };
