@@ -24,12 +24,28 @@ impl Default for AlignedBuf {
 }
 
 impl AlignedBuf {
-    /// `len` zeros.
+    /// `len` zeros, from zeroed memory (for large buffers, pages the system zeroes when they
+    /// are first written, instead of a pass over them here).
     pub fn zeros(len: usize) -> Self {
-        Self {
-            lines: vec![CacheLine([0.0; 16]); len.div_ceil(16)],
-            len,
+        let count = len.div_ceil(16);
+        if count == 0 {
+            return Self {
+                lines: Vec::new(),
+                len,
+            };
         }
+        let layout = std::alloc::Layout::array::<CacheLine>(count).expect("buffer size");
+        // SAFETY: the layout is not empty; all-zero bytes are a valid CacheLine; the vector
+        // takes the allocation made with the global allocator and the layout of `count`
+        // lines, as Vec<CacheLine> would.
+        let lines = unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout).cast::<CacheLine>();
+            if ptr.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Vec::from_raw_parts(ptr, count, count)
+        };
+        Self { lines, len }
     }
 
     /// Grows to at least `len` values (contents unspecified).
@@ -186,16 +202,17 @@ impl PackedB {
                 // inside the k x n_pad buffer.
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(data.get().add(offset), depth * nr) };
-                for r in 0..width {
-                    let src = &row(q * nr + r)[k0..k0 + depth];
-                    for (d, &value) in src.iter().enumerate() {
-                        dst[d * nr + r] = value;
+                // Depth by depth, so that each panel row is written whole (the `width` source
+                // rows are read side by side, each a cache line at a time).
+                let sources: Vec<&[f32]> = (0..width)
+                    .map(|r| &row(q * nr + r)[k0..k0 + depth])
+                    .collect();
+                for (d, out) in dst.chunks_exact_mut(nr).enumerate() {
+                    for (value, src) in out.iter_mut().zip(&sources) {
+                        // SAFETY: d < depth, the length of every source.
+                        *value = unsafe { *src.get_unchecked(d) };
                     }
-                }
-                if width < nr {
-                    for d in 0..depth {
-                        dst[d * nr + width..(d + 1) * nr].fill(0.0);
-                    }
+                    out[width..].fill(0.0);
                 }
             }
         });
