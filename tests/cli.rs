@@ -441,3 +441,31 @@ fn vit_gemm_picks_the_cpu_kernel_and_every_kernel_gives_the_same_logits() {
         "an unknown kernel name falls back to the fastest"
     );
 }
+
+#[test]
+fn a_shard_index_naming_a_tensor_its_shard_lacks_is_named() {
+    let source = fixture("hf/p8_s32_gelu_sharded");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let index_path = dir.path().join("model.safetensors.index.json");
+    let mut index: Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["weight_map"]["vit.extra.weight"] = "model-00001-of-00004.safetensors".into();
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let output = classify_with(dir.path());
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains("tensor vit.extra.weight is listed in the index but not in its shard model-00001-of-00004.safetensors"),
+        "{err}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one-line error expected: {err}"
+    );
+}

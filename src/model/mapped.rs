@@ -2,7 +2,7 @@
 //! file when the model asks for it, and its pages are handed back right after, so loading
 //! never holds the file and the model at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 
-use super::weights::{normalized_names, TensorShapes};
+use super::weights::{normalized_names, Shards, TensorShapes};
 
 /// Where one tensor lies in a mapped file.
 struct Entry {
@@ -39,10 +39,13 @@ impl MappedSafetensors {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        let files: Vec<PathBuf> = if name.ends_with(".index.json") {
-            shard_files(path)?
-        } else {
-            vec![path.to_path_buf()]
+        let index = match name.ends_with(".index.json") {
+            true => Some(Shards::read(path)?),
+            false => None,
+        };
+        let files = match &index {
+            Some(index) => index.files.clone(),
+            None => vec![path.to_path_buf()],
         };
         let mut shards = Vec::new();
         let mut stored = Vec::new();
@@ -69,6 +72,9 @@ impl MappedSafetensors {
                 });
             }
             shards.push((file, map));
+        }
+        if let Some(index) = &index {
+            index.check(path, |name| stored.iter().any(|e| e.stored_name == name))?;
         }
         let renamed: HashMap<String, String> =
             normalized_names(stored.iter().map(|e| e.stored_name.clone())).collect();
@@ -166,22 +172,4 @@ fn candle_dtype(dtype: Dtype) -> Result<DType> {
         Dtype::U8 | Dtype::BOOL => DType::U8,
         other => bail!("dtype {other:?} is not supported"),
     })
-}
-
-#[derive(serde::Deserialize)]
-struct ShardIndex {
-    weight_map: BTreeMap<String, String>,
-}
-
-/// The shard files an index names, each once, in name order.
-fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index_path)
-        .with_context(|| format!("{}: cannot read", index_path.display()))?;
-    let index: ShardIndex = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a shard index", index_path.display()))?;
-    let folder = index_path.parent().unwrap_or(Path::new("."));
-    let mut shards: Vec<&String> = index.weight_map.values().collect();
-    shards.sort();
-    shards.dedup();
-    Ok(shards.into_iter().map(|s| folder.join(s)).collect())
 }

@@ -159,28 +159,50 @@ struct ShardIndex {
     weight_map: BTreeMap<String, String>,
 }
 
-fn read_sharded(index_path: &Path) -> Result<StateDict> {
-    let text = std::fs::read_to_string(index_path)
-        .with_context(|| format!("{}: cannot read", index_path.display()))?;
-    let index: ShardIndex = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a shard index", index_path.display()))?;
-    let folder = index_path.parent().unwrap_or(Path::new("."));
-    let mut shards: Vec<&String> = index.weight_map.values().collect();
-    shards.sort();
-    shards.dedup();
-    let mut tensors = StateDict::new();
-    for shard in shards {
-        tensors.extend(read_single(&folder.join(shard))?);
+/// A shard index: the shard files it names (each once, in name order) and which shard holds
+/// each tensor.
+pub(crate) struct Shards {
+    pub files: Vec<PathBuf>,
+    pub tensor_shards: BTreeMap<String, String>,
+}
+
+impl Shards {
+    pub(crate) fn read(index_path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index_path)
+            .with_context(|| format!("{}: cannot read", index_path.display()))?;
+        let index: ShardIndex = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a shard index", index_path.display()))?;
+        let folder = index_path.parent().unwrap_or(Path::new("."));
+        let mut files: Vec<&String> = index.weight_map.values().collect();
+        files.sort();
+        files.dedup();
+        Ok(Self {
+            files: files.into_iter().map(|f| folder.join(f)).collect(),
+            tensor_shards: index.weight_map,
+        })
     }
-    for name in index.weight_map.keys() {
-        if !tensors.contains_key(name) {
-            bail!(
-                "{}: tensor {name} is listed in the index but not in its shard {}",
-                index_path.display(),
-                index.weight_map[name]
-            );
+
+    /// Checks that every tensor the index lists was found (`found`, by stored name).
+    pub(crate) fn check(&self, index_path: &Path, found: impl Fn(&str) -> bool) -> Result<()> {
+        for (name, shard) in &self.tensor_shards {
+            if !found(name) {
+                bail!(
+                    "{}: tensor {name} is listed in the index but not in its shard {shard}",
+                    index_path.display()
+                );
+            }
         }
+        Ok(())
     }
+}
+
+fn read_sharded(index_path: &Path) -> Result<StateDict> {
+    let shards = Shards::read(index_path)?;
+    let mut tensors = StateDict::new();
+    for file in &shards.files {
+        tensors.extend(read_single(file)?);
+    }
+    shards.check(index_path, |name| tensors.contains_key(name))?;
     Ok(tensors)
 }
 
