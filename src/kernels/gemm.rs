@@ -8,8 +8,8 @@ use rayon::prelude::*;
 use super::cache::{Blocking, CacheSizes};
 use super::epilogue::Epilogue;
 use super::microkernel::{self, finish_partial, APanel, Microkernel, Store, MAX_TILE};
-use super::pack::{pack_panels, pack_rows, AlignedBuf, PackedB, SendMut};
-use super::{Isa, View};
+use super::pack::{pack_panels, pack_rows, AlignedBuf, PackedB};
+use super::{Isa, SendPtr, View};
 
 /// `C (m x n, rows ldc apart) = epilogue(A (m x k) B)` with `B` packed; on all of rayon's
 /// threads when `parallel`.
@@ -159,7 +159,7 @@ unsafe fn blocked(
         1
     };
     let split = Split::new(kernel, m, panels, threads);
-    let c = SendMut(c);
+    let c = SendPtr(c);
     // Each block of A is copied into a contiguous buffer: row-major A row by row (a copy of
     // each row's stretch; the kernel reads the rows `depth` apart), other layouts
     // interleaved by panel. In place, rows a power-of-two stride apart (fc2's 3072 inputs)
@@ -200,7 +200,7 @@ unsafe fn blocked(
                     for p in 0..row_panels {
                         let r0 = i0 + p * mr;
                         let tile_rows = mr.min(m - r0);
-                        let c_tile = c.get().add(r0 * ldc + j0);
+                        let c_tile = c.at(r0 * ldc + j0);
                         let store = Store {
                             scale: epilogue.scale,
                             accumulate: k0 > 0 || epilogue.accumulate,
@@ -312,9 +312,9 @@ unsafe fn finish_rows(c: *mut f32, ldc: usize, (m, n): (usize, usize), epilogue:
     {
         return;
     }
-    let c = SendMut(c);
+    let c = SendPtr(c);
     (0..m).into_par_iter().with_min_len(16).for_each(|i| {
-        let row = std::slice::from_raw_parts_mut(c.get().add(i * ldc), n);
+        let row = std::slice::from_raw_parts_mut(c.at(i * ldc), n);
         if let Some(bias) = epilogue.bias {
             row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
         }

@@ -22,6 +22,24 @@ pub use gemm::{gemm, gemm_packed};
 pub use isa::Isa;
 pub use pack::PackedB;
 
+/// A raw output pointer shared by parallel tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+
+// SAFETY: every task sharing it writes a disjoint part of the buffer, so sharing the pointer
+// is sound.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer `offset` values in (a method, so that closures capture the whole
+    /// `SendPtr`, which is `Send`, not its raw field).
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
 /// A strided view of a matrix: element `(r, c)` at `ptr + r * row_stride + c * col_stride`.
 #[derive(Debug, Clone, Copy)]
 pub struct View {

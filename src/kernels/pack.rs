@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::microkernel::{self, Microkernel};
-use super::{CacheSizes, Isa, View};
+use super::{CacheSizes, Isa, SendPtr, View};
 use crate::kernels::cache::Blocking;
 
 /// An f32 buffer aligned to a cache line, so that packed panels start on one.
@@ -192,7 +192,7 @@ impl PackedB {
         let (kc, nr, n_pad) = (packed.kc, packed.nr, packed.padded_n());
         let panels = n.div_ceil(nr);
         // One task per panel: its blocks of every depth.
-        let data = SendMut(packed.data.as_mut_slice().as_mut_ptr());
+        let data = SendPtr(packed.data.as_mut_slice().as_mut_ptr());
         (0..panels).into_par_iter().for_each(|q| {
             let width = nr.min(n - q * nr);
             for k0 in (0..k).step_by(kc) {
@@ -200,8 +200,7 @@ impl PackedB {
                 let offset = k0 * n_pad + q * depth * nr;
                 // SAFETY: each (panel, block) region is written by this task only, and lies
                 // inside the k x n_pad buffer.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(data.get().add(offset), depth * nr) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(data.at(offset), depth * nr) };
                 // Depth by depth, so that each panel row is written whole (the `width` source
                 // rows are read side by side, each a cache line at a time).
                 let sources: Vec<&[f32]> = (0..width)
@@ -234,7 +233,7 @@ impl PackedB {
     ) -> Self {
         let mut packed = Self::empty(isa, kernel, (k, n), buffer);
         let (kc, nr, n_pad) = (packed.kc, packed.nr, packed.padded_n());
-        let data = SendMut(packed.data.as_mut_slice().as_mut_ptr());
+        let data = SendPtr(packed.data.as_mut_slice().as_mut_ptr());
         let pack_panel = |q: usize| {
             let (b, data) = (b, data);
             for k0 in (0..k).step_by(kc) {
@@ -250,7 +249,7 @@ impl PackedB {
                 let offset = k0 * n_pad + q * depth * nr;
                 // SAFETY: each (panel, block) region is written by this task only, inside
                 // the k x n_pad buffer; src stays inside b's view.
-                let dst = std::slice::from_raw_parts_mut(data.get().add(offset), depth * nr);
+                let dst = std::slice::from_raw_parts_mut(data.at(offset), depth * nr);
                 pack_panels(dst, src, (nr.min(n - q * nr), depth), nr);
             }
         };
@@ -292,11 +291,6 @@ impl PackedB {
         (self.k, self.n)
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len * 4
-    }
-
     pub(crate) fn kc(&self) -> usize {
         self.kc
     }
@@ -314,19 +308,5 @@ impl PackedB {
     /// The portable layout: `W (n x k)` row-major, as given.
     pub(crate) fn plain_weight(&self) -> &[f32] {
         self.data.as_slice()
-    }
-}
-
-/// A raw pointer that parallel tasks writing disjoint parts of one buffer share.
-#[derive(Clone, Copy)]
-pub(crate) struct SendMut(pub *mut f32);
-// SAFETY: every task sharing it writes a disjoint part of the buffer.
-unsafe impl Send for SendMut {}
-unsafe impl Sync for SendMut {}
-
-impl SendMut {
-    /// The pointer (a method, so that closures capture the whole `SendMut`).
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
     }
 }

@@ -11,8 +11,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 pub(crate) use crate::kernels::math::{erf, erf_given_exp, exp};
-pub(crate) use crate::kernels::View;
 use crate::kernels::{self, Epilogue, Isa};
+pub(crate) use crate::kernels::{SendPtr, View};
 
 /// Whether the fused CPU kernels apply to these inputs.
 pub fn applies(tensors: &[&Tensor]) -> bool {
@@ -21,7 +21,11 @@ pub fn applies(tensors: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))?;
@@ -259,23 +263,6 @@ pub(crate) fn softmax_rows(data: &mut [f32], cols: usize) {
             }
         },
     )
-}
-
-/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-
-// SAFETY: every task sharing it writes a disjoint part (an (image, head) slot), so sharing
-// the pointer is sound.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer `offset` values in.
-    pub(crate) fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the buffer.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 /// `dst (m x n, row stride dst_stride) = [dst +] scale * a (m x k) * b (k x n)` by the CPU

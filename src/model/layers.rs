@@ -7,6 +7,7 @@ use candle_core::{Storage, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::Activation;
+use super::cpu_kernels::contiguous_f32;
 use crate::kernels::{self, Epilogue, Isa, PackedB};
 
 /// A dense layer `x W^T + b` over the last dimension of inputs of any rank.
@@ -251,12 +252,6 @@ impl CustomOp2 for PackedLinearOp {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
 /// Layer normalization over the last dimension.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
