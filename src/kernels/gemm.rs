@@ -160,11 +160,13 @@ unsafe fn blocked(
     };
     let split = Split::new(kernel, m, panels, threads);
     let c = SendPtr(c);
-    // Each block of A is copied into a contiguous buffer: row-major A row by row (a copy of
-    // each row's stretch; the kernel reads the rows `depth` apart), other layouts
-    // interleaved by panel. In place, rows a power-of-two stride apart (fc2's 3072 inputs)
-    // would fall into a few cache sets and evict each other.
-    let row_major = a.col_stride == 1;
+    // Each block of A is copied into a contiguous buffer (in place, rows a power-of-two
+    // stride apart, fc2's 3072 inputs, would fall into a few cache sets and evict each
+    // other). For the AVX-512 kernel, row-major A is copied row by row (a copy of each row's
+    // stretch; the kernel reads the rows `depth` apart; measured on Zen 5); otherwise A is
+    // interleaved by panel, whose constant offsets keep the AVX2 kernel at its peak (on Zen
+    // 3, reading rows `depth` apart held it at 60%).
+    let row_major = a.col_stride == 1 && kernel.a_by_rows;
     let task = |t: usize| {
         let (a, c) = (a, c);
         let (block, chunk) = (t / split.chunks, t % split.chunks);
@@ -508,6 +510,7 @@ mod tests {
             mr: 6,
             nr: 64,
             run: |_, _, _, _, _, _| {},
+            a_by_rows: true,
         };
         // One image of ViT-B (197 rows, 33 row panels) by 768 columns (12 panels): two
         // chunks of 6 panels, 198 tiles each.

@@ -76,6 +76,65 @@ impl AlignedBuf {
     }
 }
 
+/// The rows of A's panels for both microkernels.
+const A_PANEL_ROWS: usize = 6;
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Writes `width` rows (a multiple of 8) of `depth` contiguous values, row `r` at
+/// `rows_at(r)`, into a panel (`width` values per depth), 8 x 8 blocks at a time.
+///
+/// # Safety
+/// The CPU has AVX2; each row holds `depth` values; `panel` holds `width * depth`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_rows_avx2(
+    panel: &mut [f32],
+    rows_at: impl Fn(usize) -> *const f32,
+    width: usize,
+    depth: usize,
+) {
+    use std::arch::x86_64::*;
+    let whole = depth / 8 * 8;
+    let out = panel.as_mut_ptr();
+    for r0 in (0..width).step_by(8) {
+        let rows: [*const f32; 8] = std::array::from_fn(|i| rows_at(r0 + i));
+        for d0 in (0..whole).step_by(8) {
+            let v: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i].add(d0)));
+            let lo: [__m256; 4] =
+                std::array::from_fn(|i| _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]));
+            let hi: [__m256; 4] =
+                std::array::from_fn(|i| _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+            let quads = [
+                _mm256_shuffle_ps::<0x44>(lo[0], lo[1]),
+                _mm256_shuffle_ps::<0xEE>(lo[0], lo[1]),
+                _mm256_shuffle_ps::<0x44>(hi[0], hi[1]),
+                _mm256_shuffle_ps::<0xEE>(hi[0], hi[1]),
+                _mm256_shuffle_ps::<0x44>(lo[2], lo[3]),
+                _mm256_shuffle_ps::<0xEE>(lo[2], lo[3]),
+                _mm256_shuffle_ps::<0x44>(hi[2], hi[3]),
+                _mm256_shuffle_ps::<0xEE>(hi[2], hi[3]),
+            ];
+            for i in 0..4 {
+                let low = _mm256_permute2f128_ps::<0x20>(quads[i], quads[i + 4]);
+                let high = _mm256_permute2f128_ps::<0x31>(quads[i], quads[i + 4]);
+                _mm256_storeu_ps(out.add((d0 + i) * width + r0), low);
+                _mm256_storeu_ps(out.add((d0 + i + 4) * width + r0), high);
+            }
+        }
+        for d in whole..depth {
+            for (i, row) in rows.iter().enumerate() {
+                *out.add(d * width + r0 + i) = *row.add(d);
+            }
+        }
+    }
+}
+
 /// Copies `rows x depth` values of `src` (element `(r, d)` at `r * row_stride + d *
 /// col_stride`) into panels of `width` rows: panel `q` holds, for each `d`, the values of
 /// rows `q * width ..` at depth `d`, zeros past the last row.
@@ -97,7 +156,19 @@ pub(crate) unsafe fn pack_panels(
     {
         let first = q * width;
         let count = width.min(rows - first);
-        if src.col_stride == 1 {
+        let rows_at = |r: usize| src.ptr.offset((first + r) as isize * src.row_stride);
+        if src.col_stride == 1 && count == width && width == A_PANEL_ROWS {
+            // A's panels: one value of each row per depth, so the panel is written in order.
+            let rows: [*const f32; A_PANEL_ROWS] = std::array::from_fn(|r| rows_at(r));
+            for (d, values) in panel.chunks_exact_mut(A_PANEL_ROWS).enumerate() {
+                for (value, row) in values.iter_mut().zip(&rows) {
+                    *value = *row.add(d);
+                }
+            }
+        } else if src.col_stride == 1 && count == width && width % 8 == 0 && has_avx2() {
+            #[cfg(target_arch = "x86_64")]
+            transpose_rows_avx2(panel, rows_at, width, depth);
+        } else if src.col_stride == 1 {
             // Rows are contiguous along the depth: read each row, write it `width` apart.
             for r in 0..count {
                 let row = src.ptr.offset((first + r) as isize * src.row_stride);
