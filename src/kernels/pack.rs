@@ -159,13 +159,13 @@ pub(crate) unsafe fn pack_panels(
         let rows_at = |r: usize| src.ptr.offset((first + r) as isize * src.row_stride);
         if src.col_stride == 1 && count == width && width == A_PANEL_ROWS {
             // A's panels: one value of each row per depth, so the panel is written in order.
-            let rows: [*const f32; A_PANEL_ROWS] = std::array::from_fn(|r| rows_at(r));
+            let rows: [*const f32; A_PANEL_ROWS] = std::array::from_fn(&rows_at);
             for (d, values) in panel.chunks_exact_mut(A_PANEL_ROWS).enumerate() {
                 for (value, row) in values.iter_mut().zip(&rows) {
                     *value = *row.add(d);
                 }
             }
-        } else if src.col_stride == 1 && count == width && width % 8 == 0 && has_avx2() {
+        } else if src.col_stride == 1 && count == width && width.is_multiple_of(8) && has_avx2() {
             #[cfg(target_arch = "x86_64")]
             transpose_rows_avx2(panel, rows_at, width, depth);
         } else if src.col_stride == 1 {
