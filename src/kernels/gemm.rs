@@ -235,7 +235,7 @@ unsafe fn blocked(
     };
     let tasks = split.row_blocks * split.chunks;
     if parallel && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
+        super::pool::for_each(tasks, task);
     } else {
         (0..tasks).for_each(task);
     }

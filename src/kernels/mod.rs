@@ -7,6 +7,7 @@
 //! - [`cache`]: block sizes from the caches the CPU reports.
 //! - [`gemm`](mod@gemm): the loop nest and the split over threads.
 //! - [`epilogue`]: bias, activation and residual applied as each tile is stored.
+//! - [`pool`]: the threads that run the parallel steps of a forward pass.
 
 pub mod cache;
 pub mod epilogue;
@@ -15,6 +16,7 @@ pub mod isa;
 pub mod math;
 pub(crate) mod microkernel;
 pub mod pack;
+pub mod pool;
 
 pub use cache::CacheSizes;
 pub use epilogue::{Activation, Epilogue};

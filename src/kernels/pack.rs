@@ -326,7 +326,7 @@ impl PackedB {
         };
         let panels = n.div_ceil(nr);
         if parallel {
-            (0..panels).into_par_iter().for_each(pack_panel);
+            super::pool::for_each(panels, pack_panel);
         } else {
             (0..panels).for_each(pack_panel);
         }

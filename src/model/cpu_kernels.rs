@@ -8,10 +8,9 @@
 //! stop a gradient and GPU builds need no kernel of their own.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 pub(crate) use crate::kernels::math::{erf, erf_given_exp, exp};
-use crate::kernels::{self, Epilogue, Isa};
+use crate::kernels::{self, pool, Epilogue, Isa};
 pub(crate) use crate::kernels::{SendPtr, View};
 
 /// Whether the fused CPU kernels apply to these inputs.
@@ -97,23 +96,23 @@ impl CustomOp3 for FusedLayerNorm {
         }
         let eps = self.eps;
         let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(NORM_ROWS_PER_TASK * cols)
-            .zip(xs.par_chunks(NORM_ROWS_PER_TASK * cols))
-            .for_each(|(out, xs)| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (o, x) in out.chunks_mut(cols).zip(xs.chunks(cols)) {
-                            let mean = sum(x) / cols as f32;
-                            o.iter_mut().zip(x).for_each(|(o, v)| *o = v - mean);
-                            let inverse_std = 1.0 / (dot(o, o) / cols as f32 + eps).sqrt();
-                            for ((o, w), b) in o.iter_mut().zip(weight).zip(bias) {
-                                *o = *o * inverse_std * w + b;
-                            }
+        let chunk = NORM_ROWS_PER_TASK * cols;
+        pool::for_each_chunk_mut(&mut out, chunk, |i, out| {
+            let xs = &xs[i * chunk..];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (o, x) in out.chunks_mut(cols).zip(xs.chunks(cols)) {
+                        let mean = sum(x) / cols as f32;
+                        o.iter_mut().zip(x).for_each(|(o, v)| *o = v - mean);
+                        let inverse_std = 1.0 / (dot(o, o) / cols as f32 + eps).sqrt();
+                        for ((o, w), b) in o.iter_mut().zip(weight).zip(bias) {
+                            *o = *o * inverse_std * w + b;
                         }
-                    },
-                )
-            });
+                    }
+                },
+            )
+        });
         Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
     }
 }
@@ -143,18 +142,17 @@ impl CustomOp1 for GeluErf {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout, "gelu input")?;
         let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(4096)
-            .zip(src.par_chunks(4096))
-            .for_each(|(dst, src)| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (d, &x) in dst.iter_mut().zip(src) {
-                            *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                        }
-                    },
-                )
-            });
+        pool::for_each_chunk_mut(&mut dst, 4096, |i, dst| {
+            let src = &src[i * 4096..];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, &x) in dst.iter_mut().zip(src) {
+                        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                    }
+                },
+            )
+        });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -426,7 +424,7 @@ pub(crate) fn attention_rows(
         true => {
             let mut probs = vec![0f32; pairs * seq * seq];
             let all = SendPtr(probs.as_mut_ptr());
-            (0..tasks).into_par_iter().for_each(|t| {
+            pool::for_each(tasks, |t| {
                 let (pair, block) = (t / row_blocks, t % row_blocks);
                 let first = block * block_rows;
                 let rows = block_rows.min(seq - first);
@@ -440,13 +438,21 @@ pub(crate) fn attention_rows(
             probs
         }
         false => {
-            (0..tasks)
-                .into_par_iter()
-                .for_each_init(|| vec![0f32; block_rows * seq], |scores, t| task(t, scores));
+            pool::for_each(tasks, |t| {
+                SCORES.with_borrow_mut(|scores| {
+                    scores.resize(block_rows * seq, 0.0);
+                    task(t, scores)
+                })
+            });
             Vec::new()
         }
     };
     (context, probs)
+}
+
+thread_local! {
+    /// Each thread's attention scores of one task.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The fused attention kernel (its products on `isa`) when it applies, `None` otherwise.
