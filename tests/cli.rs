@@ -24,6 +24,21 @@ fn assert_no_panic(output: &std::process::Output) {
     assert!(!err.contains("panicked"), "vit panicked: {err}");
 }
 
+/// The stderr of a run that must have failed on its input (exit 2) without a panic.
+fn data_error(output: &std::process::Output) -> String {
+    assert_no_panic(output);
+    assert_eq!(output.status.code(), Some(2));
+    stderr(output)
+}
+
+fn assert_one_line(err: &str) {
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one-line error expected: {err}"
+    );
+}
+
 #[test]
 fn help_lists_every_subcommand() {
     let output = vit(&["--help"]);
@@ -216,9 +231,7 @@ fn a_missing_tensor_is_named() {
         t.remove("vit.encoder.layer.1.attention.attention.key.weight");
     });
     let output = classify_with(dir.path());
-    assert_no_panic(&output);
-    assert_eq!(output.status.code(), Some(2));
-    let err = stderr(&output);
+    let err = data_error(&output);
     assert!(
         err.contains("missing tensor vit.encoder.layer.1.attention.attention.key.weight"),
         "{err}"
@@ -236,9 +249,7 @@ fn a_reshaped_tensor_is_named_with_both_shapes() {
         );
     });
     let output = classify_with(dir.path());
-    assert_no_panic(&output);
-    assert_eq!(output.status.code(), Some(2));
-    let err = stderr(&output);
+    let err = data_error(&output);
     assert!(
         err.contains("tensor classifier.weight has shape [32, 5], the config expects [5, 32]"),
         "{err}"
@@ -252,16 +263,10 @@ fn a_truncated_safetensors_file_is_named() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let output = classify_with(dir.path());
-    assert_no_panic(&output);
-    assert_eq!(output.status.code(), Some(2));
-    let err = stderr(&output);
+    let err = data_error(&output);
     assert!(err.starts_with("vit: "), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one-line error expected: {err}"
-    );
+    assert_one_line(&err);
 }
 
 #[test]
@@ -279,9 +284,7 @@ fn a_missing_model_folder_is_named() {
 #[test]
 fn the_hub_offline_without_cache_is_a_clear_error() {
     let output = vit(&["classify", &sample_image("rgba_120x90.png")]);
-    assert_no_panic(&output);
-    assert_eq!(output.status.code(), Some(2));
-    let err = stderr(&output);
+    let err = data_error(&output);
     assert!(
         err.contains("google/vit-base-patch16-224: not in the hub cache"),
         "{err}"
@@ -302,9 +305,7 @@ fn an_unreachable_hub_is_a_clear_error() {
             ("HF_ENDPOINT", "http://127.0.0.1:9"),
         ],
     );
-    assert_no_panic(&output);
-    assert_eq!(output.status.code(), Some(2));
-    let err = stderr(&output);
+    let err = data_error(&output);
     assert!(
         err.contains("cannot reach the Hugging Face Hub at http://127.0.0.1:9"),
         "{err}"
@@ -456,16 +457,10 @@ fn a_shard_index_naming_a_tensor_its_shard_lacks_is_named() {
     index["weight_map"]["vit.extra.weight"] = "model-00001-of-00004.safetensors".into();
     std::fs::write(&index_path, index.to_string()).unwrap();
     let output = classify_with(dir.path());
-    assert_no_panic(&output);
-    assert_eq!(output.status.code(), Some(2));
-    let err = stderr(&output);
+    let err = data_error(&output);
     assert!(
         err.contains("tensor vit.extra.weight is listed in the index but not in its shard model-00001-of-00004.safetensors"),
         "{err}"
     );
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one-line error expected: {err}"
-    );
+    assert_one_line(&err);
 }
