@@ -57,8 +57,11 @@ pub(crate) struct Microkernel {
     pub a_by_rows: bool,
 }
 
+/// The rows of every microkernel's tile (and of A's panels).
+pub(crate) const MR: usize = 6;
+
 /// The largest tile of any microkernel (a partial tile is computed into a buffer this big).
-pub(crate) const MAX_TILE: usize = 6 * 64;
+pub(crate) const MAX_TILE: usize = MR * 64;
 
 /// Applies `store` to the `rows x cols` corner of a raw `tile` (rows `nr` apart), writing
 /// into `c`.
@@ -98,14 +101,14 @@ pub(crate) fn for_isa(isa: super::Isa) -> Option<Microkernel> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512 => Some(Microkernel {
-            mr: 6,
+            mr: MR,
             nr: 64,
             run: x86::kernel_6x64_avx512,
             a_by_rows: true,
         }),
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx2 => Some(Microkernel {
-            mr: 6,
+            mr: MR,
             nr: 16,
             run: x86::kernel_6x16_avx2,
             a_by_rows: false,
@@ -116,7 +119,7 @@ pub(crate) fn for_isa(isa: super::Isa) -> Option<Microkernel> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{APanel, Store};
+    use super::{APanel, Store, MR};
     use crate::kernels::epilogue::Activation;
     use std::arch::x86_64::*;
 
@@ -184,7 +187,6 @@ mod x86 {
         ldc: usize,
         store: &Store,
     ) {
-        const MR: usize = 6;
         const NV: usize = 4;
         prefetch_tile(c, ldc, MR, NV * 16);
         if !store.residual.is_null() {
@@ -241,7 +243,6 @@ mod x86 {
         ldc: usize,
         store: &Store,
     ) {
-        const MR: usize = 6;
         const NV: usize = 2;
         /// `kc` steps of the 6 x 16 product, with A's row and depth strides.
         #[inline(always)]

@@ -76,16 +76,6 @@ impl AlignedBuf {
     }
 }
 
-/// The rows of A's panels for both microkernels.
-const A_PANEL_ROWS: usize = 6;
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 /// Writes `width` rows (a multiple of 8) of `depth` contiguous values, row `r` at
 /// `rows_at(r)`, into a panel (`width` values per depth), 8 x 8 blocks at a time.
 ///
@@ -157,15 +147,19 @@ pub(crate) unsafe fn pack_panels(
         let first = q * width;
         let count = width.min(rows - first);
         let rows_at = |r: usize| src.ptr.offset((first + r) as isize * src.row_stride);
-        if src.col_stride == 1 && count == width && width == A_PANEL_ROWS {
+        if src.col_stride == 1 && count == width && width == microkernel::MR {
             // A's panels: one value of each row per depth, so the panel is written in order.
-            let rows: [*const f32; A_PANEL_ROWS] = std::array::from_fn(&rows_at);
-            for (d, values) in panel.chunks_exact_mut(A_PANEL_ROWS).enumerate() {
+            let rows: [*const f32; microkernel::MR] = std::array::from_fn(&rows_at);
+            for (d, values) in panel.chunks_exact_mut(microkernel::MR).enumerate() {
                 for (value, row) in values.iter_mut().zip(&rows) {
                     *value = *row.add(d);
                 }
             }
-        } else if src.col_stride == 1 && count == width && width.is_multiple_of(8) && has_avx2() {
+        } else if src.col_stride == 1
+            && count == width
+            && width.is_multiple_of(8)
+            && Isa::Avx2.is_supported()
+        {
             #[cfg(target_arch = "x86_64")]
             transpose_rows_avx2(panel, rows_at, width, depth);
         } else if src.col_stride == 1 {
