@@ -2,7 +2,7 @@
 //! file when the model asks for it, and its pages are handed back right after, so loading
 //! never holds the file and the model at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -74,7 +74,8 @@ impl MappedSafetensors {
             shards.push((file, map));
         }
         if let Some(index) = &index {
-            index.check(path, |name| stored.iter().any(|e| e.stored_name == name))?;
+            let names: HashSet<&str> = stored.iter().map(|e| e.stored_name.as_str()).collect();
+            index.check(path, |name| names.contains(name))?;
         }
         let renamed: HashMap<String, String> =
             normalized_names(stored.iter().map(|e| e.stored_name.clone())).collect();
