@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::model::config::generic_labels;
 use crate::model::weights::{expected_tensors, StateDict};
-use crate::model::{Activation, ViTConfig, ViTForImageClassification};
+use crate::model::{Activation, ViTConfig, VisionTransformer};
 
 /// Width, depth, heads and MLP size of the standard ViT sizes.
 const SIZES: [(&str, usize, usize, usize, usize); 5] = [
@@ -66,6 +66,7 @@ pub fn preset_config(name: &str) -> Result<ViTConfig> {
         num_channels: 3,
         qkv_bias: true,
         id2label: generic_labels(1000),
+        variant: Default::default(),
     })
 }
 
@@ -250,12 +251,12 @@ pub struct KernelAgreement {
 /// Runs `reference` (standard attention) and `candidate` on the same `input` and compares their
 /// logits with the tolerance of `dtype`: a kernel that disagrees must not be reported.
 pub fn compare_kernels(
-    reference: &ViTForImageClassification,
-    candidate: &ViTForImageClassification,
+    reference: &VisionTransformer,
+    candidate: &VisionTransformer,
     input: &Tensor,
     dtype: DType,
 ) -> Result<KernelAgreement> {
-    let logits = |model: &ViTForImageClassification| -> Result<Vec<f32>> {
+    let logits = |model: &VisionTransformer| -> Result<Vec<f32>> {
         Ok(model
             .forward(input)?
             .to_dtype(DType::F32)?
@@ -325,7 +326,7 @@ mod tests {
     }
 
     /// The tiniest model: 2 layers of width 16 on 16x16 images.
-    fn micro_model(seed: u64, differentiable: bool) -> ViTForImageClassification {
+    fn micro_model(seed: u64, differentiable: bool) -> VisionTransformer {
         let config = ViTConfig::from_json(
             r#"{"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                 "intermediate_size": 32, "image_size": 16, "patch_size": 4,

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::model::{LoadedModel, ViTConfig, ViTForImageClassification};
+use crate::model::{LoadedModel, ViTConfig, VisionTransformer};
 use crate::preprocess::{load_rgb, PixelValues, PreprocessConfig};
 
 /// One ranked class.
@@ -68,7 +68,7 @@ pub fn top_k(scores: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
 
 /// A loaded model with its preprocessing, on a device.
 pub struct Classifier {
-    pub model: ViTForImageClassification,
+    pub model: VisionTransformer,
     pub config: ViTConfig,
     pub preprocess: PreprocessConfig,
     pub device: Device,

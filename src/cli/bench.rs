@@ -19,8 +19,7 @@ use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::ModelSpec;
 use vit::inputs::{collect_inputs, Input};
 use vit::model::{
-    self, AttentionKernel, LoadOptions, LoadedModel, ModelOptions, ViTConfig,
-    ViTForImageClassification,
+    self, AttentionKernel, LoadOptions, LoadedModel, ModelOptions, ViTConfig, VisionTransformer,
 };
 use vit::preprocess::{load_rgb, PreprocessConfig};
 
@@ -213,7 +212,7 @@ fn set_threads(threads: usize) -> Result<()> {
 
 /// A model built for one (dtype, kernel) pair.
 struct Built {
-    model: ViTForImageClassification,
+    model: VisionTransformer,
     config: ViTConfig,
     preprocess: PreprocessConfig,
     name: String,

@@ -48,7 +48,7 @@ fn standard_attention(qkv: &Tensor, differentiable: bool, isa: Isa) -> Result<Te
     };
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
     let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
-    let probs = super::vit::softmax_last_dim(&scores, differentiable)?;
+    let probs = super::encoder::softmax_last_dim(&scores, differentiable)?;
     probs.matmul(&v)?.transpose(1, 2)?.contiguous()
 }
 

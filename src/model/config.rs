@@ -1,4 +1,5 @@
-//! `config.json` of a HuggingFace `ViTForImageClassification` checkpoint.
+//! The architecture of a ViT-family model: its sizes, the options that tell the family's
+//! members apart ([`Variant`]), and the `config.json` of HF's plain ViT.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,7 +50,154 @@ impl Activation {
     }
 }
 
-/// The architecture of a ViT image classifier, with HF's defaults for missing keys.
+/// What the model reads from its tokens: the embedding it pools, and the head on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The class token (HF ViT, DeiT, DINOv2; timm `global_pool='token'`).
+    Class,
+    /// The mean of the patch tokens, without class, distillation and register tokens (timm
+    /// `global_pool='avg'`).
+    Mean,
+    /// The class token and the mean of the patch tokens, concatenated (HF
+    /// `Dinov2ForImageClassification`).
+    ClassAndMean,
+}
+
+/// The feed-forward block of each layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpKind {
+    /// `fc2(act(fc1(x)))`.
+    Standard,
+    /// `w_out(silu(x1) * x2)` with `[x1, x2] = w_in(x)` (DINOv2 `use_swiglu_ffn`); the
+    /// config's `intermediate_size` is the width of `x1`.
+    SwiGlu,
+}
+
+/// How position embeddings are resized for an input of another size than the stored grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PosInterpolation {
+    /// Bicubic, `align_corners=False`, as HF ViT's and DeiT's `interpolate_pos_encoding`.
+    Bicubic,
+    /// Bicubic with antialiasing, as HF DINOv2 and timm's `resample_abs_pos_embed`.
+    BicubicAntialias,
+}
+
+/// The classification head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// A backbone: no labels, embeddings only.
+    None,
+    /// One linear layer on the pooled embedding.
+    Linear,
+    /// DeiT distilled: the mean of a head on the class token and one on the distillation
+    /// token (HF `DeiTForImageClassificationWithTeacher`).
+    Distilled,
+}
+
+/// The options that tell the members of the ViT family apart, after timm's
+/// `VisionTransformer`. The default is HF's plain ViT with a classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// A class token first.
+    pub class_token: bool,
+    /// A distillation token after the class token (DeiT distilled).
+    pub distillation_token: bool,
+    /// Register tokens after the class and distillation tokens.
+    pub register_tokens: usize,
+    /// Whether position embeddings are added to the class and distillation tokens (else only
+    /// the patches and, see below, the registers have them: timm `no_embed_class`).
+    pub class_positions: bool,
+    /// Whether position embeddings are added to the register tokens (timm with
+    /// `no_embed_class=False`; HF DINOv2 inserts registers after adding positions).
+    pub register_positions: bool,
+    /// How position embeddings are resized to another input size.
+    pub pos_interpolation: PosInterpolation,
+    /// Whether the patch projection has a bias (CLIP's has none).
+    pub patch_bias: bool,
+    /// A layer norm on the tokens before the blocks (timm `norm_pre`).
+    pub norm_pre: bool,
+    /// Per-channel scales on each block's attention and MLP outputs (timm `ls1`/`ls2`, HF
+    /// DINOv2 `layer_scale1`/`layer_scale2`), folded into the output projections at load.
+    pub layer_scale: bool,
+    /// The feed-forward block.
+    pub mlp: MlpKind,
+    /// A layer norm on all tokens after the blocks (else timm's `fc_norm`, below, or none).
+    pub final_norm: bool,
+    /// A layer norm on the pooled embedding (timm `fc_norm`, with average pooling).
+    pub pool_norm: bool,
+    /// The pooled embedding that the head reads and `embed --pool auto` gives.
+    pub pooling: Pooling,
+    /// The classification head.
+    pub head: Head,
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        Self {
+            class_token: true,
+            distillation_token: false,
+            register_tokens: 0,
+            class_positions: true,
+            register_positions: false,
+            pos_interpolation: PosInterpolation::Bicubic,
+            patch_bias: true,
+            norm_pre: false,
+            layer_scale: false,
+            mlp: MlpKind::Standard,
+            final_norm: true,
+            pool_norm: false,
+            pooling: Pooling::Class,
+            head: Head::Linear,
+        }
+    }
+}
+
+impl Variant {
+    /// Class and distillation tokens, in front of the registers.
+    pub fn class_tokens(&self) -> usize {
+        usize::from(self.class_token) + usize::from(self.distillation_token)
+    }
+
+    /// Tokens in front of the patches: class, distillation and register tokens.
+    pub fn prefix_tokens(&self) -> usize {
+        self.class_tokens() + self.register_tokens
+    }
+
+    /// Prefix tokens that have a stored position embedding.
+    pub fn positioned_prefix_tokens(&self) -> usize {
+        let class = if self.class_positions {
+            self.class_tokens()
+        } else {
+            0
+        };
+        let registers = if self.register_positions {
+            self.register_tokens
+        } else {
+            0
+        };
+        class + registers
+    }
+
+    /// Whether this is HF's plain ViT (with or without its head), which every path of the
+    /// project (training, conversion) covers.
+    pub fn is_plain(&self) -> bool {
+        let plain = Self::default();
+        Self {
+            head: plain.head,
+            ..self.clone()
+        } == plain
+    }
+
+    /// Width of the pooled embedding for a model `hidden` wide.
+    pub fn pooled_width(&self, hidden: usize) -> usize {
+        match self.pooling {
+            Pooling::ClassAndMean => 2 * hidden,
+            Pooling::Class | Pooling::Mean => hidden,
+        }
+    }
+}
+
+/// The architecture of a ViT-family model, with HF's defaults for missing keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViTConfig {
     pub hidden_size: usize,
@@ -62,8 +210,10 @@ pub struct ViTConfig {
     pub patch_size: usize,
     pub num_channels: usize,
     pub qkv_bias: bool,
-    /// Class names by index; its length is the number of labels.
+    /// Class names by index; its length is the number of labels (empty without a head).
     pub id2label: Vec<String>,
+    /// The family member: tokens, norms, layer scale, MLP, pooling, head.
+    pub variant: Variant,
 }
 
 /// The keys of `config.json` that we read; everything else is kept as is when rewriting.
@@ -145,22 +295,31 @@ impl SizeValue {
 }
 
 impl ViTConfig {
-    /// Reads and checks a `config.json`.
+    /// Reads and checks a `config.json` of any layout that `vit` reads
+    /// ([`super::layouts::Layout`]).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
         Self::from_json(&text).with_context(|| format!("{}", path.display()))
     }
 
-    /// Parses `config.json` text, filling HF's defaults for missing keys.
+    /// Parses `config.json` text of any layout, filling its library's defaults.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).context("invalid config.json")?;
+        let json: Value = serde_json::from_str(text).context("invalid config.json")?;
+        super::layouts::Layout::of_config(&json)?.config(&json)
+    }
+
+    /// The sizes of an HF ViT-style `config.json` (HF ViT's keys and defaults, which DeiT and,
+    /// with its own defaults filled in, DINOv2 share) and the plain variant; `id2label` is
+    /// empty when the config names no labels. Not validated: the layouts finish it.
+    pub(crate) fn from_value(json: &Value) -> Result<Self> {
+        let raw = RawConfig::deserialize(json).context("invalid config.json")?;
         let id2label = match (raw.id2label, raw.num_labels) {
             (Some(map), _) => labels_from_map(&map)?,
             (None, Some(n)) => generic_labels(n),
-            (None, None) => generic_labels(2),
+            (None, None) => Vec::new(),
         };
-        let config = Self {
+        Ok(Self {
             hidden_size: raw.hidden_size,
             num_hidden_layers: raw.num_hidden_layers,
             num_attention_heads: raw.num_attention_heads,
@@ -172,9 +331,8 @@ impl ViTConfig {
             num_channels: raw.num_channels,
             qkv_bias: raw.qkv_bias,
             id2label,
-        };
-        config.validate()?;
-        Ok(config)
+            variant: Variant::default(),
+        })
     }
 
     /// Checks the invariants the network relies on.
@@ -187,12 +345,27 @@ impl ViTConfig {
             ("image_size", self.image_size),
             ("patch_size", self.patch_size),
             ("num_channels", self.num_channels),
-            ("num_labels", self.id2label.len()),
         ];
         for (key, value) in positive {
             if value == 0 {
                 bail!("{key} must be positive");
             }
+        }
+        match (self.variant.head, self.id2label.len()) {
+            (Head::None, 0) => {}
+            (Head::None, n) => bail!("a model without a head has {n} labels"),
+            (_, 0) => bail!("num_labels must be positive"),
+            _ => {}
+        }
+        if self.variant.distillation_token && !self.variant.class_token {
+            bail!("a distillation token needs a class token");
+        }
+        let needs_class = matches!(self.variant.pooling, Pooling::Class | Pooling::ClassAndMean);
+        if needs_class && !self.variant.class_token {
+            bail!("class-token pooling without a class token");
+        }
+        if self.variant.head == Head::Distilled && !self.variant.distillation_token {
+            bail!("a distilled head without a distillation token");
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
@@ -224,6 +397,17 @@ impl ViTConfig {
     /// Patches per side at the config's image size.
     pub fn grid_size(&self) -> usize {
         self.image_size / self.patch_size
+    }
+
+    /// Rows of the stored position embeddings: the patch grid and the prefix tokens that
+    /// have one.
+    pub fn num_positions(&self) -> usize {
+        self.grid_size() * self.grid_size() + self.variant.positioned_prefix_tokens()
+    }
+
+    /// Whether the model has a classification head.
+    pub fn has_head(&self) -> bool {
+        self.variant.head != Head::None
     }
 
     /// The HF `config.json` for this architecture, on top of `base` (an existing config whose

@@ -163,7 +163,7 @@ impl Linear {
                     None => ys,
                 };
                 let ys = match activation {
-                    Some(activation) => super::vit::activate(&ys, activation, differentiable)?,
+                    Some(activation) => super::encoder::activate(&ys, activation, differentiable)?,
                     None => ys,
                 };
                 let ys = ys.reshape(out_shape)?;

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 
+use super::layouts::Layout;
 use super::weights::{normalized_names, Shards, TensorShapes};
 
 /// Where one tensor lies in a mapped file.
@@ -31,10 +32,11 @@ pub struct MappedSafetensors {
 }
 
 impl MappedSafetensors {
-    /// Maps `path`: a `.safetensors` file or a `model.safetensors.index.json`.
+    /// Maps `path`: a `.safetensors` file or a `model.safetensors.index.json`, with tensors
+    /// by their canonical names in `layout`.
     ///
     /// The files must not change while the model loads (the map reads them as they are).
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path, layout: Layout) -> Result<Self> {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -78,7 +80,7 @@ impl MappedSafetensors {
             index.check(path, |name| names.contains(name))?;
         }
         let renamed: HashMap<String, String> =
-            normalized_names(stored.iter().map(|e| e.stored_name.clone())).collect();
+            normalized_names(stored.iter().map(|e| e.stored_name.clone()), layout).collect();
         let tensors = stored
             .into_iter()
             .map(|entry| (renamed[&entry.stored_name].clone(), entry))

@@ -3,12 +3,13 @@
 pub mod attention;
 pub mod config;
 pub mod cpu_kernels;
+pub mod encoder;
 pub mod layers;
+pub mod layouts;
 pub mod mapped;
 pub mod pickle;
 pub mod posembed;
 pub mod save;
-pub mod vit;
 pub mod weights;
 
 use anyhow::{Context, Result};
@@ -16,8 +17,9 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use attention::AttentionKernel;
-pub use config::{Activation, ViTConfig};
-pub use vit::{ModelOptions, ViTForImageClassification};
+pub use config::{Activation, Head, Pooling, Variant, ViTConfig};
+pub use encoder::{EmbeddingKind, ModelOptions, VisionTransformer};
+pub use layouts::Layout;
 pub use weights::{ModelFiles, StateDict};
 
 use crate::preprocess::PreprocessConfig;
@@ -34,7 +36,7 @@ pub struct LoadOptions {
 
 /// A model ready to run, with everything needed to feed it.
 pub struct LoadedModel {
-    pub model: ViTForImageClassification,
+    pub model: VisionTransformer,
     pub config: ViTConfig,
     pub preprocess: PreprocessConfig,
     /// Tensors in the checkpoint that the model does not use.
@@ -47,17 +49,25 @@ impl LoadedModel {
     /// [`mapped`]); PyTorch checkpoints are read whole.
     pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
         let in_weights = || format!("{}", files.weights.display());
+        let config_json = files.config.as_deref().map(read_json).transpose()?;
+        let layout = match &config_json {
+            Some(json) => Layout::of_config(json)
+                .with_context(|| format!("{}", files.config.as_ref().unwrap().display()))?,
+            None => Layout::HfVit,
+        };
         let weights = match weights::is_safetensors(&files.weights) {
-            true => Weights::Mapped(mapped::MappedSafetensors::open(&files.weights)?),
-            false => Weights::Loaded(weights::read_weights(&files.weights)?),
+            true => Weights::Mapped(mapped::MappedSafetensors::open(&files.weights, layout)?),
+            false => Weights::Loaded(weights::read_weights_as(&files.weights, layout)?),
         };
         let shapes: &dyn weights::TensorShapes = match &weights {
             Weights::Mapped(mapped) => mapped,
             Weights::Loaded(state) => state,
         };
-        let config = match &files.config {
-            Some(path) => ViTConfig::from_file(path)?,
-            None => weights::infer_config(shapes, options.num_heads).with_context(in_weights)?,
+        let config = match (&config_json, &files.config) {
+            (Some(json), Some(path)) => layout
+                .config(json)
+                .with_context(|| format!("{}", path.display()))?,
+            _ => weights::infer_config(shapes, options.num_heads).with_context(in_weights)?,
         };
         let preprocess = match &files.preprocessor {
             Some(path) => PreprocessConfig::from_file(path)?,
@@ -72,8 +82,7 @@ impl LoadedModel {
                 VarBuilder::from_tensors(state, options.dtype, &options.device)
             }
         };
-        let model =
-            ViTForImageClassification::new(vb, &config, options.model).with_context(in_weights)?;
+        let model = VisionTransformer::new(vb, &config, options.model).with_context(in_weights)?;
         Ok(Self {
             model,
             config,
@@ -81,6 +90,13 @@ impl LoadedModel {
             unused_tensors,
         })
     }
+}
+
+/// Reads a JSON file.
+fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
 /// A model's weights as read: mapped, or loaded whole.
@@ -94,7 +110,7 @@ pub fn build(
     weights: StateDict,
     config: &ViTConfig,
     options: &LoadOptions,
-) -> Result<ViTForImageClassification> {
+) -> Result<VisionTransformer> {
     let vb = VarBuilder::from_tensors(weights, options.dtype, &options.device);
-    Ok(ViTForImageClassification::new(vb, config, options.model)?)
+    Ok(VisionTransformer::new(vb, config, options.model)?)
 }

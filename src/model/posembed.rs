@@ -1,5 +1,6 @@
 //! Bicubic resizing of the patch position embeddings, as HF's `interpolate_pos_encoding`
-//! (`torch.nn.functional.interpolate(mode="bicubic", align_corners=False)`) does.
+//! (`torch.nn.functional.interpolate(mode="bicubic", align_corners=False)`, with
+//! `antialias=True` for DINOv2 and timm) does.
 
 use candle_core::{Result, Tensor};
 
@@ -37,16 +38,76 @@ pub fn bicubic_matrix(input: usize, output: usize) -> Vec<f32> {
     matrix.into_iter().map(|w| w as f32).collect()
 }
 
+/// PyTorch's cubic convolution constant for antialiased bicubic resampling (PIL's).
+const CUBIC_A_ANTIALIAS: f64 = -0.5;
+
+/// The cubic convolution kernel with constant `a` at distance `x`.
+fn cubic_kernel(x: f64, a: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    } else {
+        0.0
+    }
+}
+
+/// The `(output, input)` matrix of PyTorch's antialiased bicubic resize
+/// (`_upsample_bicubic2d_aa`): the kernel is widened by the downscaling factor, its taps
+/// are cut at the borders and renormalised.
+pub fn bicubic_antialias_matrix(input: usize, output: usize) -> Vec<f32> {
+    let scale = input as f64 / output as f64;
+    let (support, inverse) = match scale >= 1.0 {
+        true => (2.0 * scale, 1.0 / scale),
+        false => (2.0, 1.0),
+    };
+    let mut matrix = vec![0f32; output * input];
+    for out in 0..output {
+        let center = scale * (out as f64 + 0.5);
+        let first = ((center - support + 0.5).floor() as i64).max(0) as usize;
+        let end = ((center + support + 0.5).floor() as i64).min(input as i64) as usize;
+        let weights: Vec<f64> = (first..end)
+            .map(|j| cubic_kernel((j as f64 - center + 0.5) * inverse, CUBIC_A_ANTIALIAS))
+            .collect();
+        let total: f64 = weights.iter().sum();
+        for (j, weight) in (first..end).zip(weights) {
+            matrix[out * input + j] = (weight / total) as f32;
+        }
+    }
+    matrix
+}
+
+/// Which bicubic resize position embeddings go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resampling {
+    /// `interpolate(mode="bicubic", align_corners=False)`.
+    Bicubic,
+    /// The same with `antialias=True`.
+    BicubicAntialias,
+}
+
+impl Resampling {
+    /// The `(output, input)` matrix of one axis.
+    pub fn matrix(self, input: usize, output: usize) -> Vec<f32> {
+        match self {
+            Self::Bicubic => bicubic_matrix(input, output),
+            Self::BicubicAntialias => bicubic_antialias_matrix(input, output),
+        }
+    }
+}
+
 /// Resizes patch position embeddings `(1, grid*grid, dim)` to `(1, rows*cols, dim)`.
 pub fn interpolate_patch_positions(
     positions: &Tensor,
     grid: usize,
     (rows, cols): (usize, usize),
+    resampling: Resampling,
 ) -> Result<Tensor> {
     let dim = positions.dim(2)?;
     let (dtype, device) = (positions.dtype(), positions.device());
     let resize = |input: usize, output: usize| {
-        Tensor::from_vec(bicubic_matrix(input, output), (output, input), device)?.to_dtype(dtype)
+        Tensor::from_vec(resampling.matrix(input, output), (output, input), device)?.to_dtype(dtype)
     };
     let by_rows = resize(grid, rows)?.matmul(&positions.reshape((grid, grid * dim))?)?;
     let by_cols = by_rows
@@ -114,7 +175,7 @@ mod tests {
     #[test]
     fn constant_positions_stay_constant() -> Result<()> {
         let positions = Tensor::ones((1, 9, 4), candle_core::DType::F32, &Device::Cpu)?;
-        let resized = interpolate_patch_positions(&positions, 3, (5, 2))?;
+        let resized = interpolate_patch_positions(&positions, 3, (5, 2), Resampling::Bicubic)?;
         assert_eq!(resized.dims(), &[1, 10, 4]);
         let values = resized.flatten_all()?.to_vec1::<f32>()?;
         assert!(values.iter().all(|v| (v - 1.0).abs() < 1e-6));

@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{generic_labels, Activation, ViTConfig};
+use super::config::{generic_labels, Activation, Head, MlpKind, Variant, ViTConfig};
+use super::layouts::Layout;
 use super::pickle::{read_pytorch, RawTensor, StorageDType};
 
 /// Tensors by name, on the CPU, as stored.
 pub type StateDict = HashMap<String, Tensor>;
 
-/// The name and shape of every tensor `ViTForImageClassification` has for `cfg`.
+/// The canonical name and shape of every tensor the model of `cfg` has (HF ViT's names, and
+/// those of the tensors other members of the family add).
 pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i, p, c) = (
         cfg.hidden_size,
@@ -21,26 +23,45 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
         cfg.patch_size,
         cfg.num_channels,
     );
-    let positions = cfg.grid_size() * cfg.grid_size() + 1;
-    let mut tensors = vec![
-        ("vit.embeddings.cls_token".to_string(), vec![1, 1, h]),
-        (
-            "vit.embeddings.position_embeddings".into(),
-            vec![1, positions, h],
-        ),
-        (
-            "vit.embeddings.patch_embeddings.projection.weight".into(),
-            vec![h, c, p, p],
-        ),
-        (
+    let variant = &cfg.variant;
+    let mut tensors: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut add = |name: String, shape: Vec<usize>| tensors.push((name, shape));
+    if variant.class_token {
+        add("vit.embeddings.cls_token".into(), vec![1, 1, h]);
+    }
+    if variant.distillation_token {
+        add("vit.embeddings.distillation_token".into(), vec![1, 1, h]);
+    }
+    if variant.register_tokens > 0 {
+        add(
+            "vit.embeddings.register_tokens".into(),
+            vec![1, variant.register_tokens, h],
+        );
+    }
+    add(
+        "vit.embeddings.position_embeddings".into(),
+        vec![1, cfg.num_positions(), h],
+    );
+    add(
+        "vit.embeddings.patch_embeddings.projection.weight".into(),
+        vec![h, c, p, p],
+    );
+    if variant.patch_bias {
+        add(
             "vit.embeddings.patch_embeddings.projection.bias".into(),
             vec![h],
-        ),
-    ];
+        );
+    }
+    let norm = |add: &mut dyn FnMut(String, Vec<usize>), name: &str, width: usize| {
+        add(format!("{name}.weight"), vec![width]);
+        add(format!("{name}.bias"), vec![width]);
+    };
+    if variant.norm_pre {
+        norm(&mut add, "vit.pre_layernorm", h);
+    }
     for layer in 0..cfg.num_hidden_layers {
         let prefix = format!("vit.encoder.layer.{layer}");
-        let mut add =
-            |name: &str, shape: Vec<usize>| tensors.push((format!("{prefix}.{name}"), shape));
+        let mut add = |name: &str, shape: Vec<usize>| add(format!("{prefix}.{name}"), shape);
         for qkv in ["query", "key", "value"] {
             add(&format!("attention.attention.{qkv}.weight"), vec![h, h]);
             if cfg.qkv_bias {
@@ -49,19 +70,52 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
         }
         add("attention.output.dense.weight", vec![h, h]);
         add("attention.output.dense.bias", vec![h]);
-        add("intermediate.dense.weight", vec![i, h]);
-        add("intermediate.dense.bias", vec![i]);
-        add("output.dense.weight", vec![h, i]);
-        add("output.dense.bias", vec![h]);
+        match variant.mlp {
+            MlpKind::Standard => {
+                add("intermediate.dense.weight", vec![i, h]);
+                add("intermediate.dense.bias", vec![i]);
+                add("output.dense.weight", vec![h, i]);
+                add("output.dense.bias", vec![h]);
+            }
+            MlpKind::SwiGlu => {
+                add("mlp.weights_in.weight", vec![2 * i, h]);
+                add("mlp.weights_in.bias", vec![2 * i]);
+                add("mlp.weights_out.weight", vec![h, i]);
+                add("mlp.weights_out.bias", vec![h]);
+            }
+        }
         for norm in ["layernorm_before", "layernorm_after"] {
             add(&format!("{norm}.weight"), vec![h]);
             add(&format!("{norm}.bias"), vec![h]);
         }
+        if variant.layer_scale {
+            add("layer_scale1.lambda1", vec![h]);
+            add("layer_scale2.lambda1", vec![h]);
+        }
     }
-    tensors.push(("vit.layernorm.weight".into(), vec![h]));
-    tensors.push(("vit.layernorm.bias".into(), vec![h]));
-    tensors.push(("classifier.weight".into(), vec![cfg.num_labels(), h]));
-    tensors.push(("classifier.bias".into(), vec![cfg.num_labels()]));
+    if variant.final_norm {
+        norm(&mut add, "vit.layernorm", h);
+    }
+    if variant.pool_norm {
+        norm(&mut add, "vit.pool_layernorm", variant.pooled_width(h));
+    }
+    let labels = cfg.num_labels();
+    match variant.head {
+        Head::None => {}
+        Head::Linear => {
+            add(
+                "classifier.weight".into(),
+                vec![labels, variant.pooled_width(h)],
+            );
+            add("classifier.bias".into(), vec![labels]);
+        }
+        Head::Distilled => {
+            for name in ["classifier", "distillation_classifier"] {
+                add(format!("{name}.weight"), vec![labels, h]);
+                add(format!("{name}.bias"), vec![labels]);
+            }
+        }
+    }
     tensors
 }
 
@@ -71,6 +125,17 @@ pub fn check_state_dict(
     weights: &(impl TensorShapes + ?Sized),
     cfg: &ViTConfig,
 ) -> Result<Vec<String>> {
+    // Each layer's first tensor before the full list, so that an absurd layer count fails
+    // at the first missing layer instead of listing a billion names.
+    for layer in 0..cfg.num_hidden_layers {
+        let name = format!("vit.encoder.layer.{layer}.layernorm_before.weight");
+        if weights.shape(&name).is_none() {
+            bail!(
+                "missing tensor {name} (the config has {} layers)",
+                cfg.num_hidden_layers
+            );
+        }
+    }
     let expected = expected_tensors(cfg);
     let mut missing = Vec::new();
     for (name, shape) in &expected {
@@ -112,6 +177,12 @@ pub fn is_safetensors(path: &Path) -> bool {
 /// (`model.safetensors.index.json` or `pytorch_model.bin.index.json`), or a PyTorch
 /// `.bin`/`.pth`/`.pt`.
 pub fn read_weights(path: &Path) -> Result<StateDict> {
+    read_weights_as(path, Layout::HfVit)
+}
+
+/// Reads a weights file as [`read_weights`] does, with the tensors renamed from `layout`'s
+/// names to the canonical ones.
+pub fn read_weights_as(path: &Path, layout: Layout) -> Result<StateDict> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -121,7 +192,12 @@ pub fn read_weights(path: &Path) -> Result<StateDict> {
     } else {
         read_single(path)?
     };
-    Ok(normalize_names(tensors))
+    let renamed: HashMap<String, String> =
+        normalized_names(tensors.keys().cloned(), layout).collect();
+    Ok(tensors
+        .into_iter()
+        .map(|(name, tensor)| (renamed[&name].clone(), tensor))
+        .collect())
 }
 
 /// Reads one `.safetensors` file or one PyTorch checkpoint, by its extension.
@@ -226,38 +302,21 @@ fn raw_to_tensor(raw: RawTensor) -> Result<Tensor> {
         .with_context(|| format!("tensor {}", raw.name))
 }
 
-/// Strips DataParallel's `module.` prefix, adds `vit.` to bare `ViTModel` names and renames
-/// transformers 5's module names to the checkpoint names ([`checkpoint_name`]).
-fn normalize_names(tensors: StateDict) -> StateDict {
-    let renamed: HashMap<String, String> = normalized_names(tensors.keys().cloned()).collect();
-    tensors
-        .into_iter()
-        .map(|(name, tensor)| (renamed[&name].clone(), tensor))
-        .collect()
-}
-
-/// Each of `names` with the name [`normalize_names`] gives it: `(stored, normalized)`.
+/// Each of `names` with its canonical name in `layout` (after DataParallel's `module.`
+/// prefix, when every name has it, is stripped): `(stored, canonical)`.
 pub(crate) fn normalized_names(
     names: impl Iterator<Item = String>,
+    layout: Layout,
 ) -> impl Iterator<Item = (String, String)> {
     let names: Vec<String> = names.collect();
     let strip = !names.is_empty() && names.iter().all(|k| k.starts_with("module."));
-    let unprefixed = move |k: &str| match strip {
-        true => k["module.".len()..].to_string(),
-        false => k.to_string(),
-    };
-    let bare_backbone = names
-        .iter()
-        .any(|k| unprefixed(k).starts_with("embeddings."))
-        && !names.iter().any(|k| unprefixed(k).starts_with("vit."));
     names.into_iter().map(move |stored| {
-        let k = unprefixed(&stored);
-        let k = match bare_backbone && !k.starts_with("classifier.") {
-            true => format!("vit.{k}"),
-            false => k,
+        let unprefixed = match strip {
+            true => &stored["module.".len()..],
+            false => stored.as_str(),
         };
-        let normalized = checkpoint_name(&k).unwrap_or(k);
-        (stored, normalized)
+        let canonical = layout.canonical_name(unprefixed);
+        (stored, canonical)
     })
 }
 
@@ -277,26 +336,6 @@ impl TensorShapes for StateDict {
     fn names(&self) -> Vec<String> {
         self.keys().cloned().collect()
     }
-}
-
-/// The checkpoint name of a tensor named as in transformers 5's modules, which `state_dict()`
-/// returns there (`vit.layers.N.attention.q_proj`, `.o_proj`, `.mlp.fc1`, `.mlp.fc2`; its
-/// `save_pretrained` writes the checkpoint names): `None` for any other name.
-fn checkpoint_name(name: &str) -> Option<String> {
-    let rest = name.strip_prefix("vit.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (module, param) = rest.rsplit_once('.')?;
-    let module = match module {
-        "attention.q_proj" => "attention.attention.query",
-        "attention.k_proj" => "attention.attention.key",
-        "attention.v_proj" => "attention.attention.value",
-        "attention.o_proj" => "attention.output.dense",
-        "mlp.fc1" => "intermediate.dense",
-        "mlp.fc2" => "output.dense",
-        "layernorm_before" | "layernorm_after" => module,
-        _ => return None,
-    };
-    Some(format!("vit.encoder.layer.{layer}.{module}.{param}"))
 }
 
 /// Infers the architecture of an HF-named state dict from its tensor shapes, for a weights file
@@ -344,6 +383,7 @@ pub fn infer_config(
             .shape("vit.encoder.layer.0.attention.attention.query.bias")
             .is_some(),
         id2label: default_labels(num_labels),
+        variant: Variant::default(),
     };
     config.validate()?;
     Ok(config)
@@ -487,73 +527,25 @@ mod tests {
         assert_eq!(infer_config(&weights, None).unwrap().num_attention_heads, 1);
     }
 
-    #[test]
-    fn transformers_5_module_names_become_checkpoint_names() {
-        let t = || Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
-        let names = [
-            (
-                "layers.3.attention.q_proj.weight",
-                "vit.encoder.layer.3.attention.attention.query.weight",
-            ),
-            (
-                "layers.3.attention.k_proj.bias",
-                "vit.encoder.layer.3.attention.attention.key.bias",
-            ),
-            (
-                "layers.3.attention.v_proj.weight",
-                "vit.encoder.layer.3.attention.attention.value.weight",
-            ),
-            (
-                "layers.3.attention.o_proj.bias",
-                "vit.encoder.layer.3.attention.output.dense.bias",
-            ),
-            (
-                "layers.11.mlp.fc1.weight",
-                "vit.encoder.layer.11.intermediate.dense.weight",
-            ),
-            (
-                "layers.11.mlp.fc2.bias",
-                "vit.encoder.layer.11.output.dense.bias",
-            ),
-            (
-                "layers.0.layernorm_after.weight",
-                "vit.encoder.layer.0.layernorm_after.weight",
-            ),
-            ("embeddings.cls_token", "vit.embeddings.cls_token"),
-            ("layernorm.bias", "vit.layernorm.bias"),
-        ];
-        // As `ViTForImageClassification.state_dict()` names them, and as a bare `ViTModel`'s.
-        for prefix in ["module.vit.", ""] {
-            let dict: StateDict = names
-                .iter()
-                .map(|(from, _)| (format!("{prefix}{from}"), t()))
-                .chain([(
-                    format!("{}classifier.bias", &prefix[..prefix.len().min(7)]),
-                    t(),
-                )])
-                .collect();
-            let dict = normalize_names(dict);
-            for (_, to) in names {
-                assert!(dict.contains_key(to), "{prefix}: {to} in {:?}", dict.keys());
-            }
-        }
-        assert_eq!(
-            checkpoint_name("vit.layers.0.attention.x_proj.weight"),
-            None
-        );
+    fn normalize(dict: StateDict) -> StateDict {
+        let renamed: HashMap<String, String> =
+            normalized_names(dict.keys().cloned(), Layout::HfVit).collect();
+        dict.into_iter()
+            .map(|(name, tensor)| (renamed[&name].clone(), tensor))
+            .collect()
     }
 
     #[test]
     fn module_prefix_is_stripped_and_bare_backbones_get_vit_prefix() {
         let t = || Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
         let dict: StateDict = [("module.classifier.bias".to_string(), t())].into();
-        assert!(normalize_names(dict).contains_key("classifier.bias"));
+        assert!(normalize(dict).contains_key("classifier.bias"));
         let dict: StateDict = [
             ("embeddings.cls_token".to_string(), t()),
             ("classifier.bias".to_string(), t()),
         ]
         .into();
-        let dict = normalize_names(dict);
+        let dict = normalize(dict);
         assert!(dict.contains_key("vit.embeddings.cls_token"));
         assert!(dict.contains_key("classifier.bias"));
     }

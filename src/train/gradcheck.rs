@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use super::model::{init_weights, Weights};
 use super::optim::cross_entropy;
+use crate::model::encoder::softmax_last_dim;
 use crate::model::layers::layer_norm_differentiable;
-use crate::model::vit::softmax_last_dim;
 use crate::model::ViTConfig;
 
 /// Checks the backward pass of `f` at `x` against central differences of

@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use super::rng::{Rng, Stream};
-use crate::model::posembed::interpolate_patch_positions;
+use crate::model::posembed::{interpolate_patch_positions, Resampling};
 use crate::model::weights::{expected_tensors, StateDict};
-use crate::model::{AttentionKernel, ModelOptions, ViTConfig, ViTForImageClassification};
+use crate::model::{AttentionKernel, ModelOptions, ViTConfig, VisionTransformer};
 
 /// What happened to the base's classifier head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +81,9 @@ pub fn adapt_base(
         let new_grid = image_size / config.patch_size;
         let class_position = positions.narrow(1, 0, 1)?;
         let patches = positions.narrow(1, 1, grid * grid)?;
-        let resized = interpolate_patch_positions(&patches, grid, (new_grid, new_grid))
-            .with_context(|| format!("cannot resize {name}"))?;
+        let resized =
+            interpolate_patch_positions(&patches, grid, (new_grid, new_grid), Resampling::Bicubic)
+                .with_context(|| format!("cannot resize {name}"))?;
         weights.insert(name.into(), Tensor::cat(&[&class_position, &resized], 1)?);
     }
     adapted.validate()?;
@@ -207,7 +208,7 @@ impl Weights {
     /// The network over the current values. With `track`, the trained parameters record the
     /// operations for a backward pass; `differentiable` picks ops that have one (not needed
     /// when only the head trains, as the frozen backbone's ops are not recorded).
-    pub fn network(&self, track: bool, differentiable: bool) -> Result<ViTForImageClassification> {
+    pub fn network(&self, track: bool, differentiable: bool) -> Result<VisionTransformer> {
         let mut tensors: HashMap<String, Tensor> = self.frozen.clone();
         for (name, var) in &self.trainable {
             let value = match track {
@@ -222,7 +223,7 @@ impl Weights {
             differentiable,
             ..Default::default()
         };
-        Ok(ViTForImageClassification::new(vb, &self.config, options)?)
+        Ok(VisionTransformer::new(vb, &self.config, options)?)
     }
 
     /// Every parameter, f32 on the CPU, by HF name: what a checkpoint saves.

@@ -1,0 +1,617 @@
+//! The Vision Transformer family as one configurable network, one struct per layer, after
+//! timm's `VisionTransformer`: a [`Variant`] says which tokens, norms, layer scale, MLP,
+//! pooling and head a checkpoint has.
+//!
+//! Tensor names are the canonical names of [`super::weights::expected_tensors`] (HF ViT's
+//! layout, `vit.embeddings...`, `vit.encoder.layer.N...`, `vit.layernorm`, `classifier`, plus
+//! the tensors other members add); each checkpoint layout is renamed onto them when it is
+//! read (see [`super::layouts`]). The same code trains: built over a `VarMap` with
+//! [`ModelOptions::differentiable`], every op on the path has a backward pass.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::attention::AttentionKernel;
+use super::config::{Activation, Head, MlpKind, Pooling, PosInterpolation, ViTConfig};
+use super::cpu_kernels;
+use super::layers::{LayerNorm, Linear};
+use super::posembed::{interpolate_patch_positions, Resampling};
+use crate::kernels::Isa;
+
+/// Choices that change how the network computes, not what it computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// The attention kernel.
+    pub attention: AttentionKernel,
+    /// Use ops with a backward pass (for training) instead of the fused inference kernels.
+    pub differentiable: bool,
+    /// The CPU engine's instruction set for f32 inference (default: [`Isa::current`]).
+    pub isa: Isa,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            attention: AttentionKernel::Standard,
+            differentiable: false,
+            isa: Isa::current(),
+        }
+    }
+}
+
+/// Splits images into patches and projects them: HF's `patch_embeddings.projection`, a
+/// stride-`patch` convolution, computed as one matrix product over flattened patches.
+#[derive(Debug, Clone)]
+pub struct PatchEmbeddings {
+    projection: Linear,
+    patch_size: usize,
+    num_channels: usize,
+}
+
+impl PatchEmbeddings {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
+        let (h, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
+        let vb = vb.pp("projection");
+        let weight = vb.get((h, c, p, p), "weight")?.reshape((h, c * p * p))?;
+        let bias = match cfg.variant.patch_bias {
+            true => Some(vb.get(h, "bias")?),
+            false => None,
+        };
+        Ok(Self {
+            projection: Linear::new(weight, bias, options.differentiable, options.isa)?,
+            patch_size: p,
+            num_channels: c,
+        })
+    }
+
+    /// `(batch, channels, height, width)` to `(batch, patches, hidden)`.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixel_values.dims4()?;
+        if c != self.num_channels {
+            candle_core::bail!(
+                "pixel_values have {c} channels but the model expects {}",
+                self.num_channels
+            );
+        }
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let patches = pixel_values
+            .narrow(2, 0, gh * p)?
+            .narrow(3, 0, gw * p)?
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, gh * gw, c * p * p))?;
+        self.projection.forward(&patches)
+    }
+}
+
+/// The token sequence: class, distillation and register tokens, then the patch embeddings,
+/// with position embeddings added where the variant has them.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// Class and distillation tokens, `(1, n, hidden)`, when there are any.
+    class_tokens: Option<Tensor>,
+    register_tokens: Option<Tensor>,
+    position_embeddings: Tensor,
+    patch_embeddings: PatchEmbeddings,
+    /// Leading rows of `position_embeddings` for class tokens, then for registers.
+    class_positions: usize,
+    register_positions: usize,
+    resampling: Resampling,
+    patch_size: usize,
+    grid_size: usize,
+}
+
+impl Embeddings {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
+        let (h, variant) = (cfg.hidden_size, &cfg.variant);
+        let mut class_tokens = Vec::new();
+        if variant.class_token {
+            class_tokens.push(vb.get((1, 1, h), "cls_token")?);
+        }
+        if variant.distillation_token {
+            class_tokens.push(vb.get((1, 1, h), "distillation_token")?);
+        }
+        let class_tokens = match class_tokens.is_empty() {
+            true => None,
+            false => Some(Tensor::cat(&class_tokens, 1)?),
+        };
+        let register_tokens = match variant.register_tokens {
+            0 => None,
+            n => Some(vb.get((1, n, h), "register_tokens")?),
+        };
+        let class_positions = match variant.class_positions {
+            true => variant.class_tokens(),
+            false => 0,
+        };
+        let register_positions = match variant.register_positions {
+            true => variant.register_tokens,
+            false => 0,
+        };
+        Ok(Self {
+            class_tokens,
+            register_tokens,
+            position_embeddings: vb.get((1, cfg.num_positions(), h), "position_embeddings")?,
+            patch_embeddings: PatchEmbeddings::new(vb.pp("patch_embeddings"), cfg, options)?,
+            class_positions,
+            register_positions,
+            resampling: match variant.pos_interpolation {
+                PosInterpolation::Bicubic => Resampling::Bicubic,
+                PosInterpolation::BicubicAntialias => Resampling::BicubicAntialias,
+            },
+            patch_size: cfg.patch_size,
+            grid_size: cfg.grid_size(),
+        })
+    }
+
+    /// The patch positions for a `rows` x `cols` grid: the stored ones at the config's grid,
+    /// else resized as the checkpoint's library resizes them.
+    fn patch_positions(&self, rows: usize, cols: usize) -> Result<Tensor> {
+        let prefix = self.class_positions + self.register_positions;
+        let stored = self
+            .position_embeddings
+            .narrow(1, prefix, self.grid_size * self.grid_size)?;
+        if (rows, cols) == (self.grid_size, self.grid_size) {
+            return Ok(stored);
+        }
+        interpolate_patch_positions(&stored, self.grid_size, (rows, cols), self.resampling)
+    }
+
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (b, _, height, width) = pixel_values.dims4()?;
+        let (rows, cols) = (height / self.patch_size, width / self.patch_size);
+        let patches = self
+            .patch_embeddings
+            .forward(pixel_values)?
+            .broadcast_add(&self.patch_positions(rows, cols)?)?;
+        let hidden = patches.dim(2)?;
+        let mut parts = Vec::with_capacity(3);
+        if let Some(tokens) = &self.class_tokens {
+            let tokens = match self.class_positions {
+                0 => tokens.clone(),
+                n => tokens.broadcast_add(&self.position_embeddings.narrow(1, 0, n)?)?,
+            };
+            parts.push(tokens.broadcast_as((b, tokens.dim(1)?, hidden))?);
+        }
+        if let Some(tokens) = &self.register_tokens {
+            let tokens = match self.register_positions {
+                0 => tokens.clone(),
+                n => tokens.broadcast_add(&self.position_embeddings.narrow(
+                    1,
+                    self.class_positions,
+                    n,
+                )?)?,
+            };
+            parts.push(tokens.broadcast_as((b, tokens.dim(1)?, hidden))?);
+        }
+        if parts.is_empty() {
+            return Ok(patches);
+        }
+        parts.push(patches);
+        Tensor::cat(&parts, 1)
+    }
+}
+
+/// A dense layer whose output is scaled per channel by a layer scale, folded into its weight
+/// and bias (`diag(s) W`, `s * b`) so that the fused products serve layer-scaled models.
+fn load_scaled_linear(
+    vb: VarBuilder,
+    (in_dim, out_dim): (usize, usize),
+    scale: Option<&Tensor>,
+    options: ModelOptions,
+) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = vb.get(out_dim, "bias")?;
+    let (weight, bias) = match scale {
+        None => (weight, bias),
+        Some(scale) => (
+            weight.broadcast_mul(&scale.reshape((out_dim, 1))?)?,
+            (bias * scale)?,
+        ),
+    };
+    Linear::new(weight, Some(bias), options.differentiable, options.isa)
+}
+
+/// Multi-head self-attention with query, key and value fused into one projection at load time.
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    qkv: Linear,
+    output: Linear,
+    num_heads: usize,
+    head_dim: usize,
+    kernel: AttentionKernel,
+    differentiable: bool,
+    isa: Isa,
+}
+
+impl SelfAttention {
+    /// `vb` is HF's `attention` scope of one layer; `scale` a layer scale on its output.
+    pub fn new(
+        vb: VarBuilder,
+        cfg: &ViTConfig,
+        scale: Option<&Tensor>,
+        options: ModelOptions,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let inner = vb.pp("attention");
+        let mut weights = Vec::with_capacity(3);
+        let mut biases = Vec::with_capacity(3);
+        for name in ["query", "key", "value"] {
+            let vb = inner.pp(name);
+            weights.push(vb.get((h, h), "weight")?);
+            if cfg.qkv_bias {
+                biases.push(vb.get(h, "bias")?);
+            }
+        }
+        let qkv_bias = if cfg.qkv_bias {
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            qkv: Linear::stacked(weights, qkv_bias, options.differentiable, options.isa)?,
+            output: load_scaled_linear(vb.pp("output").pp("dense"), (h, h), scale, options)?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+            kernel: options.attention,
+            differentiable: options.differentiable,
+            isa: options.isa,
+        })
+    }
+
+    /// Attention over `xs`, plus `residual` (added by the output projection as it stores).
+    pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s, h) = xs.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(xs)?
+            .reshape((b, s, 3, self.num_heads, self.head_dim))?;
+        let context = self.kernel.attend(&qkv, self.differentiable, self.isa)?;
+        self.output.forward_fused(
+            &context.reshape((b, s, h))?,
+            None,
+            residual,
+            self.differentiable,
+        )
+    }
+}
+
+/// The feed-forward block of a layer: two dense layers with an activation between them, or
+/// DINOv2's SwiGLU.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    input: Linear,
+    output: Linear,
+    kind: MlpKind,
+    activation: Activation,
+    differentiable: bool,
+}
+
+impl Mlp {
+    /// `vb` is the layer scope (HF ViT keeps `intermediate` and `output` side by side; the
+    /// SwiGLU weights are `mlp.weights_in`, `mlp.weights_out`); `scale` a layer scale on the
+    /// output.
+    pub fn new(
+        vb: VarBuilder,
+        cfg: &ViTConfig,
+        scale: Option<&Tensor>,
+        options: ModelOptions,
+    ) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (input, output) = match cfg.variant.mlp {
+            MlpKind::Standard => (
+                vb.pp("intermediate").pp("dense"),
+                vb.pp("output").pp("dense"),
+            ),
+            MlpKind::SwiGlu => (
+                vb.pp("mlp").pp("weights_in"),
+                vb.pp("mlp").pp("weights_out"),
+            ),
+        };
+        let input_width = match cfg.variant.mlp {
+            MlpKind::Standard => i,
+            MlpKind::SwiGlu => 2 * i,
+        };
+        Ok(Self {
+            input: load_scaled_linear(input, (h, input_width), None, options)?,
+            output: load_scaled_linear(output, (i, h), scale, options)?,
+            kind: cfg.variant.mlp,
+            activation: cfg.hidden_act,
+            differentiable: options.differentiable,
+        })
+    }
+
+    /// The MLP over `xs`, plus `residual`: the activation and the residual are applied by
+    /// the two products as they store (SwiGLU's gate is a separate pass).
+    pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let hidden = match self.kind {
+            MlpKind::Standard => {
+                self.input
+                    .forward_fused(xs, Some(self.activation), None, self.differentiable)?
+            }
+            MlpKind::SwiGlu => {
+                let both = self.input.forward(xs)?;
+                let width = both.dim(D::Minus1)? / 2;
+                let gate = both.narrow(D::Minus1, 0, width)?.silu()?;
+                (gate * both.narrow(D::Minus1, width, width)?)?
+            }
+        };
+        self.output
+            .forward_fused(&hidden, None, residual, self.differentiable)
+    }
+}
+
+/// Applies an activation function; `differentiable` keeps to ops with a backward pass.
+pub fn activate(xs: &Tensor, activation: Activation, differentiable: bool) -> Result<Tensor> {
+    match activation {
+        Activation::Gelu if differentiable => xs.gelu_erf(),
+        Activation::Gelu => cpu_kernels::gelu_erf(xs),
+        Activation::GeluTanh => xs.gelu(),
+        Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+        Activation::Relu => xs.relu(),
+        Activation::Silu => xs.silu(),
+    }
+}
+
+/// One pre-norm transformer block: `x + attn(ln(x))`, then `x + mlp(ln(x))`, each branch
+/// scaled by its layer scale when the variant has one.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    layernorm_before: LayerNorm,
+    attention: SelfAttention,
+    layernorm_after: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Layer {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let norm = |name: &str| {
+            LayerNorm::load(vb.pp(name), h, cfg.layer_norm_eps, options.differentiable)
+        };
+        let scale = |name: &str| match cfg.variant.layer_scale {
+            true => vb.pp(name).get(h, "lambda1").map(Some),
+            false => Ok(None),
+        };
+        let (attention_scale, mlp_scale) = (scale("layer_scale1")?, scale("layer_scale2")?);
+        Ok(Self {
+            layernorm_before: norm("layernorm_before")?,
+            attention: SelfAttention::new(
+                vb.pp("attention"),
+                cfg,
+                attention_scale.as_ref(),
+                options,
+            )?,
+            layernorm_after: norm("layernorm_after")?,
+            mlp: Mlp::new(vb.clone(), cfg, mlp_scale.as_ref(), options)?,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = self
+            .attention
+            .forward(&self.layernorm_before.forward(xs)?, Some(xs))?;
+        self.mlp
+            .forward(&self.layernorm_after.forward(&xs)?, Some(&xs))
+    }
+}
+
+/// The backbone: embeddings, optional pre-norm, blocks, final layer norm.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    embeddings: Embeddings,
+    pre_layernorm: Option<LayerNorm>,
+    layers: Vec<Layer>,
+    layernorm: Option<LayerNorm>,
+}
+
+impl Encoder {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
+        let norm = |name: &str, present: bool| match present {
+            true => LayerNorm::load(
+                vb.pp(name),
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                options.differentiable,
+            )
+            .map(Some),
+            false => Ok(None),
+        };
+        let embeddings = Embeddings::new(vb.pp("embeddings"), cfg, options)?;
+        let pre_layernorm = norm("pre_layernorm", cfg.variant.norm_pre)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::new(vb.pp("encoder").pp("layer").pp(i), cfg, options))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings,
+            pre_layernorm,
+            layers,
+            layernorm: norm("layernorm", cfg.variant.final_norm)?,
+        })
+    }
+
+    /// `(batch, channels, height, width)` to the tokens `(batch, prefix + patches, hidden)`
+    /// after the final norm.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let mut xs = self.embeddings.forward(pixel_values)?;
+        if let Some(norm) = &self.pre_layernorm {
+            xs = norm.forward(&xs)?;
+        }
+        for layer in &self.layers {
+            xs = layer.forward(&xs)?;
+        }
+        match &self.layernorm {
+            Some(norm) => norm.forward(&xs),
+            None => Ok(xs),
+        }
+    }
+}
+
+/// The embedding [`VisionTransformer::embed`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingKind {
+    /// The model's own pooled embedding (what its head reads).
+    Auto,
+    /// The class token after the final norm.
+    Class,
+    /// The mean of the patch tokens after the final norm.
+    Mean,
+    /// Every token after the final norm, `(batch, tokens, hidden)`.
+    Tokens,
+}
+
+/// The classification head of a [`Head`].
+#[derive(Debug, Clone)]
+enum Classifier {
+    None,
+    Linear(Linear),
+    Distilled { class: Linear, distillation: Linear },
+}
+
+/// A ViT-family model: the encoder, its pooling and its head.
+#[derive(Debug, Clone)]
+pub struct VisionTransformer {
+    encoder: Encoder,
+    pool_layernorm: Option<LayerNorm>,
+    classifier: Classifier,
+    pooling: Pooling,
+    /// Tokens before the patches (class, distillation, registers).
+    prefix_tokens: usize,
+    dtype: DType,
+}
+
+impl VisionTransformer {
+    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
+        let variant = &cfg.variant;
+        let (h, labels) = (cfg.hidden_size, cfg.num_labels());
+        let linear = |name: &str, width: usize| {
+            Linear::load(
+                vb.pp(name),
+                width,
+                labels,
+                options.differentiable,
+                options.isa,
+            )
+        };
+        let classifier = match variant.head {
+            Head::None => Classifier::None,
+            Head::Linear => Classifier::Linear(linear("classifier", variant.pooled_width(h))?),
+            Head::Distilled => Classifier::Distilled {
+                class: linear("classifier", h)?,
+                distillation: linear("distillation_classifier", h)?,
+            },
+        };
+        let pool_layernorm = match variant.pool_norm {
+            true => Some(LayerNorm::load(
+                vb.pp("vit").pp("pool_layernorm"),
+                variant.pooled_width(h),
+                cfg.layer_norm_eps,
+                options.differentiable,
+            )?),
+            false => None,
+        };
+        Ok(Self {
+            encoder: Encoder::new(vb.pp("vit"), cfg, options)?,
+            pool_layernorm,
+            classifier,
+            pooling: variant.pooling,
+            prefix_tokens: variant.prefix_tokens(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// Every token after the final norm, `(batch, tokens, hidden)`.
+    pub fn tokens(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.encoder.forward(&pixel_values.to_dtype(self.dtype)?)
+    }
+
+    /// The embedding `kind` of `tokens`: `(batch, width)`, or every token for
+    /// [`EmbeddingKind::Tokens`].
+    pub fn pool(&self, tokens: &Tensor, kind: EmbeddingKind) -> Result<Tensor> {
+        let class = || tokens.narrow(1, 0, 1)?.squeeze(1);
+        let mean = || {
+            let patches = tokens.dim(1)? - self.prefix_tokens;
+            tokens.narrow(1, self.prefix_tokens, patches)?.mean(1)
+        };
+        match kind {
+            EmbeddingKind::Tokens => Ok(tokens.clone()),
+            EmbeddingKind::Class => class(),
+            EmbeddingKind::Mean => mean(),
+            EmbeddingKind::Auto => {
+                let pooled = match self.pooling {
+                    Pooling::Class => class()?,
+                    Pooling::Mean => mean()?,
+                    Pooling::ClassAndMean => Tensor::cat(&[class()?, mean()?], 1)?,
+                };
+                match &self.pool_layernorm {
+                    Some(norm) => norm.forward(&pooled),
+                    None => Ok(pooled),
+                }
+            }
+        }
+    }
+
+    /// The embedding `kind` of images, in the model's dtype.
+    pub fn embed(&self, pixel_values: &Tensor, kind: EmbeddingKind) -> Result<Tensor> {
+        on_cpu_workers(pixel_values, || {
+            self.pool(&self.tokens(pixel_values)?, kind)
+        })
+    }
+
+    /// Whether the model has a classification head.
+    pub fn has_head(&self) -> bool {
+        !matches!(self.classifier, Classifier::None)
+    }
+
+    /// Classification logits `(batch, num_labels)`, in the model's dtype.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        on_cpu_workers(pixel_values, || {
+            let tokens = self.tokens(pixel_values)?;
+            match &self.classifier {
+                Classifier::None => candle_core::bail!(
+                    "the model has no classification head (a backbone): use `vit embed`"
+                ),
+                Classifier::Linear(head) => head.forward(&self.pool(&tokens, EmbeddingKind::Auto)?),
+                Classifier::Distilled {
+                    class,
+                    distillation,
+                } => {
+                    let class_logits = class.forward(&tokens.narrow(1, 0, 1)?.squeeze(1)?)?;
+                    let distilled = distillation.forward(&tokens.narrow(1, 1, 1)?.squeeze(1)?)?;
+                    (class_logits + distilled)? / 2.0
+                }
+            }
+        })
+    }
+
+    /// The dtype the weights are held in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+impl Module for VisionTransformer {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        VisionTransformer::forward(self, xs)
+    }
+}
+
+/// Runs `forward` on one of rayon's worker threads when `input` is on the CPU: each parallel
+/// kernel inside then starts on a worker, which takes the first part itself, instead of the
+/// calling thread handing every kernel over and sleeping until it ends (a wake-up per kernel:
+/// a fifth of DeiT-Tiny's time at batch 1).
+fn on_cpu_workers<R: Send>(input: &Tensor, forward: impl FnOnce() -> R + Send) -> R {
+    match input.device().is_cpu() {
+        true => rayon::scope(|_| forward()),
+        false => forward(),
+    }
+}
+
+/// Numerically stable softmax over the last dimension, with a backward pass when `differentiable`.
+pub fn softmax_last_dim(xs: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if differentiable {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}

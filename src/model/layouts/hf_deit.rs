@@ -1,0 +1,68 @@
+//! HF `deit`: a ViT with a distillation token after the class token, both with position
+//! embeddings. `DeiTForImageClassification` has a head on the class token,
+//! `DeiTForImageClassificationWithTeacher` the mean of that and a head on the distillation
+//! token, `DeiTModel` none.
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::{architecture, hf_vit};
+use crate::model::config::{generic_labels, Head, ViTConfig};
+
+/// The architecture of an HF DeiT `config.json` (DeiT's keys and defaults are ViT's).
+pub fn config(json: &Value) -> Result<ViTConfig> {
+    let mut config = ViTConfig::from_value(json)?;
+    config.variant.distillation_token = true;
+    config.variant.head = match architecture(json) {
+        Some("DeiTModel") => Head::None,
+        Some("DeiTForImageClassificationWithTeacher") => Head::Distilled,
+        _ => Head::Linear,
+    };
+    match config.variant.head {
+        Head::None => config.id2label = Vec::new(),
+        _ if config.id2label.is_empty() => config.id2label = generic_labels(2),
+        _ => {}
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// `deit.X` is the canonical `vit.X` (bare `DeiTModel` names as HF ViT's), the teacher
+/// model's `cls_classifier` the canonical `classifier`.
+pub fn canonical_name(stored: &str) -> Option<String> {
+    if let Some(rest) = stored.strip_prefix("deit.") {
+        return Some(hf_vit::canonical_name(rest).unwrap_or_else(|| format!("vit.{rest}")));
+    }
+    if let Some(rest) = stored.strip_prefix("cls_classifier.") {
+        return Some(format!("classifier.{rest}"));
+    }
+    hf_vit::canonical_name(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deit_names_and_heads() {
+        assert_eq!(
+            canonical_name("deit.embeddings.distillation_token").as_deref(),
+            Some("vit.embeddings.distillation_token")
+        );
+        assert_eq!(
+            canonical_name("deit.encoder.layer.0.attention.attention.query.weight").as_deref(),
+            Some("vit.encoder.layer.0.attention.attention.query.weight")
+        );
+        assert_eq!(
+            canonical_name("cls_classifier.weight").as_deref(),
+            Some("classifier.weight")
+        );
+        assert_eq!(canonical_name("distillation_classifier.bias"), None);
+        let teacher = serde_json::json!({"model_type": "deit", "num_labels": 3,
+            "architectures": ["DeiTForImageClassificationWithTeacher"]});
+        let parsed = super::config(&teacher).unwrap();
+        assert_eq!(parsed.variant.head, Head::Distilled);
+        assert_eq!(parsed.variant.prefix_tokens(), 2);
+        assert_eq!(parsed.num_positions(), 14 * 14 + 2);
+    }
+}

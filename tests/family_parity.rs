@@ -1,0 +1,80 @@
+//! Parity with HF transformers across the ViT family (DeiT, DINOv2 with and without
+//! registers, ViTModel) on the golden fixtures of `tests/fixtures/generate.py --only family`:
+//! HF's logits and its class-token and mean-patch embeddings, on every CPU kernel and on the
+//! differentiable path.
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::{f32_values, fixture, max_abs_diff};
+use serde_json::Value;
+use vit::kernels::Isa;
+use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixture("family/cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn check_family(model: ModelOptions) {
+    let cases = cases();
+    assert!(cases.len() >= 8, "expected every family case");
+    let options = LoadOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+        num_heads: None,
+        model,
+    };
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let dir = fixture(case["dir"].as_str().unwrap());
+        let files = ModelFiles::local(&dir).unwrap();
+        let loaded =
+            LoadedModel::load(&files, &options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let unused: Vec<&String> = loaded
+            .unused_tensors
+            .iter()
+            .filter(|n| !n.contains("mask_token") && !n.contains("pooler"))
+            .collect();
+        assert!(unused.is_empty(), "{name}: unused {unused:?}");
+        let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+        let pixels = &io["pixel_values"];
+        let outputs = case["outputs"].as_array().unwrap();
+        for output in outputs {
+            let output = output.as_str().unwrap();
+            let ours = match output {
+                "logits" => loaded.model.forward(pixels),
+                "cls" => loaded.model.embed(pixels, EmbeddingKind::Class),
+                "mean" => loaded.model.embed(pixels, EmbeddingKind::Mean),
+                other => panic!("{name}: unknown output {other}"),
+            }
+            .unwrap_or_else(|e| panic!("{name} {output}: {e:#}"));
+            let diff = max_abs_diff(&f32_values(&ours), &f32_values(&io[output]));
+            assert!(diff < 1e-4, "{name}: max |{output} diff| {diff} vs HF");
+        }
+        assert_eq!(
+            loaded.model.has_head(),
+            outputs.iter().any(|o| o == "logits"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn family_outputs_match_hf_transformers_on_every_cpu_kernel() {
+    for isa in Isa::supported() {
+        eprintln!("checking the {} kernels", isa.name());
+        check_family(ModelOptions {
+            isa,
+            ..ModelOptions::default()
+        });
+    }
+}
+
+#[test]
+fn family_outputs_match_on_the_differentiable_path() {
+    check_family(ModelOptions {
+        differentiable: true,
+        ..ModelOptions::default()
+    });
+}
