@@ -6,7 +6,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::model::{LoadedModel, ViTConfig, VisionTransformer};
+use crate::inputs::Input;
+use crate::model::{EmbeddingKind, LoadedModel, ViTConfig, VisionTransformer};
 use crate::preprocess::{load_rgb, PixelValues, PreprocessConfig};
 
 /// One ranked class.
@@ -66,7 +67,7 @@ pub fn top_k(scores: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
         .collect()
 }
 
-/// A loaded model with its preprocessing, on a device.
+/// A loaded model with its preprocessing, on a device: classifies and embeds images.
 pub struct Classifier {
     pub model: VisionTransformer,
     pub config: ViTConfig,
@@ -115,6 +116,18 @@ impl Classifier {
         paths.par_iter().map(|p| self.pixel_values(p)).collect()
     }
 
+    /// Decodes and preprocesses a part of a work list in parallel: for each input, in order,
+    /// its pixel values or why it has none.
+    pub fn prepare(&self, inputs: &[Input]) -> Vec<Result<PixelValues>> {
+        inputs
+            .par_iter()
+            .map(|input| match input {
+                Input::Image(path) => self.pixel_values(path),
+                Input::Invalid(_, reason) => Err(anyhow::anyhow!("{reason}")),
+            })
+            .collect()
+    }
+
     /// Stacks preprocessed images into a `(batch, 3, h, w)` tensor on the model's device.
     pub fn batch_tensor(&self, images: &[&PixelValues]) -> Result<Tensor> {
         let first = images.first().context("empty batch")?;
@@ -147,6 +160,26 @@ impl Classifier {
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?
             .to_vec2::<f32>()?)
+    }
+}
+
+impl Classifier {
+    /// The embeddings `kind` of a batch as f32 values in row order, with their shape:
+    /// `(batch, width)`, or `(batch, tokens, hidden)` for [`EmbeddingKind::Tokens`].
+    pub fn embeddings(
+        &self,
+        images: &[&PixelValues],
+        kind: EmbeddingKind,
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
+        let pixel_values = self.batch_tensor(images)?;
+        let embeddings = self
+            .model
+            .embed(&pixel_values, kind)
+            .context("forward pass failed")?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        let shape = embeddings.dims().to_vec();
+        Ok((embeddings.flatten_all()?.to_vec1::<f32>()?, shape))
     }
 }
 

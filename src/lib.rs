@@ -30,6 +30,7 @@ pub mod bench;
 pub mod classifier;
 pub mod convert;
 pub mod device;
+pub mod embeddings;
 pub mod hub;
 pub mod inputs;
 pub mod kernels;

@@ -1,23 +1,20 @@
 //! `vit classify`: the top classes of images, in input order.
 
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::Write;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use vit::classifier::{top_k, Classifier, Prediction, ScoreFunction};
-use vit::inputs::{collect_inputs, Input};
+use vit::inputs::Input;
 use vit::model::AttentionKernel;
 
-use super::{ModelArgs, Outcome};
+use super::{InputArgs, ModelArgs, Outcome};
 
 #[derive(Args)]
 pub struct ClassifyArgs {
-    /// Image files or folders (searched recursively for image files, in sorted order).
-    #[arg(required = true, value_name = "IMG_OR_DIR")]
-    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    inputs: InputArgs,
     #[command(flatten)]
     model: ModelArgs,
     /// Classes to print per image (at most the number of labels).
@@ -80,7 +77,7 @@ fn plan(args: &ClassifyArgs) -> Result<Plan> {
         bail!("--top-k must be at least 1");
     }
     Ok(Plan {
-        inputs: collect_inputs(&args.inputs),
+        inputs: args.inputs.collect()?,
         top_k: args.top_k,
         batch_size: args.batch_size,
         format: args.format,
@@ -90,6 +87,12 @@ fn plan(args: &ClassifyArgs) -> Result<Plan> {
 pub fn run(args: ClassifyArgs) -> Result<Outcome> {
     let plan = plan(&args)?;
     let ready = args.model.load(AttentionKernel::Standard)?;
+    if !ready.loaded.model.has_head() {
+        bail!(
+            "{}: the model has no classification head (a backbone): use `vit embed`",
+            args.model.model
+        );
+    }
     let classifier = Classifier::new(ready.loaded, ready.device, args.image_size)?;
     let num_labels = classifier.config.num_labels();
     let function = match args.function {
@@ -100,15 +103,13 @@ pub fn run(args: ClassifyArgs) -> Result<Outcome> {
     };
     let top_k = plan.top_k.min(num_labels);
 
-    let progress = progress_bar(plan.inputs.len());
+    let progress = super::progress_bar(plan.inputs.len());
     let mut report = Report::new(plan.format)?;
     let mut failures = 0usize;
     for chunk in plan.inputs.chunks(plan.batch_size) {
         let records = classify_chunk(&classifier, chunk, function, top_k);
         for (input, record) in chunk.iter().zip(records) {
-            let path = match input {
-                Input::Image(path) | Input::Invalid(path, _) => path,
-            };
+            let path = input.path();
             if let Record::Error(message) = &record {
                 failures += 1;
                 progress.suspend(|| eprintln!("vit: {}: {message}", path.display()));
@@ -133,28 +134,17 @@ fn classify_chunk(
     function: ScoreFunction,
     k: usize,
 ) -> Vec<Record> {
-    let paths: Vec<PathBuf> = chunk
-        .iter()
-        .filter_map(|input| match input {
-            Input::Image(path) => Some(path.clone()),
-            Input::Invalid(..) => None,
-        })
-        .collect();
-    let mut decoded = classifier.pixel_values_many(&paths).into_iter();
     let mut records: Vec<Record> = Vec::with_capacity(chunk.len());
     let mut ready = Vec::new();
     let mut slots = Vec::new();
-    for input in chunk {
-        match input {
-            Input::Invalid(_, reason) => records.push(Record::Error(reason.clone())),
-            Input::Image(_) => match decoded.next().expect("one result per image path") {
-                Ok(pixels) => {
-                    slots.push(records.len());
-                    ready.push(pixels);
-                    records.push(Record::Predictions(Vec::new()));
-                }
-                Err(err) => records.push(Record::Error(super::one_line(&err))),
-            },
+    for prepared in classifier.prepare(chunk) {
+        match prepared {
+            Ok(pixels) => {
+                slots.push(records.len());
+                ready.push(pixels);
+                records.push(Record::Predictions(Vec::new()));
+            }
+            Err(err) => records.push(Record::Error(super::one_line(&err))),
         }
     }
     if ready.is_empty() {
@@ -176,19 +166,6 @@ fn classify_chunk(
         }
     }
     records
-}
-
-/// A progress bar on stderr, only for a terminal and more than a few images.
-fn progress_bar(total: usize) -> ProgressBar {
-    if total < 16 || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
-            .expect("valid progress template"),
-    );
-    bar
 }
 
 /// Writes records to stdout in the chosen format.
@@ -235,10 +212,10 @@ impl Report {
                         writeln!(
                             out,
                             "{},{},{},{},{:.6}",
-                            csv_field(file),
+                            super::csv_field(file),
                             rank + 1,
                             p.index,
-                            csv_field(&p.label),
+                            super::csv_field(&p.label),
                             p.score
                         )?;
                     }
@@ -263,26 +240,5 @@ impl Report {
         }
         self.out.flush()?;
         Ok(())
-    }
-}
-
-/// Quotes a CSV field when it holds a comma, quote or newline (RFC 4180).
-fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        assert_eq!(csv_field("tabby, tabby cat"), "\"tabby, tabby cat\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("plain"), "plain");
     }
 }

@@ -4,17 +4,20 @@
 mod bench;
 mod classify;
 mod convert;
+mod embed;
 mod finetune;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::{ModelSpec, DEFAULT_MODEL};
+use vit::inputs::{collect_inputs, read_file_list, Input, Shard};
 use vit::model::{AttentionKernel, LoadOptions, LoadedModel, ModelOptions};
 
-/// Run, measure, convert and fine-tune Vision Transformers (HF `ViTForImageClassification`
+/// Run, measure, convert and fine-tune Vision Transformers (HF ViT, DeiT and DINOv2
 /// checkpoints) on Candle, without Python.
 #[derive(Parser)]
 #[command(name = "vit", version, propagate_version = true, max_term_width = 100)]
@@ -32,6 +35,8 @@ struct Cli {
 enum Command {
     /// Print the top classes of images (files or folders).
     Classify(classify::ClassifyArgs),
+    /// Write image embeddings (class token, mean of patches, or every token).
+    Embed(embed::EmbedArgs),
     /// Measure throughput and latency of a model or preset.
     Bench(bench::BenchArgs),
     /// Convert PyTorch or timm checkpoints into an HF-format safetensors model folder.
@@ -69,6 +74,37 @@ pub struct ModelArgs {
     pub num_heads: Option<usize>,
 }
 
+/// The images a subcommand processes.
+#[derive(Args, Debug, Clone)]
+pub struct InputArgs {
+    /// Image files or folders (searched recursively for image files, in sorted order).
+    #[arg(value_name = "IMG_OR_DIR", required_unless_present = "files_from")]
+    pub inputs: Vec<PathBuf>,
+    /// Also take the files or folders listed in FILE, one a line (`-`: stdin), after the
+    /// arguments.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+    /// Process only shard I of N (I from 0): every N-th input of the sorted list, from the
+    /// I-th, so that N processes split a collection with no overlap.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+}
+
+impl InputArgs {
+    /// The work list: the arguments, then the listed paths, then this shard of them.
+    pub fn collect(&self) -> Result<Vec<Input>> {
+        let mut paths = self.inputs.clone();
+        if let Some(list) = &self.files_from {
+            paths.extend(read_file_list(list)?);
+        }
+        let inputs = collect_inputs(&paths);
+        Ok(match self.shard {
+            Some(shard) => shard.select(inputs),
+            None => inputs,
+        })
+    }
+}
+
 /// A model loaded for a subcommand, with the device it runs on.
 pub struct ReadyModel {
     pub loaded: LoadedModel,
@@ -103,14 +139,43 @@ impl ModelArgs {
                 files.weights.display()
             );
         }
+        let head = match loaded.config.num_labels() {
+            0 => "no head".to_string(),
+            n => format!("{n} labels"),
+        };
         eprintln!(
-            "vit: model {} ({} labels) on {} {}",
+            "vit: model {} ({}, {head}) on {} {}",
             spec.describe(),
-            loaded.config.num_labels(),
+            loaded.layout.name(),
             device_name(&device),
             dtype.as_str()
         );
         Ok(ReadyModel { loaded, device })
+    }
+}
+
+/// A progress bar on stderr, only for a terminal and more than a few images.
+pub fn progress_bar(total: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if total < 16 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}",
+        )
+        .expect("valid progress template"),
+    );
+    bar
+}
+
+/// Quotes a CSV field when it holds a comma, quote or newline (RFC 4180).
+pub fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
     }
 }
 
@@ -135,6 +200,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),
+        Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Finetune(args) => finetune::run(args),
@@ -146,5 +212,17 @@ pub fn main() -> ExitCode {
             eprintln!("vit: {}", one_line(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("tabby, tabby cat"), "\"tabby, tabby cat\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
     }
 }

@@ -41,6 +41,8 @@ pub struct LoadedModel {
     pub preprocess: PreprocessConfig,
     /// Tensors in the checkpoint that the model does not use.
     pub unused_tensors: Vec<String>,
+    /// The checkpoint layout it was read from.
+    pub layout: Layout,
 }
 
 impl LoadedModel {
@@ -88,6 +90,7 @@ impl LoadedModel {
             config,
             preprocess,
             unused_tensors,
+            layout,
         })
     }
 }
