@@ -4,8 +4,9 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::model::config::generic_labels;
+use crate::model::config::MlpKind;
 use crate::model::weights::{expected_tensors, StateDict};
-use crate::model::{Activation, ViTConfig, VisionTransformer};
+use crate::model::{Activation, Head, ViTConfig, VisionTransformer};
 
 /// Width, depth, heads and MLP size of the standard ViT sizes.
 const SIZES: [(&str, usize, usize, usize, usize); 5] = [
@@ -119,14 +120,25 @@ pub fn forward_flops(config: &ViTConfig, size: usize) -> u64 {
         config.patch_size as u64,
         config.num_channels as u64,
     );
+    let variant = &config.variant;
     let patches = (size as u64 / p).pow(2);
-    let tokens = patches + 1;
+    let tokens = patches + variant.prefix_tokens() as u64;
     let embed = 2 * patches * c * p * p * h;
+    let mlp_input = match variant.mlp {
+        MlpKind::Standard => i,
+        MlpKind::SwiGlu => 2 * i,
+    };
     let per_layer = 2 * tokens * h * 3 * h // fused q, k, v
         + 2 * 2 * tokens * tokens * h // scores and context
         + 2 * tokens * h * h // attention output
-        + 2 * 2 * tokens * h * i; // MLP
-    let head = 2 * h * config.num_labels() as u64;
+        + 2 * tokens * h * (mlp_input + i); // MLP
+    let heads = match variant.head {
+        Head::None => 0,
+        Head::Linear => 1,
+        Head::Distilled => 2,
+    };
+    let head =
+        2 * heads * variant.pooled_width(config.hidden_size) as u64 * config.num_labels() as u64;
     embed + config.num_hidden_layers as u64 * per_layer + head
 }
 
@@ -258,7 +270,7 @@ pub fn compare_kernels(
 ) -> Result<KernelAgreement> {
     let logits = |model: &VisionTransformer| -> Result<Vec<f32>> {
         Ok(model
-            .forward(input)?
+            .output(input)?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?)

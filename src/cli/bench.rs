@@ -216,6 +216,9 @@ struct Built {
     config: ViTConfig,
     preprocess: PreprocessConfig,
     name: String,
+    /// The square input its preprocessing gives (DINOv2 stores positions for 518 pixels
+    /// and is fed 224), else the config's image size.
+    input_size: usize,
     load_seconds: f64,
 }
 
@@ -231,22 +234,34 @@ fn build(plan: &Plan, dtype: DType, kernel: AttentionKernel) -> Result<Built> {
         },
     };
     let start = Instant::now();
-    let (model, config, preprocess, name) = match &plan.source {
+    let (model, config, preprocess, name, input_size) = match &plan.source {
         Source::Preset(name) => {
             let config = preset_config(name)?;
             let weights = random_state_dict(&config, 0)?;
             let model = model::build(weights, &config, &options)?;
-            (model, config, PreprocessConfig::default(), name.clone())
+            let size = config.image_size;
+            (
+                model,
+                config,
+                PreprocessConfig::default(),
+                name.clone(),
+                size,
+            )
         }
         Source::Model(spec) => {
             let files = spec.fetch()?;
             let loaded = LoadedModel::load(&files, &options)
                 .with_context(|| format!("cannot load model {}", spec.describe()))?;
+            let size = match (&files.preprocessor, loaded.preprocess.output_size(640, 480)) {
+                (Some(_), (height, width)) if height == width => height as usize,
+                _ => loaded.config.image_size,
+            };
             (
                 loaded.model,
                 loaded.config,
                 loaded.preprocess,
                 spec.describe(),
+                size,
             )
         }
     };
@@ -255,6 +270,7 @@ fn build(plan: &Plan, dtype: DType, kernel: AttentionKernel) -> Result<Built> {
         config,
         preprocess,
         name,
+        input_size,
         load_seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -307,7 +323,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         };
         for &kernel in &plan.kernels {
             let built = build(&plan, dtype, kernel)?;
-            let size = plan.image_size.unwrap_or(built.config.image_size);
+            let size = plan.image_size.unwrap_or(built.input_size);
             if let Some(reference) = reference
                 .as_ref()
                 .filter(|_| kernel != AttentionKernel::Standard)
@@ -395,7 +411,7 @@ fn time_forward(
     progress.set_message(format!("{} batch {batch}", dtype.as_str()));
     let input = random_input(batch, size, &plan.device)?.to_dtype(dtype)?;
     let samples = time_loop(plan, || {
-        built.model.forward(&input)?;
+        built.model.output(&input)?;
         Ok(())
     })?;
     Ok(make_row(
@@ -442,7 +458,7 @@ fn time_end_to_end(
         let preprocessed_at = Instant::now();
         built
             .model
-            .forward(&input)?
+            .output(&input)?
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?;
         stage_seconds[0] += (decoded_at - start).as_secs_f64();

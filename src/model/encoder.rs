@@ -584,6 +584,15 @@ impl VisionTransformer {
         })
     }
 
+    /// What the model computes: logits for a classifier, its own embedding
+    /// ([`EmbeddingKind::Auto`]) for a backbone.
+    pub fn output(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        match self.has_head() {
+            true => self.forward(pixel_values),
+            false => self.embed(pixel_values, EmbeddingKind::Auto),
+        }
+    }
+
     /// The dtype the weights are held in.
     pub fn dtype(&self) -> DType {
         self.dtype
