@@ -794,7 +794,7 @@ fn write_config(
         }
         (ConfigSource::Copied(path), None) => copy_file(&path, &target),
         (ConfigSource::Inferred(how), _) => {
-            let mut json = config.to_hf_json(None);
+            let mut json = config.to_hf_json(None)?;
             if let Some(name) = dtype_name {
                 json["dtype"] = Value::from(name);
             }

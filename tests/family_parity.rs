@@ -78,3 +78,73 @@ fn family_outputs_match_on_the_differentiable_path() {
         ..ModelOptions::default()
     });
 }
+
+/// Tensor names stored in a safetensors file.
+fn stored_names(path: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    metadata.tensors().into_keys().collect()
+}
+
+#[test]
+fn family_models_are_written_back_in_their_own_hf_layout() {
+    use vit::model::save::write_model_folder;
+    use vit::model::weights::{expected_tensors, read_weights_as};
+    use vit::model::Layout;
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        let dir = fixture(case["dir"].as_str().unwrap());
+        let config_json: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let layout = Layout::of_config(&config_json).unwrap();
+        let config = layout.config(&config_json).unwrap();
+        let mut weights = read_weights_as(&dir.join("model.safetensors"), layout).unwrap();
+        let kept: std::collections::HashSet<String> = expected_tensors(&config)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        weights.retain(|n, _| kept.contains(n));
+        let out = tempfile::tempdir().unwrap();
+        let preprocess = vit::preprocess::PreprocessConfig::default();
+        write_model_folder(
+            out.path(),
+            &config,
+            Some(&config_json),
+            &weights,
+            &preprocess,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let mut original = stored_names(&dir.join("model.safetensors"));
+        original.retain(|n| !n.contains("mask_token") && !n.contains("pooler"));
+        assert_eq!(
+            stored_names(&out.path().join("model.safetensors")),
+            original,
+            "{name}: tensor names as HF's save_pretrained writes them"
+        );
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+                .unwrap();
+        for key in [
+            "model_type",
+            "architectures",
+            "hidden_size",
+            "intermediate_size",
+        ] {
+            if config_json.get(key).is_some() {
+                assert_eq!(written[key], config_json[key], "{name}: {key}");
+            }
+        }
+        let reloaded = LoadedModel::load(
+            &ModelFiles::local(out.path()).unwrap(),
+            &LoadOptions {
+                device: Device::Cpu,
+                dtype: DType::F32,
+                num_heads: None,
+                model: ModelOptions::default(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(reloaded.config, config, "{name}");
+    }
+}

@@ -409,3 +409,55 @@ fn bad_requests_fail_cleanly_without_touching_earlier_outputs() {
         b"keep me"
     );
 }
+
+/// DeiT and DINOv2 (fixtures of HF's own layouts) train through autograd, whole or with a
+/// frozen backbone, and come out as the HF classifier of their family.
+#[test]
+fn deit_and_dinov2_train_and_are_saved_as_their_hf_classifiers() {
+    let setup = Setup::new(8, 3, &["a"]);
+    for (fixture_name, freeze, architecture) in [
+        (
+            "family/dinov2_reg_model_p8_s40_at32x48",
+            true,
+            "Dinov2WithRegistersForImageClassification",
+        ),
+        (
+            "family/dinov2_cls_swiglu_p8_s32",
+            false,
+            "Dinov2ForImageClassification",
+        ),
+        (
+            "family/deit_teacher_p8_s32_interp48",
+            false,
+            "DeiTForImageClassification",
+        ),
+    ] {
+        let model = common::fixture(fixture_name).display().to_string();
+        let out = format!("out-{}", architecture.to_lowercase());
+        let mut args = setup.args(&out, &["--epochs", "3", "--image-size", "32"]);
+        args[4] = model;
+        if freeze {
+            args.push("--freeze-backbone".into());
+        }
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(0), "{fixture_name}: {}", stderr(&output));
+        let lines = metrics(&setup.path(&out));
+        let loss = |i: usize| lines[i]["train_loss"].as_f64().unwrap();
+        assert!(loss(2) < loss(0), "{fixture_name}: loss {} -> {}", loss(0), loss(2));
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(setup.path(&out).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["architectures"][0], architecture, "{fixture_name}");
+        assert_eq!(config["id2label"]["2"], "stripes");
+        let classified = vit(&[
+            "classify",
+            "-m",
+            &setup.arg(&out),
+            "-f",
+            "jsonl",
+            &setup.arg("data/val/disk/000.png"),
+        ]);
+        assert_eq!(classified.status.code(), Some(0), "{}", stderr(&classified));
+    }
+}

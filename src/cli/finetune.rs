@@ -8,8 +8,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::ModelSpec;
-use vit::model::weights::{check_state_dict, infer_config, read_weights};
-use vit::model::ViTConfig;
+use vit::model::weights::{check_state_dict, infer_config, read_weights_as};
+use vit::model::{Layout, ViTConfig};
 use vit::preprocess::PreprocessConfig;
 use vit::train::checkpoint::{self, OUTPUTS};
 use vit::train::data::{readable, ImageFolder, Unreadable, ValSource};
@@ -49,7 +49,11 @@ const RUN_OPTIONS: [&str; 18] = [
 model folder: config.json, model.safetensors, preprocessor_config.json), metrics.jsonl (one \
 line per epoch) and metrics.png; OUT_DIR/last/ holds the latest checkpoint with the trainer \
 state, for --resume. Runs are reproducible on the CPU: the same seed and thread count \
-(RAYON_NUM_THREADS) give the same weights, resumed or not."
+(RAYON_NUM_THREADS) give the same weights, resumed or not.\n\
+Plain ViTs train on the CPU engine's hand-written backward pass; DeiT and DINOv2 train through \
+candle's autograd (slower; with --freeze-backbone only the head's backward runs). A backbone \
+gets its HF classifier's head (DINOv2: class token and mean of the patches); DeiT's teacher \
+model becomes DeiTForImageClassification."
 )]
 pub struct FinetuneArgs {
     /// Images in class folders: DIR/<class>/<image>, or DIR/train/<class>/<image> with
@@ -328,20 +332,28 @@ fn start_new(
     let (config, base_config, preprocess, weights) = match &source {
         Source::Model { spec, num_heads } => {
             let files = spec.fetch()?;
-            let weights = read_weights(&files.weights)?;
-            let (config, base_config) = match &files.config {
+            let base_config: Option<serde_json::Value> = match &files.config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
                         .with_context(|| format!("{}: cannot read", path.display()))?;
-                    let value = serde_json::from_str(&text)
-                        .with_context(|| format!("{}: invalid JSON", path.display()))?;
-                    (ViTConfig::from_file(path)?, Some(value))
+                    Some(
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("{}: invalid JSON", path.display()))?,
+                    )
                 }
-                None => (
-                    infer_config(&weights, *num_heads)
-                        .with_context(|| format!("{}", files.weights.display()))?,
-                    None,
-                ),
+                None => None,
+            };
+            let layout = match &base_config {
+                Some(json) => Layout::of_config(json)?,
+                None => Layout::HfVit,
+            };
+            let weights = read_weights_as(&files.weights, layout)?;
+            let config = match (&base_config, &files.config) {
+                (Some(json), Some(path)) => layout
+                    .config(json)
+                    .with_context(|| format!("{}", path.display()))?,
+                _ => infer_config(&weights, *num_heads)
+                    .with_context(|| format!("{}", files.weights.display()))?,
             };
             let unused = check_state_dict(&weights, &config)
                 .with_context(|| format!("{}", files.weights.display()))?;
@@ -355,7 +367,17 @@ fn start_new(
                 Some(path) => PreprocessConfig::from_file(path)?,
                 None => PreprocessConfig::default(),
             };
-            let size = checked_size(image_size, &config)?;
+            // The model's preprocessing gives its input size (DINOv2 stores positions for
+            // 518 pixels and is fed 224), else its config.
+            let size = match (
+                image_size,
+                &files.preprocessor,
+                preprocess.output_size(640, 480),
+            ) {
+                (None, Some(_), (height, width)) if height == width => Some(height as usize),
+                _ => image_size,
+            };
+            let size = checked_size(size, &config)?;
             let (adapted, weights, head) =
                 adapt_base(weights, &config, &data.classes, size, settings.seed)
                     .with_context(|| format!("{}", files.weights.display()))?;

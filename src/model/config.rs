@@ -410,49 +410,44 @@ impl ViTConfig {
         self.variant.head != Head::None
     }
 
-    /// The HF `config.json` for this architecture, on top of `base` (an existing config whose
+    /// The HF `config.json` for this architecture in its layout
+    /// ([`super::layouts::Layout::of_variant`]), on top of `base` (an existing config whose
     /// other keys are kept) or a fresh one.
-    pub fn to_hf_json(&self, base: Option<&Value>) -> Value {
-        let mut map = match base {
-            Some(Value::Object(map)) => map.clone(),
-            _ => Map::new(),
-        };
-        let id2label: Map<String, Value> = self
-            .id2label
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i.to_string(), Value::from(l.as_str())))
-            .collect();
-        let label2id: Map<String, Value> = self
-            .id2label
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.clone(), Value::from(i)))
-            .collect();
-        let entries = [
-            (
-                "architectures",
-                serde_json::json!(["ViTForImageClassification"]),
-            ),
-            ("model_type", Value::from("vit")),
+    pub fn to_hf_json(&self, base: Option<&Value>) -> Result<Value> {
+        let layout = super::layouts::Layout::of_variant(&self.variant)?;
+        Ok(layout.hf_config(self, base))
+    }
+
+    /// The keys every HF layout of the family writes the same way (labels only with a head).
+    pub(crate) fn common_hf_entries(&self) -> Vec<(&'static str, Value)> {
+        let mut entries = vec![
             ("hidden_size", Value::from(self.hidden_size)),
             ("num_hidden_layers", Value::from(self.num_hidden_layers)),
             ("num_attention_heads", Value::from(self.num_attention_heads)),
-            ("intermediate_size", Value::from(self.intermediate_size)),
             ("hidden_act", Value::from(self.hidden_act.hf_name())),
             ("layer_norm_eps", Value::from(self.layer_norm_eps)),
             ("image_size", Value::from(self.image_size)),
             ("patch_size", Value::from(self.patch_size)),
             ("num_channels", Value::from(self.num_channels)),
             ("qkv_bias", Value::from(self.qkv_bias)),
-            ("id2label", Value::Object(id2label)),
-            ("label2id", Value::Object(label2id)),
         ];
-        for (key, value) in entries {
-            map.insert(key.to_string(), value);
+        if self.has_head() {
+            let id2label: Map<String, Value> = self
+                .id2label
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), Value::from(l.as_str())))
+                .collect();
+            let label2id: Map<String, Value> = self
+                .id2label
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), Value::from(i)))
+                .collect();
+            entries.push(("id2label", Value::Object(id2label)));
+            entries.push(("label2id", Value::Object(label2id)));
         }
-        map.remove("num_labels");
-        Value::Object(map)
+        entries
     }
 }
 
@@ -523,7 +518,7 @@ mod tests {
                 "qkv_bias": false, "num_labels": 5, "layer_norm_eps": 1e-6}"#,
         )
         .unwrap();
-        let json = config.to_hf_json(None).to_string();
+        let json = config.to_hf_json(None).unwrap().to_string();
         assert_eq!(ViTConfig::from_json(&json).unwrap(), config);
     }
 }

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use serde_json::Value;
 
 use super::config::ViTConfig;
+use super::layouts::Layout;
 use crate::preprocess::PreprocessConfig;
 
 /// Writes tensors as safetensors with HF's `{"format": "pt"}` metadata, in name order.
@@ -22,8 +23,9 @@ pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
         .with_context(|| format!("{}: cannot write safetensors", path.display()))
 }
 
-/// Writes a complete HF model folder into `dir` (an existing, usually staged, folder).
-/// `base_config` keeps the other keys of a source `config.json`.
+/// Writes a complete HF model folder into `dir` (an existing, usually staged, folder), in the
+/// HF layout of the config's variant: `tensors` by canonical name are stored under that
+/// layout's names. `base_config` keeps the other keys of a source `config.json`.
 pub fn write_model_folder(
     dir: &Path,
     config: &ViTConfig,
@@ -31,13 +33,28 @@ pub fn write_model_folder(
     tensors: &HashMap<String, Tensor>,
     preprocess: &PreprocessConfig,
 ) -> Result<()> {
-    save_safetensors(&dir.join("model.safetensors"), tensors)?;
-    write_json(&dir.join("config.json"), &config.to_hf_json(base_config))?;
+    save_safetensors(
+        &dir.join("model.safetensors"),
+        &stored_tensors(config, tensors)?,
+    )?;
+    write_json(&dir.join("config.json"), &config.to_hf_json(base_config)?)?;
     write_json(
         &dir.join("preprocessor_config.json"),
         &preprocess.to_hf_json(),
     )?;
     Ok(())
+}
+
+/// `tensors` (by canonical name) under the names the HF layout of `config` stores them.
+pub fn stored_tensors(
+    config: &ViTConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>> {
+    let layout = Layout::of_variant(&config.variant)?;
+    Ok(tensors
+        .iter()
+        .map(|(name, tensor)| (layout.stored_name(name, config), tensor.clone()))
+        .collect())
 }
 
 /// Writes pretty-printed JSON with a final newline.

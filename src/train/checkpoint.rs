@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::atomic::write_file;
-use crate::model::save::{save_safetensors, write_model_folder};
+use crate::model::save::{save_safetensors, stored_tensors, write_model_folder};
 use crate::model::ViTConfig;
 use crate::preprocess::PreprocessConfig;
 
@@ -154,7 +154,7 @@ pub fn write_best(out: &Path, model: &ModelFolder) -> Result<()> {
     };
     write_file(
         &out.join("config.json"),
-        json(&model.config.to_hf_json(model.base_config)).as_bytes(),
+        json(&model.config.to_hf_json(model.base_config)?).as_bytes(),
     )?;
     write_file(
         &out.join("preprocessor_config.json"),
@@ -162,7 +162,7 @@ pub fn write_best(out: &Path, model: &ModelFolder) -> Result<()> {
     )?;
     let weights = out.join("model.safetensors");
     let temporary = out.join(format!(".model.safetensors.tmp-{}", std::process::id()));
-    save_safetensors(&temporary, model.tensors)?;
+    save_safetensors(&temporary, &stored_tensors(model.config, model.tensors)?)?;
     std::fs::rename(&temporary, &weights)
         .with_context(|| format!("{}: cannot move into place", weights.display()))
 }

@@ -31,9 +31,11 @@ const ROWS_PER_TASK: usize = 32;
 /// Values handled by one parallel task in the elementwise kernels.
 const VALUES_PER_TASK: usize = 16 * 1024;
 
-/// Whether [`forward_backward`] can take this step: every parameter trains, on the CPU, in f32.
+/// Whether [`forward_backward`] can take this step: a plain ViT (other members of the family
+/// train through candle's autograd), every parameter trained, on the CPU, in f32.
 pub fn applies(weights: &Weights) -> bool {
-    weights.device.is_cpu()
+    weights.config.variant.is_plain()
+        && weights.device.is_cpu()
         && weights.compute_dtype == DType::F32
         && weights.frozen.is_empty()
         && weights.config.num_channels == 3

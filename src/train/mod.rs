@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use serde_json::Value;
 
-use crate::model::weights::read_weights;
+use crate::model::weights::read_weights_as;
 use crate::model::ViTConfig;
 use crate::preprocess::{load_rgb, PreprocessConfig};
 use augment::Augment;
@@ -202,7 +202,8 @@ impl Trainer {
         )
         .with_context(|| format!("{}: invalid config.json", last.display()))?;
         let preprocess = PreprocessConfig::from_file(&last.join("preprocessor_config.json"))?;
-        let tensors = read_weights(&last.join("model.safetensors"))?;
+        let layout = crate::model::Layout::of_config(&base_config)?;
+        let tensors = read_weights_as(&last.join("model.safetensors"), layout)?;
         let settings = state.settings.clone();
         let dtype = parse_dtype(&settings.dtype)?;
         let weights = Weights::new(config, tensors, settings.freeze_backbone, dtype, device)

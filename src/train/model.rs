@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use super::rng::{Rng, Stream};
+use crate::model::config::{Head as ModelHead, Pooling, PosInterpolation};
 use crate::model::posembed::{interpolate_patch_positions, Resampling};
 use crate::model::weights::{expected_tensors, StateDict};
 use crate::model::{AttentionKernel, ModelOptions, ViTConfig, VisionTransformer};
@@ -46,9 +47,21 @@ pub fn adapt_base(
     let mut adapted = config.clone();
     adapted.id2label = classes.to_vec();
     adapted.image_size = image_size;
-    let head = if config.id2label == classes {
+    // A backbone gets the head its HF classifier has (DINOv2: on the class token and the
+    // mean of the patches); DeiT's teacher head, which HF only runs for inference, becomes a
+    // head on the class token.
+    let variant = &mut adapted.variant;
+    if variant.head == ModelHead::None && variant.layer_scale {
+        variant.pooling = Pooling::ClassAndMean;
+    }
+    variant.head = ModelHead::Linear;
+    if config.variant.head == ModelHead::Distilled {
+        weights.remove("distillation_classifier.weight");
+        weights.remove("distillation_classifier.bias");
+    }
+    let head = if config.has_head() && config.id2label == classes {
         Head::Kept
-    } else if same_set(&config.id2label, classes) {
+    } else if config.has_head() && same_set(&config.id2label, classes) {
         let rows: Vec<u32> = classes
             .iter()
             .map(|c| config.id2label.iter().position(|l| l == c).unwrap() as u32)
@@ -61,10 +74,10 @@ pub fn adapt_base(
         Head::Reordered
     } else {
         let mut rng = Rng::derive(seed, Stream::Init, &[0]);
-        let h = config.hidden_size;
+        let width = adapted.variant.pooled_width(config.hidden_size);
         weights.insert(
             "classifier.weight".into(),
-            normal_tensor(&mut rng, &[classes.len(), h], 0.02)?,
+            normal_tensor(&mut rng, &[classes.len(), width], 0.02)?,
         );
         weights.insert(
             "classifier.bias".into(),
@@ -79,12 +92,16 @@ pub fn adapt_base(
         let positions = &weights[name];
         let grid = config.grid_size();
         let new_grid = image_size / config.patch_size;
-        let class_position = positions.narrow(1, 0, 1)?;
-        let patches = positions.narrow(1, 1, grid * grid)?;
-        let resized =
-            interpolate_patch_positions(&patches, grid, (new_grid, new_grid), Resampling::Bicubic)
-                .with_context(|| format!("cannot resize {name}"))?;
-        weights.insert(name.into(), Tensor::cat(&[&class_position, &resized], 1)?);
+        let prefix = config.variant.positioned_prefix_tokens();
+        let prefix_positions = positions.narrow(1, 0, prefix)?;
+        let patches = positions.narrow(1, prefix, grid * grid)?;
+        let resampling = match config.variant.pos_interpolation {
+            PosInterpolation::Bicubic => Resampling::Bicubic,
+            PosInterpolation::BicubicAntialias => Resampling::BicubicAntialias,
+        };
+        let resized = interpolate_patch_positions(&patches, grid, (new_grid, new_grid), resampling)
+            .with_context(|| format!("cannot resize {name}"))?;
+        weights.insert(name.into(), Tensor::cat(&[&prefix_positions, &resized], 1)?);
     }
     adapted.validate()?;
     Ok((adapted, weights, head))
@@ -190,7 +207,9 @@ impl Weights {
                 .with_context(|| format!("missing tensor {name}"))?
                 .to_dtype(DType::F32)?
                 .to_device(device)?;
-            if freeze_backbone && !name.starts_with("classifier.") {
+            let head =
+                name.starts_with("classifier.") || name.starts_with("distillation_classifier.");
+            if freeze_backbone && !head {
                 frozen.insert(name, tensor.to_dtype(compute_dtype)?);
             } else {
                 trainable.push((name, Var::from_tensor(&tensor)?));

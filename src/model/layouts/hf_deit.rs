@@ -27,6 +27,33 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
     Ok(config)
 }
 
+/// `model_type`, `architectures` and the layout's own keys for `config`.
+pub fn hf_config(config: &ViTConfig) -> (&'static str, &'static str, Vec<(&'static str, Value)>) {
+    let architecture = match config.variant.head {
+        Head::None => "DeiTModel",
+        Head::Linear => "DeiTForImageClassification",
+        Head::Distilled => "DeiTForImageClassificationWithTeacher",
+    };
+    let keys = vec![("intermediate_size", Value::from(config.intermediate_size))];
+    ("deit", architecture, keys)
+}
+
+/// The stored name of a canonical one: `vit.` becomes `deit.` (bare in `DeiTModel`), the
+/// teacher model's class head is `cls_classifier`.
+pub fn stored_name(canonical: &str, config: &ViTConfig) -> String {
+    let head = config.variant.head;
+    if let Some(rest) = canonical.strip_prefix("vit.") {
+        return match head {
+            Head::None => rest.to_string(),
+            _ => format!("deit.{rest}"),
+        };
+    }
+    match (head, canonical.strip_prefix("classifier.")) {
+        (Head::Distilled, Some(rest)) => format!("cls_classifier.{rest}"),
+        _ => canonical.to_string(),
+    }
+}
+
 /// `deit.X` is the canonical `vit.X` (bare `DeiTModel` names as HF ViT's), the teacher
 /// model's `cls_classifier` the canonical `classifier`.
 pub fn canonical_name(stored: &str) -> Option<String> {

@@ -72,6 +72,77 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
     Ok(config)
 }
 
+/// `model_type`, `architectures` and the layout's own keys for `config`; `mlp_ratio` and
+/// `layerscale_value` are kept from `base` where a SwiGLU width cannot be inverted.
+pub fn hf_config(
+    config: &ViTConfig,
+    base: Option<&Value>,
+) -> (&'static str, &'static str, Vec<(&'static str, Value)>) {
+    let variant = &config.variant;
+    let registers = variant.register_tokens > 0;
+    let (model_type, architecture) = match (registers, config.has_head()) {
+        (false, false) => ("dinov2", "Dinov2Model"),
+        (false, true) => ("dinov2", "Dinov2ForImageClassification"),
+        (true, false) => ("dinov2_with_registers", "Dinov2WithRegistersModel"),
+        (true, true) => (
+            "dinov2_with_registers",
+            "Dinov2WithRegistersForImageClassification",
+        ),
+    };
+    let base_ratio = base.and_then(|b| b.get("mlp_ratio")).cloned();
+    let mlp_ratio = match (variant.mlp, base_ratio) {
+        (MlpKind::SwiGlu, Some(ratio)) => ratio,
+        (MlpKind::SwiGlu, None) => Value::from(4),
+        // transformers types `mlp_ratio` as an int.
+        (MlpKind::Standard, _) if config.intermediate_size.is_multiple_of(config.hidden_size) => {
+            Value::from(config.intermediate_size / config.hidden_size)
+        }
+        (MlpKind::Standard, _) => {
+            Value::from(config.intermediate_size as f64 / config.hidden_size as f64)
+        }
+    };
+    let mut keys = vec![
+        ("mlp_ratio", mlp_ratio),
+        (
+            "use_swiglu_ffn",
+            Value::from(variant.mlp == MlpKind::SwiGlu),
+        ),
+    ];
+    if registers {
+        keys.push(("num_register_tokens", Value::from(variant.register_tokens)));
+    }
+    (model_type, architecture, keys)
+}
+
+/// The stored name of a canonical one, as `save_pretrained` writes it.
+pub fn stored_name(canonical: &str, config: &ViTConfig) -> String {
+    let prefix = match (config.has_head(), config.variant.register_tokens > 0) {
+        (false, _) => "",
+        (true, false) => "dinov2.",
+        (true, true) => "dinov2_with_registers.",
+    };
+    let Some(rest) = canonical.strip_prefix("vit.") else {
+        return canonical.to_string();
+    };
+    let rest = match rest.strip_prefix("encoder.layer.") {
+        Some(layer_rest) => {
+            let (layer, name) = layer_rest.split_once('.').unwrap_or((layer_rest, ""));
+            let name = [
+                ("layernorm_before.", "norm1."),
+                ("layernorm_after.", "norm2."),
+                ("intermediate.dense.", "mlp.fc1."),
+                ("output.dense.", "mlp.fc2."),
+            ]
+            .iter()
+            .find_map(|(from, to)| name.strip_prefix(from).map(|p| format!("{to}{p}")))
+            .unwrap_or_else(|| name.to_string());
+            format!("encoder.layer.{layer}.{name}")
+        }
+        None => rest.to_string(),
+    };
+    format!("{prefix}{rest}")
+}
+
 /// DINOv2's module names onto the canonical ones: `norm1`/`norm2` are `layernorm_before`/
 /// `layernorm_after`, `mlp.fc1`/`fc2` the `intermediate`/`output` dense layers; the backbone
 /// is bare in `Dinov2Model` and under `dinov2.` (or `dinov2_with_registers.`) in the

@@ -20,6 +20,24 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
     Ok(config)
 }
 
+/// `model_type`, `architectures` and the layout's own keys for `config`.
+pub fn hf_config(config: &ViTConfig) -> (&'static str, &'static str, Vec<(&'static str, Value)>) {
+    let architecture = match config.has_head() {
+        true => "ViTForImageClassification",
+        false => "ViTModel",
+    };
+    let keys = vec![("intermediate_size", Value::from(config.intermediate_size))];
+    ("vit", architecture, keys)
+}
+
+/// The stored name of a canonical one: the same, bare (without `vit.`) in a `ViTModel`.
+pub fn stored_name(canonical: &str, config: &ViTConfig) -> String {
+    match (config.has_head(), canonical.strip_prefix("vit.")) {
+        (false, Some(rest)) => rest.to_string(),
+        _ => canonical.to_string(),
+    }
+}
+
 /// HF ViT's names are the canonical ones; a bare `ViTModel`'s get the `vit.` prefix, and
 /// transformers 5's module names their checkpoint names.
 pub fn canonical_name(stored: &str) -> Option<String> {

@@ -9,9 +9,9 @@ pub mod hf_dinov2;
 pub mod hf_vit;
 
 use anyhow::{bail, Result};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::config::ViTConfig;
+use super::config::{MlpKind, Variant, ViTConfig};
 
 /// A checkpoint layout that `vit` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,87 @@ impl Layout {
         renamed.unwrap_or_else(|| stored.to_string())
     }
 
+    /// The HF layout that holds `variant`: DeiT for a distillation token, DINOv2 for layer
+    /// scale, else ViT; an error for variants no HF layout of the family has.
+    pub fn of_variant(variant: &Variant) -> Result<Self> {
+        let layout = if variant.distillation_token {
+            Self::HfDeit
+        } else if variant.layer_scale || variant.register_tokens > 0 {
+            Self::HfDinov2
+        } else {
+            Self::HfVit
+        };
+        let expected = match layout {
+            Self::HfVit => Self::HfVit.variant(variant),
+            Self::HfDeit => Self::HfDeit.variant(variant),
+            Self::HfDinov2 => Self::HfDinov2.variant(variant),
+        };
+        if *variant != expected {
+            bail!(
+                "this variant has no HF counterpart in the ViT family (ViT, DeiT, DINOv2): {}",
+                describe_difference(variant, &expected)
+            );
+        }
+        Ok(layout)
+    }
+
+    /// The variant of this layout with `variant`'s free choices (head, pooling, registers,
+    /// MLP) kept, to compare against.
+    fn variant(self, variant: &Variant) -> Variant {
+        let plain = Variant::default();
+        match self {
+            Self::HfVit => Variant {
+                head: variant.head,
+                ..plain
+            },
+            Self::HfDeit => Variant {
+                head: variant.head,
+                distillation_token: true,
+                ..plain
+            },
+            Self::HfDinov2 => Variant {
+                head: variant.head,
+                pooling: variant.pooling,
+                register_tokens: variant.register_tokens,
+                mlp: variant.mlp,
+                pos_interpolation: variant.pos_interpolation,
+                layer_scale: true,
+                ..plain
+            },
+        }
+    }
+
+    /// The `config.json` of `config` in this layout, on top of `base`'s other keys.
+    pub fn hf_config(self, config: &ViTConfig, base: Option<&Value>) -> Value {
+        let mut map = match base {
+            Some(Value::Object(map)) => map.clone(),
+            _ => Map::new(),
+        };
+        for key in ["num_labels", "id2label", "label2id"] {
+            map.remove(key);
+        }
+        let (model_type, architecture, specific) = match self {
+            Self::HfVit => hf_vit::hf_config(config),
+            Self::HfDeit => hf_deit::hf_config(config),
+            Self::HfDinov2 => hf_dinov2::hf_config(config, base),
+        };
+        map.insert("architectures".into(), serde_json::json!([architecture]));
+        map.insert("model_type".into(), Value::from(model_type));
+        for (key, value) in config.common_hf_entries().into_iter().chain(specific) {
+            map.insert(key.to_string(), value);
+        }
+        Value::Object(map)
+    }
+
+    /// The name this layout stores a canonical tensor under (what `save_pretrained` writes).
+    pub fn stored_name(self, canonical: &str, config: &ViTConfig) -> String {
+        match self {
+            Self::HfVit => hf_vit::stored_name(canonical, config),
+            Self::HfDeit => hf_deit::stored_name(canonical, config),
+            Self::HfDinov2 => hf_dinov2::stored_name(canonical, config),
+        }
+    }
+
     /// The architecture name of the head of `config`, for messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -68,6 +149,39 @@ impl Layout {
             Self::HfDinov2 => "HF dinov2",
         }
     }
+}
+
+/// Which options of `variant` differ from `expected`, for messages.
+fn describe_difference(variant: &Variant, expected: &Variant) -> String {
+    let mut differences = Vec::new();
+    if variant.class_token != expected.class_token {
+        differences.push("no class token".to_string());
+    }
+    if variant.class_positions != expected.class_positions {
+        differences.push("no_embed_class".to_string());
+    }
+    if variant.register_positions != expected.register_positions {
+        differences.push("position embeddings on register tokens".to_string());
+    }
+    if variant.norm_pre != expected.norm_pre {
+        differences.push("norm_pre".to_string());
+    }
+    if variant.final_norm != expected.final_norm || variant.pool_norm != expected.pool_norm {
+        differences.push("fc_norm".to_string());
+    }
+    if variant.pooling != expected.pooling {
+        differences.push(format!("{:?} pooling", variant.pooling).to_lowercase());
+    }
+    if variant.patch_bias != expected.patch_bias {
+        differences.push("no patch bias".to_string());
+    }
+    if variant.mlp != expected.mlp && variant.mlp == MlpKind::SwiGlu {
+        differences.push("SwiGLU without layer scale".to_string());
+    }
+    if differences.is_empty() {
+        differences.push(format!("{variant:?}"));
+    }
+    differences.join(", ")
 }
 
 /// The first entry of `architectures`, if any.
