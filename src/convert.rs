@@ -20,19 +20,18 @@ use serde_json::{json, Value};
 use crate::atomic::StagedDir;
 use crate::hub::ModelSpec;
 use crate::model::config::ViTConfig;
+use crate::model::layouts::timm::{
+    default_heads, timm_block_param, timm_preprocess, timm_to_hf_name,
+};
 use crate::model::save::{save_safetensors, write_json};
 use crate::model::weights::{
     check_state_dict, default_labels, expected_tensors, infer_config, read_weights, ModelFiles,
     StateDict,
 };
-use crate::preprocess::{PreprocessConfig, Resample, ResizeTarget};
+use crate::preprocess::{CropOffset, PreprocessConfig};
 
 /// Files at least this large get progress bars (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: u64 = 256 << 20;
-
-/// ImageNet mean and standard deviation, as timm's `IMAGENET_DEFAULT_MEAN`/`_STD`.
-const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Tensor naming of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,42 +334,6 @@ fn some_names(weights: &StateDict) -> String {
     )
 }
 
-/// HF names of timm's `VisionTransformer` tensors, by timm name (`qkv` aside).
-fn timm_to_hf_name(name: &str) -> Option<String> {
-    let direct = match name {
-        "cls_token" => Some("vit.embeddings.cls_token"),
-        "pos_embed" => Some("vit.embeddings.position_embeddings"),
-        "patch_embed.proj.weight" => Some("vit.embeddings.patch_embeddings.projection.weight"),
-        "patch_embed.proj.bias" => Some("vit.embeddings.patch_embeddings.projection.bias"),
-        "norm.weight" => Some("vit.layernorm.weight"),
-        "norm.bias" => Some("vit.layernorm.bias"),
-        "head.weight" => Some("classifier.weight"),
-        "head.bias" => Some("classifier.bias"),
-        _ => None,
-    };
-    if let Some(hf) = direct {
-        return Some(hf.to_string());
-    }
-    let (layer, module, param) = timm_block_param(name)?;
-    let hf = match module {
-        "norm1" => "layernorm_before",
-        "norm2" => "layernorm_after",
-        "attn.proj" => "attention.output.dense",
-        "mlp.fc1" => "intermediate.dense",
-        "mlp.fc2" => "output.dense",
-        _ => return None,
-    };
-    Some(format!("vit.encoder.layer.{layer}.{hf}.{param}"))
-}
-
-/// Splits `blocks.N.MODULE.weight|bias` into its parts.
-fn timm_block_param(name: &str) -> Option<(usize, &str, &str)> {
-    let (layer, rest) = name.strip_prefix("blocks.")?.split_once('.')?;
-    let (module, param) = rest.rsplit_once('.')?;
-    let layer = layer.parse().ok()?;
-    matches!(param, "weight" | "bias").then_some((layer, module, param))
-}
-
 /// Maps timm names to HF names, splitting each fused `qkv` into query, key and value.
 /// Tensors with no HF counterpart are an error: they mean another architecture.
 fn map_timm(weights: &StateDict) -> Result<StateDict> {
@@ -536,7 +499,7 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
         }
         (None, Layout::Timm) => {
             let pretrained = timm_config.as_ref().and_then(|c| c.get("pretrained_cfg"));
-            let (made, how) = timm_preprocess(pretrained, config.image_size)?;
+            let (made, how) = timm_preprocess(pretrained, config.image_size, CropOffset::Floor)?;
             Preprocessor::Made(made, how)
         }
         (None, Layout::Hf) => Preprocessor::Made(
@@ -609,85 +572,6 @@ fn inferred_config(
         };
     }
     Ok(config)
-}
-
-/// Heads of the standard ViT widths whose heads are not 64 wide (ViT-H, ViT-g, ViT-G and
-/// SoViT-400m have 16); hidden size / 64 otherwise.
-fn default_heads(hidden: usize) -> usize {
-    match hidden {
-        1152 | 1280 | 1408 | 1664 => 16,
-        _ => (hidden / 64).max(1),
-    }
-}
-
-/// timm's evaluation transform as an HF preprocessor: from a timm `pretrained_cfg` when the
-/// checkpoint has one, else timm's defaults for DeiT: crop_pct 0.9, bicubic, ImageNet mean/std.
-fn timm_preprocess(
-    pretrained: Option<&Value>,
-    image_size: usize,
-) -> Result<(PreprocessConfig, String)> {
-    let get = |key: &str| pretrained.and_then(|p| p.get(key));
-    let three = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
-        let Some(value) = get(key) else {
-            return Ok(default);
-        };
-        let values: Vec<f32> = value
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_f64)
-                    .map(|v| v as f32)
-                    .collect()
-            })
-            .unwrap_or_default();
-        match values[..] {
-            [a, b, c] => Ok([a, b, c]),
-            [a] => Ok([a; 3]),
-            _ => bail!("pretrained_cfg.{key} {value} is not 1 or 3 numbers"),
-        }
-    };
-    let mean = three("mean", IMAGENET_MEAN)?;
-    let std = three("std", IMAGENET_STD)?;
-    let crop_pct = get("crop_pct").and_then(Value::as_f64).unwrap_or(0.9);
-    ensure!(
-        crop_pct > 0.0 && crop_pct <= 1.0,
-        "pretrained_cfg.crop_pct {crop_pct} is not in (0, 1]"
-    );
-    let interpolation = get("interpolation")
-        .and_then(Value::as_str)
-        .unwrap_or("bicubic");
-    let resample = match interpolation {
-        "bicubic" => Resample::Bicubic,
-        "bilinear" => Resample::Bilinear,
-        "nearest" => Resample::Nearest,
-        "lanczos" => Resample::Lanczos,
-        "box" => Resample::Box,
-        "hamming" => Resample::Hamming,
-        other => bail!("pretrained_cfg.interpolation {other:?} is not supported"),
-    };
-    let crop = image_size as u32;
-    let scaled = (image_size as f64 / crop_pct).floor() as u32;
-    let resize = match get("crop_mode").and_then(Value::as_str).unwrap_or("center") {
-        "center" => ResizeTarget::ShortestEdge(scaled),
-        "squash" => ResizeTarget::Exact {
-            height: scaled,
-            width: scaled,
-        },
-        other => bail!("pretrained_cfg.crop_mode {other:?} is not supported"),
-    };
-    let origin = match pretrained {
-        Some(_) => "from the timm config's pretrained_cfg",
-        None => "timm defaults for DeiT: ImageNet mean/std",
-    };
-    let how = format!("{origin}, {interpolation} resize to {scaled}, centre crop {crop}");
-    let config = PreprocessConfig {
-        resize: Some(resize),
-        resample,
-        center_crop: Some((crop, crop)),
-        rescale_factor: Some(1.0 / 255.0),
-        normalize: Some((mean, std)),
-    };
-    Ok((config, how))
 }
 
 /// Groups tensor names (in `order`) into shards of at most `max_bytes` each, as HF does: a
@@ -1223,29 +1107,6 @@ mod tests {
             .to_string();
         assert!(err.contains("more than rounding"), "{err}");
         assert_eq!(compare_cast("t", &source, &source).unwrap(), 0.0);
-    }
-
-    #[test]
-    fn timm_preprocessing_follows_pretrained_cfg_or_deit_defaults() {
-        let (config, how) = timm_preprocess(None, 224).unwrap();
-        assert_eq!(config.resize, Some(ResizeTarget::ShortestEdge(248)));
-        assert_eq!(config.center_crop, Some((224, 224)));
-        assert_eq!(config.resample, Resample::Bicubic);
-        assert_eq!(config.normalize, Some((IMAGENET_MEAN, IMAGENET_STD)));
-        assert!(how.contains("DeiT"), "{how}");
-        let cfg = json!({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 1.0,
-                         "interpolation": "bilinear", "crop_mode": "squash"});
-        let (config, _) = timm_preprocess(Some(&cfg), 384).unwrap();
-        assert_eq!(
-            config.resize,
-            Some(ResizeTarget::Exact {
-                height: 384,
-                width: 384
-            })
-        );
-        assert_eq!(config.resample, Resample::Bilinear);
-        assert_eq!(config.normalize, Some(([0.5; 3], [0.5; 3])));
-        assert!(timm_preprocess(Some(&json!({"crop_pct": 0})), 224).is_err());
     }
 
     #[test]

@@ -98,8 +98,8 @@ fn family_models_are_written_back_in_their_own_hf_layout() {
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
         let layout = Layout::of_config(&config_json).unwrap();
-        let config = layout.config(&config_json).unwrap();
-        let mut weights = read_weights_as(&dir.join("model.safetensors"), layout).unwrap();
+        let mut weights = read_weights_as(&dir.join("model.safetensors"), Some(layout)).unwrap();
+        let config = layout.config(&config_json, &weights, None).unwrap();
         let kept: std::collections::HashSet<String> = expected_tensors(&config)
             .into_iter()
             .map(|(n, _)| n)
@@ -146,5 +146,90 @@ fn family_models_are_written_back_in_their_own_hf_layout() {
         )
         .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(reloaded.config, config, "{name}");
+    }
+}
+
+fn timm_cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixture("timm_family/cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// timm hub folders (timm's `save_for_hf`) load as timm runs them: logits and the pooled
+/// embedding timm's head reads, on every kernel; preprocessing from `pretrained_cfg` as timm's
+/// eval transform on real photos; options the encoder lacks are refused by name.
+#[test]
+fn timm_hub_folders_match_timm() {
+    let cases = timm_cases();
+    assert!(cases.len() >= 7, "expected every timm case");
+    for isa in Isa::supported() {
+        let options = LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            num_heads: None,
+            model: ModelOptions {
+                isa,
+                ..ModelOptions::default()
+            },
+        };
+        for case in &cases {
+            let name = case["name"].as_str().unwrap();
+            let dir = fixture(case["dir"].as_str().unwrap());
+            let files = ModelFiles::local(&dir).unwrap();
+            let loaded = LoadedModel::load(&files, &options);
+            if name.starts_with("unsupported_") {
+                let err = format!("{:#}", loaded.err().expect("an unsupported variant loads"));
+                assert!(err.contains("qk_norm"), "{name}: {err}");
+                continue;
+            }
+            let loaded = loaded.unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(
+                loaded.unused_tensors.is_empty(),
+                "{name}: {:?}",
+                loaded.unused_tensors
+            );
+            let io =
+                candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+            let pixels = &io["pixel_values"];
+            for output in case["outputs"].as_array().unwrap() {
+                let output = output.as_str().unwrap();
+                let (ours, theirs) = match output {
+                    "logits" => (loaded.model.forward(pixels), &io["logits"]),
+                    "pooled" => (
+                        loaded.model.embed(pixels, EmbeddingKind::Auto),
+                        &io["pooled"],
+                    ),
+                    "photo_logits" => {
+                        let photo = case["photo"].as_str().unwrap();
+                        let Some(shared) = common::shared_dir() else {
+                            continue;
+                        };
+                        let image =
+                            vit::preprocess::load_rgb(&shared.join("images").join(photo)).unwrap();
+                        let values = loaded.preprocess.pixel_values(&image);
+                        let expected = f32_values(&io["photo_pixel_values"]);
+                        let diff = max_abs_diff(&values.data, &expected);
+                        assert!(
+                            diff < 0.02,
+                            "{name}: pixel values {diff} from timm's transform"
+                        );
+                        let input = candle_core::Tensor::from_vec(
+                            values.data,
+                            (1, 3, values.height, values.width),
+                            &Device::Cpu,
+                        )
+                        .unwrap();
+                        (loaded.model.forward(&input), &io["photo_logits"])
+                    }
+                    other => panic!("{name}: unknown output {other}"),
+                };
+                let ours = ours.unwrap_or_else(|e| panic!("{name} {output}: {e:#}"));
+                let diff = max_abs_diff(&f32_values(&ours), &f32_values(theirs));
+                assert!(
+                    diff < 1e-4,
+                    "{name} ({}): max |{output} diff| {diff} vs timm",
+                    isa.name()
+                );
+            }
+        }
     }
 }

@@ -440,10 +440,20 @@ fn deit_and_dinov2_train_and_are_saved_as_their_hf_classifiers() {
             args.push("--freeze-backbone".into());
         }
         let output = run(&args);
-        assert_eq!(output.status.code(), Some(0), "{fixture_name}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{fixture_name}: {}",
+            stderr(&output)
+        );
         let lines = metrics(&setup.path(&out));
         let loss = |i: usize| lines[i]["train_loss"].as_f64().unwrap();
-        assert!(loss(2) < loss(0), "{fixture_name}: loss {} -> {}", loss(0), loss(2));
+        assert!(
+            loss(2) < loss(0),
+            "{fixture_name}: loss {} -> {}",
+            loss(0),
+            loss(2)
+        );
         let config: Value = serde_json::from_str(
             &std::fs::read_to_string(setup.path(&out).join("config.json")).unwrap(),
         )

@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::ModelSpec;
-use vit::model::weights::{check_state_dict, infer_config, read_weights_as};
+use vit::model::weights::{check_state_dict, infer_config, read_weights_in};
 use vit::model::{Layout, ViTConfig};
 use vit::preprocess::PreprocessConfig;
 use vit::train::checkpoint::{self, OUTPUTS};
@@ -343,16 +343,17 @@ fn start_new(
                 }
                 None => None,
             };
-            let layout = match &base_config {
-                Some(json) => Layout::of_config(json)?,
-                None => Layout::HfVit,
-            };
-            let weights = read_weights_as(&files.weights, layout)?;
-            let config = match (&base_config, &files.config) {
-                (Some(json), Some(path)) => layout
-                    .config(json)
-                    .with_context(|| format!("{}", path.display()))?,
-                _ => infer_config(&weights, *num_heads)
+            let layout = base_config.as_ref().map(Layout::of_config).transpose()?;
+            let (layout, weights) = read_weights_in(&files.weights, layout)?;
+            let no_config = serde_json::Value::Object(Default::default());
+            let config = match (&base_config, layout) {
+                (Some(json), _) => layout
+                    .config(json, &weights, *num_heads)
+                    .with_context(|| format!("{}", files.config.as_ref().unwrap().display()))?,
+                (None, Layout::Timm) => layout
+                    .config(&no_config, &weights, *num_heads)
+                    .with_context(|| format!("{}", files.weights.display()))?,
+                (None, _) => infer_config(&weights, *num_heads)
                     .with_context(|| format!("{}", files.weights.display()))?,
             };
             let unused = check_state_dict(&weights, &config)
@@ -363,9 +364,12 @@ fn start_new(
                     files.weights.display()
                 );
             }
-            let preprocess = match &files.preprocessor {
-                Some(path) => PreprocessConfig::from_file(path)?,
-                None => PreprocessConfig::default(),
+            let preprocess = match (&files.preprocessor, &base_config, layout) {
+                (Some(path), _, _) => PreprocessConfig::from_file(path)?,
+                (None, Some(json), Layout::Timm) => {
+                    vit::model::layouts::timm::preprocess(json, &config)?
+                }
+                _ => PreprocessConfig::default(),
             };
             // The model's preprocessing gives its input size (DINOv2 stores positions for
             // 518 pixels and is fed 224), else its config.

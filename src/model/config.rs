@@ -61,6 +61,8 @@ pub enum Pooling {
     /// The class token and the mean of the patch tokens, concatenated (HF
     /// `Dinov2ForImageClassification`).
     ClassAndMean,
+    /// The mean of the class and distillation tokens (timm's distilled DeiT).
+    ClassDistillationAverage,
 }
 
 /// The feed-forward block of each layer.
@@ -192,7 +194,7 @@ impl Variant {
     pub fn pooled_width(&self, hidden: usize) -> usize {
         match self.pooling {
             Pooling::ClassAndMean => 2 * hidden,
-            Pooling::Class | Pooling::Mean => hidden,
+            Pooling::Class | Pooling::Mean | Pooling::ClassDistillationAverage => hidden,
         }
     }
 }
@@ -306,7 +308,12 @@ impl ViTConfig {
     /// Parses `config.json` text of any layout, filling its library's defaults.
     pub fn from_json(text: &str) -> Result<Self> {
         let json: Value = serde_json::from_str(text).context("invalid config.json")?;
-        super::layouts::Layout::of_config(&json)?.config(&json)
+        let layout = super::layouts::Layout::of_config(&json)?;
+        if layout == super::layouts::Layout::Timm {
+            bail!("a timm config.json describes its model through its weights: load the folder");
+        }
+        let no_tensors = super::weights::StateDict::new();
+        layout.config(&json, &no_tensors, None)
     }
 
     /// The sizes of an HF ViT-style `config.json` (HF ViT's keys and defaults, which DeiT and,
@@ -363,6 +370,10 @@ impl ViTConfig {
         let needs_class = matches!(self.variant.pooling, Pooling::Class | Pooling::ClassAndMean);
         if needs_class && !self.variant.class_token {
             bail!("class-token pooling without a class token");
+        }
+        let needs_distillation = self.variant.pooling == Pooling::ClassDistillationAverage;
+        if needs_distillation && !self.variant.distillation_token {
+            bail!("distillation-token pooling without a distillation token");
         }
         if self.variant.head == Head::Distilled && !self.variant.distillation_token {
             bail!("a distilled head without a distillation token");

@@ -542,6 +542,9 @@ impl VisionTransformer {
                     Pooling::Class => class()?,
                     Pooling::Mean => mean()?,
                     Pooling::ClassAndMean => Tensor::cat(&[class()?, mean()?], 1)?,
+                    Pooling::ClassDistillationAverage => {
+                        { (tokens.narrow(1, 0, 1)? + tokens.narrow(1, 1, 1)?)?.squeeze(1)? / 2.0 }?
+                    }
                 };
                 match &self.pool_layernorm {
                     Some(norm) => norm.forward(&pooled),

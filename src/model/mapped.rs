@@ -11,9 +11,10 @@ use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 
 use super::layouts::Layout;
-use super::weights::{normalized_names, Shards, TensorShapes};
+use super::weights::{normalized_names, Renamed, Shards, TensorShapes};
 
 /// Where one tensor lies in a mapped file.
+#[derive(Clone)]
 struct Entry {
     shard: usize,
     /// The name in the file (before [`normalized_names`]).
@@ -24,19 +25,44 @@ struct Entry {
     bytes: std::ops::Range<usize>,
 }
 
+impl Entry {
+    /// Rows `part` of `count` equal parts of this tensor (rows are contiguous, so they are a
+    /// byte range of it).
+    fn rows(&self, part: usize, count: usize) -> Result<Self> {
+        let rows = self.shape.first().copied().unwrap_or(0);
+        if rows == 0 || rows % count != 0 {
+            bail!(
+                "shape {:?}: its first dimension does not split into {count}",
+                self.shape
+            );
+        }
+        let bytes_per_part = self.bytes.len() / count;
+        let start = self.bytes.start + part * bytes_per_part;
+        let mut shape = self.shape.clone();
+        shape[0] = rows / count;
+        Ok(Self {
+            shape,
+            bytes: start..start + bytes_per_part,
+            ..self.clone()
+        })
+    }
+}
+
 /// One `.safetensors` file, or the shards of an index, mapped; tensors by their normalized
 /// HF name.
 pub struct MappedSafetensors {
     shards: Vec<(PathBuf, Mmap)>,
     tensors: HashMap<String, Entry>,
+    layout: Layout,
 }
 
 impl MappedSafetensors {
     /// Maps `path`: a `.safetensors` file or a `model.safetensors.index.json`, with tensors
-    /// by their canonical names in `layout`.
+    /// by their canonical names in `layout` (`None`: the layout the names show; see
+    /// [`Self::layout`]).
     ///
     /// The files must not change while the model loads (the map reads them as they are).
-    pub fn open(path: &Path, layout: Layout) -> Result<Self> {
+    pub fn open(path: &Path, layout: Option<Layout>) -> Result<Self> {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -79,13 +105,38 @@ impl MappedSafetensors {
             let names: HashSet<&str> = stored.iter().map(|e| e.stored_name.as_str()).collect();
             index.check(path, |name| names.contains(name))?;
         }
-        let renamed: HashMap<String, String> =
-            normalized_names(stored.iter().map(|e| e.stored_name.clone()), layout).collect();
-        let tensors = stored
+        let (layout, renamed) =
+            normalized_names(stored.iter().map(|e| e.stored_name.clone()), layout);
+        let by_name: HashMap<String, Entry> = stored
             .into_iter()
-            .map(|entry| (renamed[&entry.stored_name].clone(), entry))
+            .map(|entry| (entry.stored_name.clone(), entry))
             .collect();
-        Ok(Self { shards, tensors })
+        let mut tensors = HashMap::with_capacity(renamed.len());
+        for Renamed {
+            stored,
+            canonical,
+            rows,
+        } in renamed
+        {
+            let entry = &by_name[&stored];
+            let entry = match rows {
+                None => entry.clone(),
+                Some((part, count)) => entry.rows(part, count).with_context(|| {
+                    format!("{}: tensor {stored}", shards[entry.shard].0.display())
+                })?,
+            };
+            tensors.insert(canonical, entry);
+        }
+        Ok(Self {
+            shards,
+            tensors,
+            layout,
+        })
+    }
+
+    /// The layout the tensors were renamed from.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The tensor `name` (a normalized name) in `dtype` on `device`, copied out of the map;

@@ -52,28 +52,43 @@ impl LoadedModel {
     pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
         let in_weights = || format!("{}", files.weights.display());
         let config_json = files.config.as_deref().map(read_json).transpose()?;
+        let in_config = || format!("{}", files.config.as_ref().unwrap().display());
         let layout = match &config_json {
-            Some(json) => Layout::of_config(json)
-                .with_context(|| format!("{}", files.config.as_ref().unwrap().display()))?,
-            None => Layout::HfVit,
+            Some(json) => Some(Layout::of_config(json).with_context(in_config)?),
+            None => None,
         };
-        let weights = match weights::is_safetensors(&files.weights) {
-            true => Weights::Mapped(mapped::MappedSafetensors::open(&files.weights, layout)?),
-            false => Weights::Loaded(weights::read_weights_as(&files.weights, layout)?),
+        let (layout, weights) = match weights::is_safetensors(&files.weights) {
+            true => {
+                let mapped = mapped::MappedSafetensors::open(&files.weights, layout)?;
+                (mapped.layout(), Weights::Mapped(mapped))
+            }
+            false => {
+                let (layout, state) = weights::read_weights_in(&files.weights, layout)?;
+                (layout, Weights::Loaded(state))
+            }
         };
         let shapes: &dyn weights::TensorShapes = match &weights {
             Weights::Mapped(mapped) => mapped,
             Weights::Loaded(state) => state,
         };
-        let config = match (&config_json, &files.config) {
-            (Some(json), Some(path)) => layout
-                .config(json)
-                .with_context(|| format!("{}", path.display()))?,
-            _ => weights::infer_config(shapes, options.num_heads).with_context(in_weights)?,
+        let no_config = serde_json::Value::Object(Default::default());
+        let config = match (&config_json, layout) {
+            (Some(json), _) => layout
+                .config(json, shapes, options.num_heads)
+                .with_context(in_config)?,
+            (None, Layout::Timm) => layout
+                .config(&no_config, shapes, options.num_heads)
+                .with_context(in_weights)?,
+            (None, _) => {
+                weights::infer_config(shapes, options.num_heads).with_context(in_weights)?
+            }
         };
-        let preprocess = match &files.preprocessor {
-            Some(path) => PreprocessConfig::from_file(path)?,
-            None => PreprocessConfig::default(),
+        let preprocess = match (&files.preprocessor, &config_json, layout) {
+            (Some(path), _, _) => PreprocessConfig::from_file(path)?,
+            (None, Some(json), Layout::Timm) => {
+                layouts::timm::preprocess(json, &config).with_context(in_config)?
+            }
+            _ => PreprocessConfig::default(),
         };
         let unused_tensors = weights::check_state_dict(shapes, &config).with_context(in_weights)?;
         let vb = match weights {

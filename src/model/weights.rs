@@ -177,12 +177,17 @@ pub fn is_safetensors(path: &Path) -> bool {
 /// (`model.safetensors.index.json` or `pytorch_model.bin.index.json`), or a PyTorch
 /// `.bin`/`.pth`/`.pt`.
 pub fn read_weights(path: &Path) -> Result<StateDict> {
-    read_weights_as(path, Layout::HfVit)
+    read_weights_as(path, Some(Layout::HfVit))
 }
 
 /// Reads a weights file as [`read_weights`] does, with the tensors renamed from `layout`'s
-/// names to the canonical ones.
-pub fn read_weights_as(path: &Path, layout: Layout) -> Result<StateDict> {
+/// names to the canonical ones (`None`: the layout the names show).
+pub fn read_weights_as(path: &Path, layout: Option<Layout>) -> Result<StateDict> {
+    Ok(read_weights_in(path, layout)?.1)
+}
+
+/// [`read_weights_as`], with the layout it read.
+pub fn read_weights_in(path: &Path, layout: Option<Layout>) -> Result<(Layout, StateDict)> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -192,12 +197,8 @@ pub fn read_weights_as(path: &Path, layout: Layout) -> Result<StateDict> {
     } else {
         read_single(path)?
     };
-    let renamed: HashMap<String, String> =
-        normalized_names(tensors.keys().cloned(), layout).collect();
-    Ok(tensors
-        .into_iter()
-        .map(|(name, tensor)| (renamed[&name].clone(), tensor))
-        .collect())
+    let (layout, renamed) = normalized_names(tensors.keys().cloned(), layout);
+    Ok((layout, rename_state_dict(tensors, renamed)?))
 }
 
 /// Reads one `.safetensors` file or one PyTorch checkpoint, by its extension.
@@ -302,22 +303,81 @@ fn raw_to_tensor(raw: RawTensor) -> Result<Tensor> {
         .with_context(|| format!("tensor {}", raw.name))
 }
 
-/// Each of `names` with its canonical name in `layout` (after DataParallel's `module.`
-/// prefix, when every name has it, is stripped): `(stored, canonical)`.
+/// One canonical tensor of a stored one: the whole of it, or rows `part` of `parts` equal
+/// parts (a fused tensor split, see [`Layout::fused_parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Renamed {
+    pub stored: String,
+    pub canonical: String,
+    pub rows: Option<(usize, usize)>,
+}
+
+/// Each of `names` as the canonical tensors it holds in `layout` (after DataParallel's
+/// `module.` prefix, when every name has it, is stripped). `layout` `None` picks it by the
+/// names ([`Layout::of_names`]), and the layout used is returned.
 pub(crate) fn normalized_names(
     names: impl Iterator<Item = String>,
-    layout: Layout,
-) -> impl Iterator<Item = (String, String)> {
+    layout: Option<Layout>,
+) -> (Layout, Vec<Renamed>) {
     let names: Vec<String> = names.collect();
     let strip = !names.is_empty() && names.iter().all(|k| k.starts_with("module."));
-    names.into_iter().map(move |stored| {
-        let unprefixed = match strip {
-            true => &stored["module.".len()..],
-            false => stored.as_str(),
+    let unprefixed = |stored: &str| -> String {
+        match strip {
+            true => stored["module.".len()..].to_string(),
+            false => stored.to_string(),
+        }
+    };
+    let layout = layout.unwrap_or_else(|| {
+        let bare: Vec<String> = names.iter().map(|n| unprefixed(n)).collect();
+        Layout::of_names(&bare)
+    });
+    let mut renamed = Vec::with_capacity(names.len());
+    for stored in names {
+        let name = unprefixed(&stored);
+        match layout.fused_parts(&name) {
+            Some(parts) => {
+                let count = parts.len();
+                for (part, canonical) in parts.into_iter().enumerate() {
+                    renamed.push(Renamed {
+                        stored: stored.clone(),
+                        canonical,
+                        rows: Some((part, count)),
+                    });
+                }
+            }
+            None => renamed.push(Renamed {
+                canonical: layout.canonical_name(&name),
+                stored,
+                rows: None,
+            }),
+        }
+    }
+    (layout, renamed)
+}
+
+/// Renames (and splits) loaded tensors to canonical names.
+fn rename_state_dict(mut tensors: StateDict, renamed: Vec<Renamed>) -> Result<StateDict> {
+    let mut out = StateDict::new();
+    for entry in &renamed {
+        let tensor = &tensors[&entry.stored];
+        let tensor = match entry.rows {
+            None => tensor.clone(),
+            Some((part, count)) => {
+                let rows = tensor.dims().first().copied().unwrap_or(0);
+                if rows == 0 || rows % count != 0 {
+                    bail!(
+                        "tensor {} has shape {:?}: its first dimension does not split into {count}",
+                        entry.stored,
+                        tensor.dims()
+                    );
+                }
+                tensor.narrow(0, part * rows / count, rows / count)?
+            }
         };
-        let canonical = layout.canonical_name(unprefixed);
-        (stored, canonical)
-    })
+        out.insert(entry.canonical.clone(), tensor);
+    }
+    tensors.clear();
+    Ok(out)
 }
 
 /// Names and shapes of a set of tensors, whether loaded or only mapped.
@@ -528,11 +588,8 @@ mod tests {
     }
 
     fn normalize(dict: StateDict) -> StateDict {
-        let renamed: HashMap<String, String> =
-            normalized_names(dict.keys().cloned(), Layout::HfVit).collect();
-        dict.into_iter()
-            .map(|(name, tensor)| (renamed[&name].clone(), tensor))
-            .collect()
+        let (_, renamed) = normalized_names(dict.keys().cloned(), Some(Layout::HfVit));
+        rename_state_dict(dict, renamed).unwrap()
     }
 
     #[test]

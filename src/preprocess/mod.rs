@@ -29,6 +29,16 @@ pub enum ResizeTarget {
     ShortestEdge(u32),
 }
 
+/// How the centre crop's offset is rounded when the margin is odd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CropOffset {
+    /// HF's image processors: `(size - crop) // 2`.
+    Floor,
+    /// torchvision's `CenterCrop` (timm's eval transform): `round((size - crop) / 2)`,
+    /// halves to even as Python's `round`.
+    RoundHalfEven,
+}
+
 /// A parsed `preprocessor_config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreprocessConfig {
@@ -37,6 +47,8 @@ pub struct PreprocessConfig {
     pub resample: Resample,
     /// `(height, width)`; `None` when `do_center_crop` is false.
     pub center_crop: Option<(u32, u32)>,
+    /// How the crop's offset rounds (HF's floor unless the preprocessing is timm's).
+    pub crop_offset: CropOffset,
     /// `None` when `do_rescale` is false.
     pub rescale_factor: Option<f64>,
     /// `(mean, std)` per channel; `None` when `do_normalize` is false.
@@ -53,6 +65,7 @@ impl Default for PreprocessConfig {
             }),
             resample: Resample::Bilinear,
             center_crop: None,
+            crop_offset: CropOffset::Floor,
             rescale_factor: Some(1.0 / 255.0),
             normalize: Some(([0.5; 3], [0.5; 3])),
         }
@@ -148,6 +161,7 @@ impl PreprocessConfig {
             resize,
             resample,
             center_crop,
+            crop_offset: CropOffset::Floor,
             rescale_factor,
             normalize,
         })
@@ -238,7 +252,7 @@ impl PreprocessConfig {
         let cropped;
         let image = match self.center_crop {
             Some((h, w)) => {
-                cropped = center_crop(image, h, w);
+                cropped = center_crop_with(image, h, w, self.crop_offset);
                 &cropped
             }
             None => image,
@@ -297,9 +311,32 @@ fn resized_dimensions(target: ResizeTarget, width: u32, height: u32) -> (u32, u3
 /// HF's `center_crop`: the top-left corner at `(size - crop) // 2`, zero padding where the
 /// crop is larger than the image.
 pub fn center_crop(image: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
+    center_crop_with(image, crop_h, crop_w, CropOffset::Floor)
+}
+
+/// The offset of a centre crop of `crop` in `size`, rounded as `rounding` says.
+fn crop_start(size: i64, crop: i64, rounding: CropOffset) -> i64 {
+    let margin = size - crop;
+    let floor = margin.div_euclid(2);
+    match rounding {
+        CropOffset::Floor => floor,
+        // An odd margin halves to `floor + 0.5`: to the even neighbour.
+        CropOffset::RoundHalfEven if margin.rem_euclid(2) == 1 && floor % 2 != 0 => floor + 1,
+        CropOffset::RoundHalfEven => floor,
+    }
+}
+
+/// A centre crop with the offset rounded by `rounding`, zero padding where the crop is
+/// larger than the image.
+pub fn center_crop_with(
+    image: &RgbImage,
+    crop_h: u32,
+    crop_w: u32,
+    rounding: CropOffset,
+) -> RgbImage {
     let (w, h) = (image.width() as i64, image.height() as i64);
-    let top = (h - crop_h as i64).div_euclid(2);
-    let left = (w - crop_w as i64).div_euclid(2);
+    let top = crop_start(h, crop_h as i64, rounding);
+    let left = crop_start(w, crop_w as i64, rounding);
     RgbImage::from_fn(crop_w, crop_h, |x, y| {
         let (sx, sy) = (left + x as i64, top + y as i64);
         if (0..w).contains(&sx) && (0..h).contains(&sy) {
@@ -507,5 +544,23 @@ mod tests {
         let rgb = load_rgb(&path).unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [10, 10, 10]);
         assert_eq!(rgb.get_pixel(1, 0).0, [255, 255, 255]);
+    }
+
+    #[test]
+    fn torchvision_crop_offsets_round_half_to_even() {
+        // torchvision: int(round((size - crop) / 2)); Python rounds 0.5 to 0 and 1.5 to 2.
+        for (size, crop, floor, round) in [
+            (225, 224, 0, 0),
+            (227, 224, 1, 2),
+            (229, 224, 2, 2),
+            (228, 224, 2, 2),
+        ] {
+            assert_eq!(crop_start(size, crop, CropOffset::Floor), floor, "{size}");
+            assert_eq!(
+                crop_start(size, crop, CropOffset::RoundHalfEven),
+                round,
+                "{size}"
+            );
+        }
     }
 }

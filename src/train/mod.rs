@@ -203,7 +203,7 @@ impl Trainer {
         .with_context(|| format!("{}: invalid config.json", last.display()))?;
         let preprocess = PreprocessConfig::from_file(&last.join("preprocessor_config.json"))?;
         let layout = crate::model::Layout::of_config(&base_config)?;
-        let tensors = read_weights_as(&last.join("model.safetensors"), layout)?;
+        let tensors = read_weights_as(&last.join("model.safetensors"), Some(layout))?;
         let settings = state.settings.clone();
         let dtype = parse_dtype(&settings.dtype)?;
         let weights = Weights::new(config, tensors, settings.freeze_backbone, dtype, device)

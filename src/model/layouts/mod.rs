@@ -7,11 +7,13 @@
 pub mod hf_deit;
 pub mod hf_dinov2;
 pub mod hf_vit;
+pub mod timm;
 
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
 use super::config::{MlpKind, Variant, ViTConfig};
+use super::weights::TensorShapes;
 
 /// A checkpoint layout that `vit` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +25,19 @@ pub enum Layout {
     HfDeit,
     /// HF `dinov2` and `dinov2_with_registers`: `Dinov2Model`, `Dinov2ForImageClassification`.
     HfDinov2,
+    /// timm's `VisionTransformer` and `VisionTransformerDistilled`, as timm's hub repos hold
+    /// them.
+    Timm,
 }
 
 impl Layout {
-    /// The layout a `config.json` describes, by its `model_type`.
+    /// The layout a `config.json` describes, by its `model_type` (timm's configs have an
+    /// `architecture` instead).
     pub fn of_config(json: &Value) -> Result<Self> {
         let model_type = json.get("model_type").and_then(Value::as_str);
+        if model_type.is_none() && json.get("architecture").is_some() {
+            return Ok(Self::Timm);
+        }
         Ok(match model_type {
             None | Some("vit") => Self::HfVit,
             Some("deit") => Self::HfDeit,
@@ -40,12 +49,36 @@ impl Layout {
         })
     }
 
-    /// The architecture `config.json` describes, in this layout.
-    pub fn config(self, json: &Value) -> Result<ViTConfig> {
+    /// The layout of a checkpoint without `config.json`, by its tensor names.
+    pub fn of_names(names: &[String]) -> Self {
+        match timm::has_timm_names(names) {
+            true => Self::Timm,
+            false => Self::HfVit,
+        }
+    }
+
+    /// The architecture `config.json` describes, in this layout; timm's is read off the
+    /// tensors (`shapes`, by canonical name), with `num_heads` for a config without them.
+    pub fn config(
+        self,
+        json: &Value,
+        shapes: &(impl TensorShapes + ?Sized),
+        num_heads: Option<usize>,
+    ) -> Result<ViTConfig> {
         match self {
             Self::HfVit => hf_vit::config(json),
             Self::HfDeit => hf_deit::config(json),
             Self::HfDinov2 => hf_dinov2::config(json),
+            Self::Timm => timm::config(json, shapes, num_heads),
+        }
+    }
+
+    /// The canonical names a fused stored tensor is split into along its rows (timm's
+    /// `qkv`), if it is one.
+    pub fn fused_parts(self, stored: &str) -> Option<Vec<String>> {
+        match self {
+            Self::Timm => timm::fused_parts(stored),
+            _ => None,
         }
     }
 
@@ -56,6 +89,7 @@ impl Layout {
             Self::HfVit => hf_vit::canonical_name(stored),
             Self::HfDeit => hf_deit::canonical_name(stored),
             Self::HfDinov2 => hf_dinov2::canonical_name(stored),
+            Self::Timm => timm::canonical_name(stored),
         };
         renamed.unwrap_or_else(|| stored.to_string())
     }
@@ -70,11 +104,7 @@ impl Layout {
         } else {
             Self::HfVit
         };
-        let expected = match layout {
-            Self::HfVit => Self::HfVit.variant(variant),
-            Self::HfDeit => Self::HfDeit.variant(variant),
-            Self::HfDinov2 => Self::HfDinov2.variant(variant),
-        };
+        let expected = layout.variant(variant);
         if *variant != expected {
             bail!(
                 "this variant has no HF counterpart in the ViT family (ViT, DeiT, DINOv2): {}",
@@ -89,7 +119,7 @@ impl Layout {
     fn variant(self, variant: &Variant) -> Variant {
         let plain = Variant::default();
         match self {
-            Self::HfVit => Variant {
+            Self::HfVit | Self::Timm => Variant {
                 head: variant.head,
                 ..plain
             },
@@ -119,8 +149,9 @@ impl Layout {
         for key in ["num_labels", "id2label", "label2id"] {
             map.remove(key);
         }
+        // timm checkpoints are written in the HF layout of their variant (`of_variant`).
         let (model_type, architecture, specific) = match self {
-            Self::HfVit => hf_vit::hf_config(config),
+            Self::HfVit | Self::Timm => hf_vit::hf_config(config),
             Self::HfDeit => hf_deit::hf_config(config),
             Self::HfDinov2 => hf_dinov2::hf_config(config, base),
         };
@@ -135,7 +166,7 @@ impl Layout {
     /// The name this layout stores a canonical tensor under (what `save_pretrained` writes).
     pub fn stored_name(self, canonical: &str, config: &ViTConfig) -> String {
         match self {
-            Self::HfVit => hf_vit::stored_name(canonical, config),
+            Self::HfVit | Self::Timm => hf_vit::stored_name(canonical, config),
             Self::HfDeit => hf_deit::stored_name(canonical, config),
             Self::HfDinov2 => hf_dinov2::stored_name(canonical, config),
         }
@@ -147,6 +178,7 @@ impl Layout {
             Self::HfVit => "HF vit",
             Self::HfDeit => "HF deit",
             Self::HfDinov2 => "HF dinov2",
+            Self::Timm => "timm",
         }
     }
 }

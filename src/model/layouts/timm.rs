@@ -1,0 +1,400 @@
+//! timm's `VisionTransformer` (and `VisionTransformerDistilled`) as saved to the hub by
+//! `save_for_hf`: `config.json` with `architecture`, `num_classes`, `global_pool`, optional
+//! `model_args` and `pretrained_cfg`; weights in timm naming (`blocks.N.attn.qkv`, fused,
+//! split into query, key and value as they are read). The variant is read off the tensors
+//! (class, distillation and register tokens, whether `pos_embed` covers them, `norm_pre`,
+//! `ls1`/`ls2`, `fc_norm`, patch bias), the pooling from `global_pool`; heads and activation
+//! from `model_args`, else from timm's registry conventions. Tensors of options this encoder
+//! lacks (`qk_norm`, `attn_pool`, ...) are an error naming the option.
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::model::config::{Activation, Head, Pooling, PosInterpolation, Variant, ViTConfig};
+use crate::model::weights::{default_labels, TensorShapes};
+use crate::preprocess::{CropOffset, PreprocessConfig, Resample, ResizeTarget};
+
+/// ImageNet mean and standard deviation, as timm's `IMAGENET_DEFAULT_MEAN`/`_STD`.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Whether stored tensor names are timm's (`pos_embed`, `blocks.N...`).
+pub fn has_timm_names(names: &[String]) -> bool {
+    names
+        .iter()
+        .any(|n| n == "pos_embed" || n == "cls_token" || n.starts_with("blocks."))
+}
+
+/// The three canonical names (query, key, value) a fused `blocks.N.attn.qkv` tensor is split
+/// into, along its rows.
+pub fn fused_parts(stored: &str) -> Option<Vec<String>> {
+    let (layer, "attn.qkv", param) = timm_block_param(stored)? else {
+        return None;
+    };
+    Some(
+        ["query", "key", "value"]
+            .iter()
+            .map(|part| format!("vit.encoder.layer.{layer}.attention.attention.{part}.{param}"))
+            .collect(),
+    )
+}
+
+/// The canonical name of a timm tensor (`qkv` aside, see [`fused_parts`]).
+pub fn canonical_name(stored: &str) -> Option<String> {
+    let direct = match stored {
+        "dist_token" => Some("vit.embeddings.distillation_token"),
+        "reg_token" => Some("vit.embeddings.register_tokens"),
+        "norm_pre.weight" => Some("vit.pre_layernorm.weight"),
+        "norm_pre.bias" => Some("vit.pre_layernorm.bias"),
+        "fc_norm.weight" => Some("vit.pool_layernorm.weight"),
+        "fc_norm.bias" => Some("vit.pool_layernorm.bias"),
+        "head_dist.weight" => Some("distillation_classifier.weight"),
+        "head_dist.bias" => Some("distillation_classifier.bias"),
+        _ => None,
+    };
+    if let Some(name) = direct {
+        return Some(name.to_string());
+    }
+    if let Some(rest) = stored.strip_prefix("blocks.") {
+        let (layer, rest) = rest.split_once('.')?;
+        let scale = match rest {
+            "ls1.gamma" => Some("layer_scale1.lambda1"),
+            "ls2.gamma" => Some("layer_scale2.lambda1"),
+            _ => None,
+        };
+        if let Some(scale) = scale {
+            return Some(format!("vit.encoder.layer.{layer}.{scale}"));
+        }
+    }
+    timm_to_hf_name(stored)
+}
+
+/// Options of timm's ViT that this encoder does not have, by a tensor that shows them.
+const UNSUPPORTED: [(&str, &str); 8] = [
+    (".attn.q_norm.", "qk_norm"),
+    (".attn.k_norm.", "qk_norm"),
+    ("attn_pool.", "attn_pool (global_pool='map')"),
+    (".attn.norm.", "scale_attn_norm"),
+    (".mlp.norm.", "scale_mlp_norm"),
+    (".mlp.fc1_g.", "a gated (SwiGLU) MLP"),
+    ("patch_embed.norm.", "a norm in the patch embedding"),
+    ("head.fc.", "a multi-layer head"),
+];
+
+/// The architecture of a timm checkpoint: `json` is its `config.json` (or `{}`), `shapes`
+/// the tensors by canonical name; `num_heads` overrides the heads for a checkpoint without
+/// `model_args`.
+pub fn config(
+    json: &Value,
+    shapes: &(impl TensorShapes + ?Sized),
+    num_heads: Option<usize>,
+) -> Result<ViTConfig> {
+    let names = shapes.names();
+    for (pattern, option) in UNSUPPORTED {
+        if let Some(name) = names.iter().find(|n| n.contains(pattern)) {
+            bail!("timm option {option} is not supported (tensor {name})");
+        }
+    }
+    if shapes.shape("vit.embeddings.position_embeddings").is_none() {
+        bail!("a timm ViT without absolute position embeddings (pos_embed) is not supported");
+    }
+    let shape = |name: &str, what: &str| -> Result<Vec<usize>> {
+        shapes
+            .shape(name)
+            .with_context(|| format!("timm checkpoint without {what}"))
+    };
+    let projection = shape(
+        "vit.embeddings.patch_embeddings.projection.weight",
+        "patch_embed.proj.weight",
+    )?;
+    let [hidden, channels, patch, _] = projection[..] else {
+        bail!("patch_embed.proj.weight has shape {projection:?}, expected 4 dimensions");
+    };
+    let args = json.get("model_args");
+    let arg = |key: &str| args.and_then(|a| a.get(key));
+    let architecture = json
+        .get("architecture")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let class_token = shapes.shape("vit.embeddings.cls_token").is_some();
+    let distillation_token = shapes.shape("vit.embeddings.distillation_token").is_some();
+    let register_tokens = shapes
+        .shape("vit.embeddings.register_tokens")
+        .map_or(0, |s| s.get(1).copied().unwrap_or(0));
+    let prefix = usize::from(class_token) + usize::from(distillation_token) + register_tokens;
+    let positions = shape("vit.embeddings.position_embeddings", "pos_embed")?;
+    let rows = positions.get(1).copied().unwrap_or(0);
+    // `pos_embed` covers every prefix token, or none of them (`no_embed_class`).
+    let grid_of = |patches: usize| {
+        let grid = (patches as f64).sqrt().round() as usize;
+        (grid * grid == patches && grid > 0).then_some(grid)
+    };
+    let (grid, embed_class) = match (grid_of(rows), rows.checked_sub(prefix).and_then(grid_of)) {
+        (_, Some(grid)) if prefix > 0 => (grid, true),
+        (Some(grid), _) => (grid, false),
+        _ => bail!(
+            "pos_embed has {rows} rows: not a square grid with or without {prefix} prefix tokens"
+        ),
+    };
+    let num_hidden_layers = (0..)
+        .take_while(|i| {
+            shapes
+                .shape(&format!("vit.encoder.layer.{i}.layernorm_before.weight"))
+                .is_some()
+        })
+        .count();
+    let intermediate = shape(
+        "vit.encoder.layer.0.intermediate.dense.weight",
+        "blocks.0.mlp.fc1.weight",
+    )?[0];
+    let heads = match arg("num_heads").and_then(Value::as_u64) {
+        Some(heads) => heads as usize,
+        None => num_heads.unwrap_or_else(|| default_heads(hidden)),
+    };
+    let activation = match arg("act_layer").and_then(Value::as_str) {
+        Some(name) => Activation::from_hf_name(name)
+            .with_context(|| format!("model_args.act_layer {name:?}"))?,
+        None if architecture.contains("quickgelu") => Activation::QuickGelu,
+        None => Activation::Gelu,
+    };
+    // timm registers its CLIP towers with LayerNorm eps 1e-6, every other ViT with 1e-6.
+    let layer_norm_eps = match architecture.contains("_clip_") {
+        true => 1e-5,
+        false => 1e-6,
+    };
+    let global_pool = arg("global_pool")
+        .or_else(|| json.get("global_pool"))
+        .and_then(Value::as_str)
+        .unwrap_or(if class_token { "token" } else { "avg" });
+    let pooling = match global_pool {
+        "token" if distillation_token => Pooling::ClassDistillationAverage,
+        "token" => Pooling::Class,
+        "avg" => Pooling::Mean,
+        other => bail!("timm global_pool {other:?} is not supported (supported: token, avg)"),
+    };
+    let head = match (
+        shapes.shape("classifier.weight"),
+        shapes.shape("distillation_classifier.weight"),
+    ) {
+        (Some(_), Some(_)) => Head::Distilled,
+        (Some(_), None) => Head::Linear,
+        (None, _) => Head::None,
+    };
+    let labels = match head {
+        Head::None => 0,
+        _ => shape("classifier.weight", "head.weight")?[0],
+    };
+    let label_names = json
+        .get("pretrained_cfg")
+        .and_then(|c| c.get("label_names"))
+        .or_else(|| json.get("label_names"))
+        .and_then(Value::as_array)
+        .filter(|names| names.len() == labels);
+    let id2label = match label_names {
+        Some(names) => names
+            .iter()
+            .map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_string))
+            .collect(),
+        None if labels == 0 => Vec::new(),
+        None => default_labels(labels),
+    };
+    let variant = Variant {
+        class_token,
+        distillation_token,
+        register_tokens,
+        class_positions: embed_class,
+        register_positions: embed_class,
+        pos_interpolation: PosInterpolation::BicubicAntialias,
+        patch_bias: shapes
+            .shape("vit.embeddings.patch_embeddings.projection.bias")
+            .is_some(),
+        norm_pre: shapes.shape("vit.pre_layernorm.weight").is_some(),
+        layer_scale: shapes
+            .shape("vit.encoder.layer.0.layer_scale1.lambda1")
+            .is_some(),
+        mlp: crate::model::config::MlpKind::Standard,
+        final_norm: shapes.shape("vit.layernorm.weight").is_some(),
+        pool_norm: shapes.shape("vit.pool_layernorm.weight").is_some(),
+        pooling,
+        head,
+    };
+    let config = ViTConfig {
+        hidden_size: hidden,
+        num_hidden_layers,
+        num_attention_heads: heads,
+        intermediate_size: intermediate,
+        hidden_act: activation,
+        layer_norm_eps,
+        image_size: grid * patch,
+        patch_size: patch,
+        num_channels: channels,
+        qkv_bias: shapes
+            .shape("vit.encoder.layer.0.attention.attention.query.bias")
+            .is_some(),
+        id2label,
+        variant,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// timm's eval transform of a checkpoint's `pretrained_cfg` at its `input_size` (else the
+/// config's image size), with torchvision's crop rounding.
+pub fn preprocess(json: &Value, config: &ViTConfig) -> Result<PreprocessConfig> {
+    let pretrained = json.get("pretrained_cfg");
+    let size = pretrained
+        .and_then(|p| p.get("input_size"))
+        .and_then(Value::as_array)
+        .and_then(|s| s.last())
+        .and_then(Value::as_u64)
+        .map_or(config.image_size, |s| s as usize);
+    Ok(timm_preprocess(pretrained, size, CropOffset::RoundHalfEven)?.0)
+}
+
+/// HF names of timm's `VisionTransformer` tensors, by timm name (`qkv` aside).
+pub fn timm_to_hf_name(name: &str) -> Option<String> {
+    let direct = match name {
+        "cls_token" => Some("vit.embeddings.cls_token"),
+        "pos_embed" => Some("vit.embeddings.position_embeddings"),
+        "patch_embed.proj.weight" => Some("vit.embeddings.patch_embeddings.projection.weight"),
+        "patch_embed.proj.bias" => Some("vit.embeddings.patch_embeddings.projection.bias"),
+        "norm.weight" => Some("vit.layernorm.weight"),
+        "norm.bias" => Some("vit.layernorm.bias"),
+        "head.weight" => Some("classifier.weight"),
+        "head.bias" => Some("classifier.bias"),
+        _ => None,
+    };
+    if let Some(hf) = direct {
+        return Some(hf.to_string());
+    }
+    let (layer, module, param) = timm_block_param(name)?;
+    let hf = match module {
+        "norm1" => "layernorm_before",
+        "norm2" => "layernorm_after",
+        "attn.proj" => "attention.output.dense",
+        "mlp.fc1" => "intermediate.dense",
+        "mlp.fc2" => "output.dense",
+        _ => return None,
+    };
+    Some(format!("vit.encoder.layer.{layer}.{hf}.{param}"))
+}
+
+/// Splits `blocks.N.MODULE.weight|bias` into its parts.
+pub fn timm_block_param(name: &str) -> Option<(usize, &str, &str)> {
+    let (layer, rest) = name.strip_prefix("blocks.")?.split_once('.')?;
+    let (module, param) = rest.rsplit_once('.')?;
+    let layer = layer.parse().ok()?;
+    matches!(param, "weight" | "bias").then_some((layer, module, param))
+}
+
+/// Heads of the standard ViT widths whose heads are not 64 wide (ViT-H, ViT-g, ViT-G and
+/// SoViT-400m have 16); hidden size / 64 otherwise.
+pub fn default_heads(hidden: usize) -> usize {
+    match hidden {
+        1152 | 1280 | 1408 | 1664 => 16,
+        _ => (hidden / 64).max(1),
+    }
+}
+
+/// timm's evaluation transform as a preprocessing config: from a timm `pretrained_cfg` when
+/// the checkpoint has one, else timm's defaults for DeiT: crop_pct 0.9, bicubic, ImageNet
+/// mean/std. `crop_offset` is torchvision's rounding to run it as timm does, HF's floor to
+/// write it as an HF preprocessor (a pixel off for odd margins).
+pub fn timm_preprocess(
+    pretrained: Option<&Value>,
+    image_size: usize,
+    crop_offset: CropOffset,
+) -> Result<(PreprocessConfig, String)> {
+    let get = |key: &str| pretrained.and_then(|p| p.get(key));
+    let three = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
+        let Some(value) = get(key) else {
+            return Ok(default);
+        };
+        let values: Vec<f32> = value
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_f64)
+                    .map(|v| v as f32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        match values[..] {
+            [a, b, c] => Ok([a, b, c]),
+            [a] => Ok([a; 3]),
+            _ => bail!("pretrained_cfg.{key} {value} is not 1 or 3 numbers"),
+        }
+    };
+    let mean = three("mean", IMAGENET_MEAN)?;
+    let std = three("std", IMAGENET_STD)?;
+    let crop_pct = get("crop_pct").and_then(Value::as_f64).unwrap_or(0.9);
+    ensure!(
+        crop_pct > 0.0 && crop_pct <= 1.0,
+        "pretrained_cfg.crop_pct {crop_pct} is not in (0, 1]"
+    );
+    let interpolation = get("interpolation")
+        .and_then(Value::as_str)
+        .unwrap_or("bicubic");
+    let resample = match interpolation {
+        "bicubic" => Resample::Bicubic,
+        "bilinear" => Resample::Bilinear,
+        "nearest" => Resample::Nearest,
+        "lanczos" => Resample::Lanczos,
+        "box" => Resample::Box,
+        "hamming" => Resample::Hamming,
+        other => bail!("pretrained_cfg.interpolation {other:?} is not supported"),
+    };
+    let crop = image_size as u32;
+    let scaled = (image_size as f64 / crop_pct).floor() as u32;
+    let resize = match get("crop_mode").and_then(Value::as_str).unwrap_or("center") {
+        "center" => ResizeTarget::ShortestEdge(scaled),
+        "squash" => ResizeTarget::Exact {
+            height: scaled,
+            width: scaled,
+        },
+        other => bail!("pretrained_cfg.crop_mode {other:?} is not supported"),
+    };
+    let origin = match pretrained {
+        Some(_) => "from the timm config's pretrained_cfg",
+        None => "timm defaults for DeiT: ImageNet mean/std",
+    };
+    let how = format!("{origin}, {interpolation} resize to {scaled}, centre crop {crop}");
+    let config = PreprocessConfig {
+        resize: Some(resize),
+        resample,
+        center_crop: Some((crop, crop)),
+        crop_offset,
+        rescale_factor: Some(1.0 / 255.0),
+        normalize: Some((mean, std)),
+    };
+    Ok((config, how))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn timm_preprocessing_follows_pretrained_cfg_or_deit_defaults() {
+        let (config, how) = timm_preprocess(None, 224, CropOffset::Floor).unwrap();
+        assert_eq!(config.resize, Some(ResizeTarget::ShortestEdge(248)));
+        assert_eq!(config.center_crop, Some((224, 224)));
+        assert_eq!(config.resample, Resample::Bicubic);
+        assert_eq!(config.normalize, Some((IMAGENET_MEAN, IMAGENET_STD)));
+        assert!(how.contains("DeiT"), "{how}");
+        let cfg = json!({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 1.0,
+                         "interpolation": "bilinear", "crop_mode": "squash"});
+        let (config, _) = timm_preprocess(Some(&cfg), 384, CropOffset::Floor).unwrap();
+        assert_eq!(
+            config.resize,
+            Some(ResizeTarget::Exact {
+                height: 384,
+                width: 384
+            })
+        );
+        assert_eq!(config.resample, Resample::Bilinear);
+        assert_eq!(config.normalize, Some(([0.5; 3], [0.5; 3])));
+        assert!(timm_preprocess(Some(&json!({"crop_pct": 0})), 224, CropOffset::Floor).is_err());
+    }
+}
