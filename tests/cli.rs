@@ -464,3 +464,25 @@ fn a_shard_index_naming_a_tensor_its_shard_lacks_is_named() {
     );
     assert_one_line(&err);
 }
+
+#[test]
+fn a_cmyk_jpeg_is_read_as_pillow_converts_it() {
+    let cmyk = vit::preprocess::load_rgb(&fixture("cmyk/pattern_cmyk.jpg")).unwrap();
+    let pillow = vit::preprocess::load_rgb(&fixture("cmyk/pattern_cmyk_as_rgb.png")).unwrap();
+    assert_eq!(cmyk.dimensions(), (97, 65));
+    let worst = cmyk
+        .as_raw()
+        .iter()
+        .zip(pillow.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert_eq!(worst, 0, "max difference from Pillow's RGB: {worst}");
+    let output = vit(&[
+        "classify",
+        "-m",
+        fixture("hf/p4_s32_gelu").to_str().unwrap(),
+        fixture("cmyk/pattern_cmyk.jpg").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

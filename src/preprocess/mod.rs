@@ -373,13 +373,26 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     Ok(image.into_rgb8())
 }
 
-/// Decodes a JPEG to RGB with libjpeg's defaults (integer IDCT, fancy upsampling).
+/// Decodes a JPEG to RGB with libjpeg's defaults (integer IDCT, fancy upsampling). CMYK
+/// (and YCCK) JPEGs become RGB as Pillow's `convert("RGB")` makes them.
 fn decode_jpeg_like_pillow(bytes: &[u8]) -> Result<RgbImage> {
     let decode = || -> std::io::Result<RgbImage> {
-        let mut started = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let decompress = mozjpeg::Decompress::new_mem(bytes)?;
+        let cmyk = matches!(
+            decompress.color_space(),
+            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
+        );
+        let mut started = match cmyk {
+            true => decompress.to_colorspace(mozjpeg::ColorSpace::JCS_CMYK)?,
+            false => decompress.rgb()?,
+        };
         let (width, height) = (started.width() as u32, started.height() as u32);
         let pixels = started.read_scanlines::<u8>()?;
         started.finish()?;
+        let pixels = match cmyk {
+            true => pixels.chunks_exact(4).flat_map(adobe_cmyk_to_rgb).collect(),
+            false => pixels,
+        };
         RgbImage::from_raw(width, height, pixels)
             .ok_or_else(|| std::io::Error::other("decoded size does not match the header"))
     };
@@ -388,6 +401,20 @@ fn decode_jpeg_like_pillow(bytes: &[u8]) -> Result<RgbImage> {
         Ok(result) => result.context("cannot decode JPEG"),
         Err(_) => bail!("cannot decode JPEG"),
     }
+}
+
+/// One pixel of a CMYK JPEG as Pillow reads it (Adobe's inverted polarity, `CMYK;I`) and
+/// converts it to RGB: `255 - k - c (255 - k) / 255`, rounded as Pillow's `MULDIV255`.
+fn adobe_cmyk_to_rgb(stored: &[u8]) -> [u8; 3] {
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let not_black = stored[3] as u32;
+    [0, 1, 2].map(|i| {
+        let ink = 255 - stored[i] as u32;
+        (not_black - muldiv255(ink, not_black)) as u8
+    })
 }
 
 /// Whether a JPEG stream reaches its end-of-image marker. Walks the marker segments and the
