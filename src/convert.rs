@@ -19,14 +19,13 @@ use serde_json::{json, Value};
 
 use crate::atomic::StagedDir;
 use crate::hub::ModelSpec;
-use crate::model::config::ViTConfig;
-use crate::model::layouts::timm::{
-    default_heads, timm_block_param, timm_preprocess, timm_to_hf_name,
-};
+use crate::model::config::{PosInterpolation, ViTConfig};
+use crate::model::layouts::timm::{self, default_heads, timm_preprocess};
+use crate::model::layouts::Layout as ModelLayout;
 use crate::model::save::{save_safetensors, write_json};
 use crate::model::weights::{
-    check_state_dict, default_labels, expected_tensors, infer_config, read_weights, ModelFiles,
-    StateDict,
+    canonical_state_dict, check_state_dict, expected_tensors, infer_config, read_weights,
+    read_weights_as, ModelFiles, StateDict,
 };
 use crate::preprocess::{CropOffset, PreprocessConfig};
 
@@ -176,7 +175,18 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
 
     bar.set_message("writing");
     let shards = shard(&order, &tensors, options.max_shard_size);
-    write_weights(staged.path(), &shards, &tensors, &bar)?;
+    // Written under the names of the HF layout the variant belongs to (ViT, DeiT, DINOv2).
+    let target = ModelLayout::of_variant(&plan.config.variant)?;
+    let stored = |name: &String| target.stored_name(name, &plan.config);
+    let stored_shards: Vec<Vec<String>> = shards
+        .iter()
+        .map(|names| names.iter().map(stored).collect())
+        .collect();
+    let stored_tensors: StateDict = tensors
+        .iter()
+        .map(|(name, tensor)| (stored(name), tensor.clone()))
+        .collect();
+    write_weights(staged.path(), &stored_shards, &stored_tensors, &bar)?;
     let mut dtypes: Vec<DType> = tensors.values().map(Tensor::dtype).collect();
     dtypes.sort_by_key(|d| d.as_str());
     dtypes.dedup();
@@ -334,47 +344,6 @@ fn some_names(weights: &StateDict) -> String {
     )
 }
 
-/// Maps timm names to HF names, splitting each fused `qkv` into query, key and value.
-/// Tensors with no HF counterpart are an error: they mean another architecture.
-fn map_timm(weights: &StateDict) -> Result<StateDict> {
-    let mut mapped = StateDict::new();
-    let mut unknown = Vec::new();
-    for (name, tensor) in weights {
-        match timm_block_param(name) {
-            Some((layer, "attn.qkv", param)) => {
-                let rows = tensor.dims().first().copied().unwrap_or(0);
-                ensure!(
-                    rows > 0 && rows % 3 == 0,
-                    "tensor {name} has shape {:?}: its first dimension is not 3 x the hidden size",
-                    tensor.dims()
-                );
-                let size = rows / 3;
-                for (i, part) in ["query", "key", "value"].into_iter().enumerate() {
-                    mapped.insert(
-                        format!("vit.encoder.layer.{layer}.attention.attention.{part}.{param}"),
-                        tensor.narrow(0, i * size, size)?,
-                    );
-                }
-            }
-            _ => match timm_to_hf_name(name) {
-                Some(hf) => {
-                    mapped.insert(hf, tensor.clone());
-                }
-                None => unknown.push(name.as_str()),
-            },
-        }
-    }
-    if !unknown.is_empty() {
-        unknown.sort_unstable();
-        bail!(
-            "timm tensors with no counterpart in HF's ViTForImageClassification: {} (only plain \
-             ViTs with a class token, token pooling and a final norm convert)",
-            unknown.join(", ")
-        );
-    }
-    Ok(mapped)
-}
-
 /// The source tensor `name` rebuilt from HF-named `written` tensors (the inverse mapping).
 fn rebuild_source(written: &StateDict, layout: Layout, name: &str) -> Result<Tensor> {
     let get = |hf: &str| {
@@ -383,20 +352,20 @@ fn rebuild_source(written: &StateDict, layout: Layout, name: &str) -> Result<Ten
             .cloned()
             .with_context(|| format!("tensor {hf} (from {name}) is missing"))
     };
-    match (layout, timm_block_param(name)) {
+    match (layout, name) {
         (Layout::Hf, _) => get(name),
-        (Layout::Timm, Some((layer, "attn.qkv", param))) => {
-            let parts = ["query", "key", "value"].map(|part| {
-                get(&format!(
-                    "vit.encoder.layer.{layer}.attention.attention.{part}.{param}"
-                ))
-            });
-            let [q, k, v] = parts;
-            Ok(Tensor::cat(&[q?, k?, v?], 0)?)
-        }
-        (Layout::Timm, _) => {
-            get(&timm_to_hf_name(name).with_context(|| format!("{name}: no HF name"))?)
-        }
+        (Layout::Timm, _) => match timm::fused_parts(name) {
+            Some(parts) => {
+                let parts = parts
+                    .iter()
+                    .map(|part| get(part))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&parts, 0)?)
+            }
+            None => {
+                get(&timm::canonical_name(name).with_context(|| format!("{name}: no HF name"))?)
+            }
+        },
     }
 }
 
@@ -438,7 +407,9 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
     let layout = detect_layout(&source, options.layout).with_context(in_weights)?;
     let mut tensors = match layout {
         Layout::Hf => source.clone(),
-        Layout::Timm => map_timm(&source).with_context(in_weights)?,
+        Layout::Timm => {
+            canonical_state_dict(source.clone(), ModelLayout::Timm).with_context(in_weights)?
+        }
     };
     let mut notes = Vec::new();
     let timm_config = match (layout, &files.config) {
@@ -458,10 +429,17 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
                 ConfigSource::Copied(path.clone()),
             )
         }
-        _ => {
-            let config =
-                inferred_config(&tensors, layout, timm_config.as_ref(), options, &mut notes)
-                    .with_context(in_weights)?;
+        (Layout::Timm, _) => {
+            let config = timm_config_for_hf(&tensors, timm_config.as_ref(), options, &mut notes)
+                .with_context(in_weights)?;
+            let how = format!(
+                "read off the timm tensors ({} heads, eps {:e})",
+                config.num_attention_heads, config.layer_norm_eps
+            );
+            (config, ConfigSource::Inferred(how))
+        }
+        (Layout::Hf, None) => {
+            let config = inferred_config(&tensors, options, &mut notes).with_context(in_weights)?;
             let how = format!(
                 "inferred from shapes ({} heads, eps {:e})",
                 config.num_attention_heads, config.layer_norm_eps
@@ -473,11 +451,11 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
     for name in unused {
         ensure!(
             DROPPABLE.iter().any(|prefix| name.starts_with(prefix)),
-            "{}: tensor {name} is not part of ViTForImageClassification with this config",
+            "{}: tensor {name} is not part of the model with this config",
             in_weights()
         );
         notes.push(format!(
-            "warning: dropping tensor {name} (not used by ViTForImageClassification)"
+            "warning: dropping tensor {name} (not used by the model)"
         ));
         tensors.remove(&name);
     }
@@ -527,13 +505,10 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
     })
 }
 
-/// The architecture of a checkpoint without an HF config: shapes, plus timm's LayerNorm eps
-/// and labels for timm checkpoints. Heads cannot be seen in shapes: `--num-heads`, else 16 for
-/// the ViT-H/g/G widths, else hidden size / 64.
+/// The architecture of an HF-named checkpoint without a config: shapes. Heads cannot be seen
+/// in shapes: `--num-heads`, else 16 for the ViT-H/g/G widths, else hidden size / 64.
 fn inferred_config(
     tensors: &StateDict,
-    layout: Layout,
-    timm_config: Option<&Value>,
     options: &ConvertOptions,
     notes: &mut Vec<String>,
 ) -> Result<ViTConfig> {
@@ -541,36 +516,54 @@ fn inferred_config(
         .get(Layout::Hf.marker())
         .and_then(|t| t.dims().first().copied())
         .unwrap_or(0);
-    let heads = match options.num_heads {
-        Some(heads) => heads,
-        None => {
-            let heads = default_heads(hidden);
-            notes.push(format!(
-                "note: assuming {heads} attention heads for hidden size {hidden} (the checkpoint \
-                 does not say); pass --num-heads if the model has another count"
-            ));
-            heads
-        }
-    };
-    let mut config = infer_config(tensors, Some(heads))?;
-    if layout == Layout::Timm {
-        config.layer_norm_eps = 1e-6;
-        let names = timm_config
-            .and_then(|c| c.get("label_names"))
-            .and_then(Value::as_array)
-            .filter(|names| names.len() == config.num_labels());
-        config.id2label = match names {
-            Some(names) => names
-                .iter()
-                .map(|n| {
-                    n.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| n.to_string())
-                })
-                .collect(),
-            None => default_labels(config.num_labels()),
-        };
+    let heads = options.num_heads.unwrap_or_else(|| {
+        let heads = default_heads(hidden);
+        notes.push(assumed_heads_note(heads, hidden));
+        heads
+    });
+    infer_config(tensors, Some(heads))
+}
+
+fn assumed_heads_note(heads: usize, hidden: usize) -> String {
+    format!(
+        "note: assuming {heads} attention heads for hidden size {hidden} (the checkpoint does \
+         not say); pass --num-heads if the model has another count"
+    )
+}
+
+/// The architecture of a timm checkpoint (canonical `tensors`, its `config.json` if any),
+/// set to resize positions as the HF layout it is written in does; an error naming the
+/// variant when no HF layout of the family holds it.
+fn timm_config_for_hf(
+    tensors: &StateDict,
+    timm_config: Option<&Value>,
+    options: &ConvertOptions,
+    notes: &mut Vec<String>,
+) -> Result<ViTConfig> {
+    let empty = Value::Object(Default::default());
+    let json = timm_config.unwrap_or(&empty);
+    let mut config = timm::config(json, tensors, options.num_heads)?;
+    let stated = json.pointer("/model_args/num_heads").is_some();
+    if !stated && options.num_heads.is_none() {
+        notes.push(assumed_heads_note(
+            config.num_attention_heads,
+            config.hidden_size,
+        ));
     }
+    let variant = &mut config.variant;
+    let hf_resampling = match variant.register_tokens {
+        0 => PosInterpolation::Bicubic,
+        _ => PosInterpolation::BicubicAntialias,
+    };
+    if variant.pos_interpolation != hf_resampling {
+        variant.pos_interpolation = hf_resampling;
+        notes.push(
+            "note: HF resizes position embeddings without antialiasing where timm uses it: \
+             at input sizes other than the model's, outputs differ slightly"
+                .into(),
+        );
+    }
+    ModelLayout::of_variant(&config.variant)?;
     Ok(config)
 }
 
@@ -746,7 +739,8 @@ fn verify(
         .preprocessor
         .context("preprocessor_config.json was not written")?;
     PreprocessConfig::from_file(&preprocessor)?;
-    let written = read_weights(&files.weights)?;
+    let target = ModelLayout::of_variant(&config.variant)?;
+    let written = read_weights_as(&files.weights, Some(target))?;
     let unused = check_state_dict(&written, config)?;
     ensure!(unused.is_empty(), "unexpected tensors {unused:?}");
     for (name, tensor) in &written {
@@ -1002,7 +996,7 @@ mod tests {
             ("head.weight".to_string(), tensor(&[3, 2])),
         ]
         .into();
-        let mapped = map_timm(&weights).unwrap();
+        let mapped = canonical_state_dict(weights.clone(), ModelLayout::Timm).unwrap();
         let key = |part: &str| {
             mapped[&format!("vit.encoder.layer.3.attention.attention.{part}.weight")]
                 .flatten_all()
@@ -1025,17 +1019,39 @@ mod tests {
     }
 
     #[test]
-    fn timm_variants_that_are_not_plain_vits_are_refused() {
+    fn timm_variants_without_an_hf_counterpart_are_refused_by_name() {
+        // DeiT III: no_embed_class with layer scale; neither HF DeiT nor DINOv2 holds it.
         let weights: StateDict = [
-            ("dist_token".to_string(), tensor(&[1, 1, 2])),
+            ("cls_token".to_string(), tensor(&[1, 1, 2])),
+            ("pos_embed".to_string(), tensor(&[1, 4, 2])),
+            ("patch_embed.proj.weight".to_string(), tensor(&[2, 3, 4, 4])),
+            ("blocks.0.norm1.weight".to_string(), tensor(&[2])),
+            ("blocks.0.mlp.fc1.weight".to_string(), tensor(&[4, 2])),
+            ("blocks.0.attn.qkv.weight".to_string(), tensor(&[6, 2])),
             ("blocks.0.ls1.gamma".to_string(), tensor(&[2])),
             ("head.weight".to_string(), tensor(&[3, 2])),
         ]
         .into();
-        let err = map_timm(&weights).unwrap_err().to_string();
-        assert!(err.contains("blocks.0.ls1.gamma, dist_token"), "{err}");
+        let tensors = canonical_state_dict(weights, ModelLayout::Timm).unwrap();
+        let options = ConvertOptions {
+            layout: None,
+            dtype: None,
+            max_shard_size: 1 << 30,
+            num_heads: Some(1),
+            overwrite: false,
+            progress: false,
+        };
+        let err = timm_config_for_hf(&tensors, None, &options, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no HF counterpart") && err.contains("no_embed_class"),
+            "{err}"
+        );
         let bad_qkv: StateDict = [("blocks.0.attn.qkv.weight".to_string(), tensor(&[4, 2]))].into();
-        let err = map_timm(&bad_qkv).unwrap_err().to_string();
+        let err = canonical_state_dict(bad_qkv, ModelLayout::Timm)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("blocks.0.attn.qkv.weight has shape [4, 2]"),
             "{err}"

@@ -516,7 +516,7 @@ fn unknown_layouts_and_non_vit_tensors_are_named() {
     ]);
     assert_fails(&output, "not an HF ViT checkpoint");
 
-    // A distilled DeiT (timm names plus a distillation token) is not a plain ViT.
+    // A distillation token whose position embeddings do not fit: named with its shapes.
     let mut timm = candle_core::safetensors::load(
         fixture("timm/timm_vit_noqkvbias.safetensors"),
         &Device::Cpu,
@@ -531,8 +531,13 @@ fn unknown_layouts_and_non_vit_tensors_are_named() {
     let output = convert(&[s(&distilled), "-o", s(&out), "--num-heads", "2"]);
     assert_fails(
         &output,
-        "no counterpart in HF's ViTForImageClassification: dist_token",
+        "pos_embed has 65 rows: not a square grid with or without 2 prefix tokens",
     );
+    // A timm variant no HF layout holds is refused by name.
+    let deit3 = fixture("timm_family/vit_reg_no_embed_class_ls_at40");
+    let output = convert(&[s(&deit3), "-o", s(&out)]);
+    assert_fails(&output, "no HF counterpart in the ViT family");
+    assert!(stderr(&output).contains("no_embed_class"));
     assert!(!out.exists());
     assert_no_leftovers(root.path());
 }
@@ -708,4 +713,52 @@ fn bad_arguments_are_usage_errors() {
     }
     let output = convert(&["missing.pth"]);
     assert_fails(&output, "missing.pth: no such file or directory");
+}
+
+/// timm's distilled DeiT becomes HF's `DeiTForImageClassificationWithTeacher`, a timm
+/// DINOv2 backbone HF's `Dinov2Model`: written in HF's names, and the written folder gives
+/// timm's outputs.
+#[test]
+fn timm_deit_distilled_and_dinov2_convert_to_their_hf_layouts() {
+    use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+    let root = tempfile::tempdir().unwrap();
+    for (case, architecture, output_name) in [
+        (
+            "deit_distilled",
+            "DeiTForImageClassificationWithTeacher",
+            "logits",
+        ),
+        ("dinov2_backbone", "Dinov2Model", "pooled"),
+    ] {
+        let source = fixture(&format!("timm_family/{case}"));
+        let out = root.path().join(case);
+        let output = convert(&[s(&source), "-o", s(&out)]);
+        assert_eq!(output.status.code(), Some(0), "{case}: {}", stderr(&output));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["architectures"][0], architecture, "{case}");
+        let loaded = LoadedModel::load(
+            &ModelFiles::local(&out).unwrap(),
+            &LoadOptions {
+                device: Device::Cpu,
+                dtype: DType::F32,
+                num_heads: None,
+                model: ModelOptions::default(),
+            },
+        )
+        .unwrap();
+        let io =
+            candle_core::safetensors::load(source.join("io.safetensors"), &Device::Cpu).unwrap();
+        let ours = match output_name {
+            "logits" => loaded.model.forward(&io["pixel_values"]),
+            _ => loaded.model.embed(&io["pixel_values"], EmbeddingKind::Auto),
+        }
+        .unwrap();
+        let diff = common::max_abs_diff(
+            &common::f32_values(&ours),
+            &common::f32_values(&io[output_name]),
+        );
+        assert!(diff < 1e-4, "{case}: {output_name} {diff} from timm's");
+    }
 }

@@ -355,6 +355,13 @@ pub(crate) fn normalized_names(
     (layout, renamed)
 }
 
+/// Tensors stored in `layout`'s names (DataParallel's `module.` stripped) under their
+/// canonical names, fused tensors split.
+pub fn canonical_state_dict(tensors: StateDict, layout: Layout) -> Result<StateDict> {
+    let (_, renamed) = normalized_names(tensors.keys().cloned(), Some(layout));
+    rename_state_dict(tensors, renamed)
+}
+
 /// Renames (and splits) loaded tensors to canonical names.
 fn rename_state_dict(mut tensors: StateDict, renamed: Vec<Renamed>) -> Result<StateDict> {
     let mut out = StateDict::new();

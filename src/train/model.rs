@@ -55,6 +55,9 @@ pub fn adapt_base(
         variant.pooling = Pooling::ClassAndMean;
     }
     variant.head = ModelHead::Linear;
+    if variant.pooling == Pooling::ClassDistillationAverage {
+        variant.pooling = Pooling::Class;
+    }
     if config.variant.head == ModelHead::Distilled {
         weights.remove("distillation_classifier.weight");
         weights.remove("distillation_classifier.bias");

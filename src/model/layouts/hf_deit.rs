@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::{architecture, hf_vit};
-use crate::model::config::{generic_labels, Head, ViTConfig};
+use crate::model::config::{generic_labels, Head, Pooling, ViTConfig};
 
 /// The architecture of an HF DeiT `config.json` (DeiT's keys and defaults are ViT's).
 pub fn config(json: &Value) -> Result<ViTConfig> {
@@ -18,6 +18,10 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
         Some("DeiTForImageClassificationWithTeacher") => Head::Distilled,
         _ => Head::Linear,
     };
+    if config.variant.head == Head::Distilled {
+        // What the two heads read, averaged, as timm's distilled DeiT pools.
+        config.variant.pooling = Pooling::ClassDistillationAverage;
+    }
     match config.variant.head {
         Head::None => config.id2label = Vec::new(),
         _ if config.id2label.is_empty() => config.id2label = generic_labels(2),

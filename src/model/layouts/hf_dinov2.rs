@@ -108,8 +108,11 @@ pub fn hf_config(
             Value::from(variant.mlp == MlpKind::SwiGlu),
         ),
     ];
-    if registers {
-        keys.push(("num_register_tokens", Value::from(variant.register_tokens)));
+    match registers {
+        true => keys.push(("num_register_tokens", Value::from(variant.register_tokens))),
+        // `vit` keeps no mask token (inference never uses one): say so, or HF initialises one
+        // and warns (the registers config has no such switch).
+        false => keys.push(("use_mask_token", Value::from(false))),
     }
     (model_type, architecture, keys)
 }

@@ -12,7 +12,7 @@ pub mod timm;
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
-use super::config::{MlpKind, Variant, ViTConfig};
+use super::config::{Head, MlpKind, Pooling, Variant, ViTConfig};
 use super::weights::TensorShapes;
 
 /// A checkpoint layout that `vit` reads.
@@ -125,6 +125,10 @@ impl Layout {
             },
             Self::HfDeit => Variant {
                 head: variant.head,
+                pooling: match variant.head {
+                    Head::Distilled => Pooling::ClassDistillationAverage,
+                    _ => Pooling::Class,
+                },
                 distillation_token: true,
                 ..plain
             },

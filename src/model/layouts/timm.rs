@@ -203,7 +203,7 @@ pub fn config(
         distillation_token,
         register_tokens,
         class_positions: embed_class,
-        register_positions: embed_class,
+        register_positions: embed_class && register_tokens > 0,
         pos_interpolation: PosInterpolation::BicubicAntialias,
         patch_bias: shapes
             .shape("vit.embeddings.patch_embeddings.projection.bias")
