@@ -486,3 +486,36 @@ fn a_cmyk_jpeg_is_read_as_pillow_converts_it() {
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
+
+#[test]
+fn an_absurd_layer_count_fails_at_once_naming_the_first_missing_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("hf/p4_s32_gelu");
+    for name in ["model.safetensors", "config.json"] {
+        std::fs::copy(source.join(name), dir.path().join(name)).unwrap();
+    }
+    let config_path = dir.path().join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["num_hidden_layers"] = Value::from(1_000_000_000u64);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let output = vit(&[
+        "classify",
+        "-m",
+        dir.path().to_str().unwrap(),
+        fixture("cmyk/pattern_cmyk_as_rgb.png").to_str().unwrap(),
+    ]);
+    let err = data_error(&output);
+    assert_one_line(&err);
+    assert!(
+        err.contains("missing tensor vit.encoder.layer.2.layernorm_before.weight")
+            && err.contains("1000000000 layers"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "took {:?}",
+        started.elapsed()
+    );
+}

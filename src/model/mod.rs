@@ -1,16 +1,17 @@
-//! The network, its configuration and its weights.
+//! The network ([`encoder`], its layers and kernels), its configuration, the checkpoint
+//! formats ([`formats`]) and one loader per checkpoint layout between them ([`layouts`]).
 
 pub mod attention;
 pub mod config;
 pub mod cpu_kernels;
 pub mod encoder;
+pub mod formats;
 pub mod layers;
 pub mod layouts;
-pub mod mapped;
-pub mod pickle;
 pub mod posembed;
 pub mod save;
-pub mod weights;
+
+pub use formats::{mapped, pickle, weights};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};

@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 
-use super::layouts::Layout;
 use super::weights::{normalized_names, Renamed, Shards, TensorShapes};
+use crate::model::layouts::Layout;
 
 /// Where one tensor lies in a mapped file.
 #[derive(Clone)]

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{generic_labels, Activation, Head, MlpKind, Variant, ViTConfig};
-use super::layouts::Layout;
 use super::pickle::{read_pytorch, RawTensor, StorageDType};
+use crate::model::config::{generic_labels, Activation, Head, MlpKind, Variant, ViTConfig};
+use crate::model::layouts::Layout;
 
 /// Tensors by name, on the CPU, as stored.
 pub type StateDict = HashMap<String, Tensor>;
@@ -467,7 +467,7 @@ pub fn default_labels(num_labels: usize) -> Vec<String> {
 
 /// The 1000 ImageNet-1k class names, in index order, as HF's ImageNet checkpoints name them.
 pub fn imagenet_labels() -> Vec<String> {
-    include_str!("../../assets/imagenet1k_labels.txt")
+    include_str!("../../../assets/imagenet1k_labels.txt")
         .lines()
         .map(str::to_string)
         .collect()
