@@ -405,6 +405,17 @@ impl TensorShapes for StateDict {
     }
 }
 
+/// The number of consecutive encoder layers `shapes` holds (by canonical name), from layer 0.
+pub fn count_layers(shapes: &(impl TensorShapes + ?Sized)) -> usize {
+    (0..)
+        .take_while(|i| {
+            shapes
+                .shape(&format!("vit.encoder.layer.{i}.layernorm_before.weight"))
+                .is_some()
+        })
+        .count()
+}
+
 /// Infers the architecture of an HF-named state dict from its tensor shapes, for a weights file
 /// that comes without `config.json`. Heads default to `hidden / 64` (at least 1) unless given.
 pub fn infer_config(
@@ -426,13 +437,7 @@ pub fn infer_config(
     if grid * grid != patches {
         bail!("tensor vit.embeddings.position_embeddings has {patches} patch positions, not a square grid");
     }
-    let num_hidden_layers = (0..)
-        .take_while(|i| {
-            weights
-                .shape(&format!("vit.encoder.layer.{i}.layernorm_before.weight"))
-                .is_some()
-        })
-        .count();
+    let num_hidden_layers = count_layers(weights);
     let intermediate = shape("vit.encoder.layer.0.intermediate.dense.weight")?;
     let classifier = shape("classifier.weight")?;
     let num_labels = classifier[0];

@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::model::config::{Activation, Head, Pooling, PosInterpolation, Variant, ViTConfig};
-use crate::model::weights::{default_labels, TensorShapes};
+use crate::model::weights::{count_layers, default_labels, TensorShapes};
 use crate::preprocess::{CropOffset, PreprocessConfig, Resample, ResizeTarget};
 
 /// ImageNet mean and standard deviation, as timm's `IMAGENET_DEFAULT_MEAN`/`_STD`.
@@ -136,13 +136,7 @@ pub fn config(
             "pos_embed has {rows} rows: not a square grid with or without {prefix} prefix tokens"
         ),
     };
-    let num_hidden_layers = (0..)
-        .take_while(|i| {
-            shapes
-                .shape(&format!("vit.encoder.layer.{i}.layernorm_before.weight"))
-                .is_some()
-        })
-        .count();
+    let num_hidden_layers = count_layers(shapes);
     let intermediate = shape(
         "vit.encoder.layer.0.intermediate.dense.weight",
         "blocks.0.mlp.fc1.weight",
