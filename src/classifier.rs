@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use crate::inputs::Input;
 use crate::model::{EmbeddingKind, LoadedModel, ViTConfig, VisionTransformer};
 use crate::preprocess::{load_rgb, PixelValues, PreprocessConfig};
+use crate::zero_shot::ZeroShot;
 
 /// One ranked class.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -73,6 +74,8 @@ pub struct Classifier {
     pub config: ViTConfig,
     pub preprocess: PreprocessConfig,
     pub device: Device,
+    /// Zero-shot labels, which replace the model's head.
+    pub zero_shot: Option<ZeroShot>,
 }
 
 impl Classifier {
@@ -102,7 +105,34 @@ impl Classifier {
             config,
             preprocess,
             device,
+            zero_shot: None,
         })
+    }
+
+    /// A classifier into `labels` with an image-text model: each label put into `template`
+    /// and embedded by the text tower once (see [`ZeroShot`]).
+    pub fn zero_shot(
+        loaded: LoadedModel,
+        device: Device,
+        input_size: Option<usize>,
+        labels: Vec<String>,
+        template: &str,
+    ) -> Result<Self> {
+        let Some(text) = &loaded.text else {
+            bail!("the model has no text tower: zero-shot labels need an image-text model (CLIP)");
+        };
+        let zero_shot = ZeroShot::new(text, labels, template, &device)?;
+        let mut classifier = Self::new(loaded, device, input_size)?;
+        classifier.zero_shot = Some(zero_shot);
+        Ok(classifier)
+    }
+
+    /// The class names the logits are over: the zero-shot labels, or the model's.
+    pub fn labels(&self) -> &[String] {
+        match &self.zero_shot {
+            Some(zero_shot) => &zero_shot.labels,
+            None => &self.config.id2label,
+        }
     }
 
     /// Decodes and preprocesses one file.
@@ -152,10 +182,19 @@ impl Classifier {
 
     /// Logits as f32 rows for a ready `(batch, channels, h, w)` tensor of pixel values.
     pub fn logits_of_tensor(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let logits = self
-            .model
-            .forward(&pixel_values.to_device(&self.device)?)
-            .context("forward pass failed")?;
+        let pixel_values = pixel_values.to_device(&self.device)?;
+        let logits = match &self.zero_shot {
+            Some(zero_shot) => zero_shot.logits(
+                &self
+                    .model
+                    .embed(&pixel_values, EmbeddingKind::Auto)
+                    .context("forward pass failed")?,
+            )?,
+            None => self
+                .model
+                .forward(&pixel_values)
+                .context("forward pass failed")?,
+        };
         Ok(logits
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?

@@ -9,6 +9,7 @@ use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::model::weights::{ModelFiles, WEIGHT_FILES};
+use crate::tokenizer::TokenizerFiles;
 
 /// The hub model used when none is given.
 pub const DEFAULT_MODEL: &str = "google/vit-base-patch16-224";
@@ -114,6 +115,7 @@ fn fetch_from_hub(id: &str, revision: &str) -> Result<ModelFiles> {
             get(&shard)?;
         }
     }
+    let tokenizer = TokenizerFiles::locate(|name| available.contains(&name), get)?;
     Ok(ModelFiles {
         config: Some(get("config.json")?),
         weights: weights_path,
@@ -121,6 +123,7 @@ fn fetch_from_hub(id: &str, revision: &str) -> Result<ModelFiles> {
             true => Some(get("preprocessor_config.json")?),
             false => None,
         },
+        tokenizer,
     })
 }
 
@@ -170,6 +173,10 @@ fn from_cache(cache: &Cache, repo: Repo, id: &str) -> Result<ModelFiles> {
         config: Some(config),
         weights,
         preprocessor: cached.get("preprocessor_config.json"),
+        tokenizer: TokenizerFiles::locate(
+            |name| cached.get(name).is_some(),
+            |name| cached.get(name).with_context(missing),
+        )?,
     })
 }
 

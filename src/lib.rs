@@ -36,4 +36,6 @@ pub mod inputs;
 pub mod kernels;
 pub mod model;
 pub mod preprocess;
+pub mod tokenizer;
 pub mod train;
+pub mod zero_shot;

@@ -39,6 +39,16 @@ fn standard_attention(qkv: &Tensor, differentiable: bool, isa: Isa) -> Result<Te
             return Ok(context);
         }
     }
+    masked_attention(qkv, None, differentiable)
+}
+
+/// Attention over `qkv` (as [`AttentionKernel::attend`]) with `mask`, `(seq, seq)` of 0 and
+/// `-inf` added to the scores (a causal mask), on candle's ops.
+pub fn masked_attention(
+    qkv: &Tensor,
+    mask: Option<&Tensor>,
+    differentiable: bool,
+) -> Result<Tensor> {
     let head_dim = qkv.dim(4)?;
     let part = |i: usize| {
         qkv.narrow(2, i, 1)?
@@ -48,6 +58,10 @@ fn standard_attention(qkv: &Tensor, differentiable: bool, isa: Isa) -> Result<Te
     };
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
     let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+    let scores = match mask {
+        Some(mask) => scores.broadcast_add(mask)?,
+        None => scores,
+    };
     let probs = super::encoder::softmax_last_dim(&scores, differentiable)?;
     probs.matmul(&v)?.transpose(1, 2)?.contiguous()
 }

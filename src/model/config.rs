@@ -131,6 +131,9 @@ pub struct Variant {
     pub pooling: Pooling,
     /// The classification head.
     pub head: Head,
+    /// A linear projection without bias of the pooled embedding to this width (CLIP's
+    /// `visual_projection`): what `embed --pool auto` gives, comparable with text embeddings.
+    pub projection: Option<usize>,
 }
 
 impl Default for Variant {
@@ -150,6 +153,7 @@ impl Default for Variant {
             pool_norm: false,
             pooling: Pooling::Class,
             head: Head::Linear,
+            projection: None,
         }
     }
 }
@@ -197,6 +201,25 @@ impl Variant {
             Pooling::Class | Pooling::Mean | Pooling::ClassDistillationAverage => hidden,
         }
     }
+
+    /// Width of the model's own embedding (`embed --pool auto`): projected, or pooled.
+    pub fn embedding_width(&self, hidden: usize) -> usize {
+        self.projection.unwrap_or(self.pooled_width(hidden))
+    }
+}
+
+/// The sizes and options of one transformer block, shared by the image and text towers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockConfig {
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub qkv_bias: bool,
+    /// Per-channel scales on the attention and MLP outputs.
+    pub layer_scale: bool,
+    pub mlp: MlpKind,
 }
 
 /// The architecture of a ViT-family model, with HF's defaults for missing keys.
@@ -393,6 +416,20 @@ impl ViTConfig {
             );
         }
         Ok(())
+    }
+
+    /// The configuration of each block.
+    pub fn block(&self) -> BlockConfig {
+        BlockConfig {
+            hidden_size: self.hidden_size,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: self.hidden_act,
+            layer_norm_eps: self.layer_norm_eps,
+            qkv_bias: self.qkv_bias,
+            layer_scale: self.variant.layer_scale,
+            mlp: self.variant.mlp,
+        }
     }
 
     /// Number of output classes.

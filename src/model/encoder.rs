@@ -12,7 +12,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::attention::AttentionKernel;
-use super::config::{Activation, Head, MlpKind, Pooling, PosInterpolation, ViTConfig};
+use super::config::{Activation, BlockConfig, Head, MlpKind, Pooling, PosInterpolation, ViTConfig};
 use super::cpu_kernels;
 use super::layers::{LayerNorm, Linear};
 use super::posembed::{interpolate_patch_positions, Resampling};
@@ -228,7 +228,7 @@ impl SelfAttention {
     /// `vb` is HF's `attention` scope of one layer; `scale` a layer scale on its output.
     pub fn new(
         vb: VarBuilder,
-        cfg: &ViTConfig,
+        cfg: &BlockConfig,
         scale: Option<&Tensor>,
         options: ModelOptions,
     ) -> Result<Self> {
@@ -252,21 +252,32 @@ impl SelfAttention {
             qkv: Linear::stacked(weights, qkv_bias, options.differentiable, options.isa)?,
             output: load_scaled_linear(vb.pp("output").pp("dense"), (h, h), scale, options)?,
             num_heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim(),
+            head_dim: h / cfg.num_attention_heads,
             kernel: options.attention,
             differentiable: options.differentiable,
             isa: options.isa,
         })
     }
 
-    /// Attention over `xs`, plus `residual` (added by the output projection as it stores).
-    pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    /// Attention over `xs`, plus `residual` (added by the output projection as it stores);
+    /// `mask` (`(seq, seq)`, added to the scores) for a text tower's causal attention.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let qkv = self
             .qkv
             .forward(xs)?
             .reshape((b, s, 3, self.num_heads, self.head_dim))?;
-        let context = self.kernel.attend(&qkv, self.differentiable, self.isa)?;
+        let context = match mask {
+            None => self.kernel.attend(&qkv, self.differentiable, self.isa)?,
+            Some(mask) => {
+                super::attention::masked_attention(&qkv, Some(mask), self.differentiable)?
+            }
+        };
         self.output.forward_fused(
             &context.reshape((b, s, h))?,
             None,
@@ -293,12 +304,12 @@ impl Mlp {
     /// output.
     pub fn new(
         vb: VarBuilder,
-        cfg: &ViTConfig,
+        cfg: &BlockConfig,
         scale: Option<&Tensor>,
         options: ModelOptions,
     ) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let (input, output) = match cfg.variant.mlp {
+        let (input, output) = match cfg.mlp {
             MlpKind::Standard => (
                 vb.pp("intermediate").pp("dense"),
                 vb.pp("output").pp("dense"),
@@ -308,14 +319,14 @@ impl Mlp {
                 vb.pp("mlp").pp("weights_out"),
             ),
         };
-        let input_width = match cfg.variant.mlp {
+        let input_width = match cfg.mlp {
             MlpKind::Standard => i,
             MlpKind::SwiGlu => 2 * i,
         };
         Ok(Self {
             input: load_scaled_linear(input, (h, input_width), None, options)?,
             output: load_scaled_linear(output, (i, h), scale, options)?,
-            kind: cfg.variant.mlp,
+            kind: cfg.mlp,
             activation: cfg.hidden_act,
             differentiable: options.differentiable,
         })
@@ -364,12 +375,12 @@ pub struct Layer {
 }
 
 impl Layer {
-    pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: &BlockConfig, options: ModelOptions) -> Result<Self> {
         let h = cfg.hidden_size;
         let norm = |name: &str| {
             LayerNorm::load(vb.pp(name), h, cfg.layer_norm_eps, options.differentiable)
         };
-        let scale = |name: &str| match cfg.variant.layer_scale {
+        let scale = |name: &str| match cfg.layer_scale {
             true => vb.pp(name).get(h, "lambda1").map(Some),
             false => Ok(None),
         };
@@ -388,9 +399,14 @@ impl Layer {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_masked(xs, None)
+    }
+
+    /// The block with `mask` added to the attention scores (see [`SelfAttention::forward`]).
+    pub fn forward_masked(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let xs = self
             .attention
-            .forward(&self.layernorm_before.forward(xs)?, Some(xs))?;
+            .forward(&self.layernorm_before.forward(xs)?, Some(xs), mask)?;
         self.mlp
             .forward(&self.layernorm_after.forward(&xs)?, Some(&xs))
     }
@@ -419,8 +435,9 @@ impl Encoder {
         };
         let embeddings = Embeddings::new(vb.pp("embeddings"), cfg, options)?;
         let pre_layernorm = norm("pre_layernorm", cfg.variant.norm_pre)?;
+        let block = cfg.block();
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(vb.pp("encoder").pp("layer").pp(i), cfg, options))
+            .map(|i| Layer::new(vb.pp("encoder").pp("layer").pp(i), &block, options))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings,
@@ -473,6 +490,7 @@ enum Classifier {
 pub struct VisionTransformer {
     encoder: Encoder,
     pool_layernorm: Option<LayerNorm>,
+    projection: Option<Linear>,
     classifier: Classifier,
     pooling: Pooling,
     /// Tokens before the patches (class, distillation, registers).
@@ -510,9 +528,20 @@ impl VisionTransformer {
             )?),
             false => None,
         };
+        let projection = match variant.projection {
+            Some(width) => Some(Linear::new(
+                vb.pp("projection")
+                    .get((width, variant.pooled_width(h)), "weight")?,
+                None,
+                options.differentiable,
+                options.isa,
+            )?),
+            None => None,
+        };
         Ok(Self {
             encoder: Encoder::new(vb.pp("vit"), cfg, options)?,
             pool_layernorm,
+            projection,
             classifier,
             pooling: variant.pooling,
             prefix_tokens: variant.prefix_tokens(),
@@ -528,29 +557,41 @@ impl VisionTransformer {
     /// The embedding `kind` of `tokens`: `(batch, width)`, or every token for
     /// [`EmbeddingKind::Tokens`].
     pub fn pool(&self, tokens: &Tensor, kind: EmbeddingKind) -> Result<Tensor> {
-        let class = || tokens.narrow(1, 0, 1)?.squeeze(1);
-        let mean = || {
-            let patches = tokens.dim(1)? - self.prefix_tokens;
-            tokens.narrow(1, self.prefix_tokens, patches)?.mean(1)
-        };
         match kind {
             EmbeddingKind::Tokens => Ok(tokens.clone()),
-            EmbeddingKind::Class => class(),
-            EmbeddingKind::Mean => mean(),
-            EmbeddingKind::Auto => {
-                let pooled = match self.pooling {
-                    Pooling::Class => class()?,
-                    Pooling::Mean => mean()?,
-                    Pooling::ClassAndMean => Tensor::cat(&[class()?, mean()?], 1)?,
-                    Pooling::ClassDistillationAverage => {
-                        { (tokens.narrow(1, 0, 1)? + tokens.narrow(1, 1, 1)?)?.squeeze(1)? / 2.0 }?
-                    }
-                };
-                match &self.pool_layernorm {
-                    Some(norm) => norm.forward(&pooled),
-                    None => Ok(pooled),
-                }
+            EmbeddingKind::Class => self.class_token(tokens),
+            EmbeddingKind::Mean => self.patch_mean(tokens),
+            EmbeddingKind::Auto => match &self.projection {
+                Some(projection) => projection.forward(&self.pooled(tokens)?),
+                None => self.pooled(tokens),
+            },
+        }
+    }
+
+    fn class_token(&self, tokens: &Tensor) -> Result<Tensor> {
+        tokens.narrow(1, 0, 1)?.squeeze(1)
+    }
+
+    fn patch_mean(&self, tokens: &Tensor) -> Result<Tensor> {
+        let patches = tokens.dim(1)? - self.prefix_tokens;
+        tokens.narrow(1, self.prefix_tokens, patches)?.mean(1)
+    }
+
+    /// What the head reads: the variant's pooling of `tokens`, then its pooled norm.
+    fn pooled(&self, tokens: &Tensor) -> Result<Tensor> {
+        let pooled = match self.pooling {
+            Pooling::Class => self.class_token(tokens)?,
+            Pooling::Mean => self.patch_mean(tokens)?,
+            Pooling::ClassAndMean => {
+                Tensor::cat(&[self.class_token(tokens)?, self.patch_mean(tokens)?], 1)?
             }
+            Pooling::ClassDistillationAverage => {
+                ((tokens.narrow(1, 0, 1)? + tokens.narrow(1, 1, 1)?)?.squeeze(1)? / 2.0)?
+            }
+        };
+        match &self.pool_layernorm {
+            Some(norm) => norm.forward(&pooled),
+            None => Ok(pooled),
         }
     }
 
@@ -574,7 +615,7 @@ impl VisionTransformer {
                 Classifier::None => candle_core::bail!(
                     "the model has no classification head (a backbone): use `vit embed`"
                 ),
-                Classifier::Linear(head) => head.forward(&self.pool(&tokens, EmbeddingKind::Auto)?),
+                Classifier::Linear(head) => head.forward(&self.pooled(&tokens)?),
                 Classifier::Distilled {
                     class,
                     distillation,

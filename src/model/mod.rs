@@ -10,11 +10,12 @@ pub mod layers;
 pub mod layouts;
 pub mod posembed;
 pub mod save;
+pub mod text;
 
 pub use formats::{mapped, pickle, weights};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use attention::AttentionKernel;
@@ -24,6 +25,8 @@ pub use layouts::Layout;
 pub use weights::{ModelFiles, StateDict};
 
 use crate::preprocess::PreprocessConfig;
+use crate::tokenizer::{Padding, TextTokenizer};
+use text::{TextConfig, TextTransformer};
 
 /// How to build a model from its files.
 #[derive(Debug, Clone)]
@@ -44,6 +47,39 @@ pub struct LoadedModel {
     pub unused_tensors: Vec<String>,
     /// The checkpoint layout it was read from.
     pub layout: Layout,
+    /// The text tower of an image-text model (CLIP).
+    pub text: Option<TextTower>,
+}
+
+/// The text side of an image-text model: its tower, its tokenizer and the scale of its
+/// image-text logits.
+pub struct TextTower {
+    pub model: TextTransformer,
+    pub config: TextConfig,
+    /// The tokenizer, or why there is none.
+    pub tokenizer: std::result::Result<TextTokenizer, String>,
+    /// `exp(logit_scale)`: image-text logits are this times the cosine similarity.
+    pub logit_scale: f32,
+}
+
+impl TextTower {
+    /// The projected embeddings of `texts`, `(texts, projection_dim)`, in the model's dtype.
+    pub fn embed(&self, texts: &[String]) -> Result<Tensor> {
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+        let rows = texts
+            .iter()
+            .map(|text| {
+                let ids = tokenizer.encode(text)?;
+                self.model
+                    .embed(&ids)
+                    .with_context(|| format!("text {text:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
+    }
 }
 
 impl LoadedModel {
@@ -91,7 +127,17 @@ impl LoadedModel {
             }
             _ => PreprocessConfig::default(),
         };
-        let unused_tensors = weights::check_state_dict(shapes, &config).with_context(in_weights)?;
+        let text_config = match &config_json {
+            Some(json) => layout.text_config(json).with_context(in_config)?,
+            None => None,
+        };
+        let mut text_tensors = Vec::new();
+        if let Some(text) = &text_config {
+            text_tensors = text.expected_tensors();
+            text_tensors.push(("logit_scale".to_string(), Vec::new()));
+        }
+        let unused_tensors = weights::check_model_tensors(shapes, &config, &text_tensors)
+            .with_context(in_weights)?;
         let vb = match weights {
             Weights::Mapped(mapped) => {
                 VarBuilder::from_backend(Box::new(mapped), options.dtype, options.device.clone())
@@ -100,6 +146,13 @@ impl LoadedModel {
                 VarBuilder::from_tensors(state, options.dtype, &options.device)
             }
         };
+        let text = match text_config {
+            Some(text_config) => Some(
+                TextTower::load(vb.clone(), text_config, files, options)
+                    .with_context(in_weights)?,
+            ),
+            None => None,
+        };
         let model = VisionTransformer::new(vb, &config, options.model).with_context(in_weights)?;
         Ok(Self {
             model,
@@ -107,6 +160,44 @@ impl LoadedModel {
             preprocess,
             unused_tensors,
             layout,
+            text,
+        })
+    }
+}
+
+impl TextTower {
+    fn load(
+        vb: VarBuilder,
+        config: TextConfig,
+        files: &ModelFiles,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let model = TextTransformer::new(vb.pp("text"), &config, options.model)?;
+        let logit_scale = vb
+            .get((), "logit_scale")?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?
+            .exp();
+        let tokenizer = match &files.tokenizer {
+            Some(tokenizer_files) => Ok(TextTokenizer::load(
+                tokenizer_files,
+                config.max_position_embeddings,
+                Padding::None,
+            )?),
+            None => Err(format!(
+                "{}: no tokenizer (tokenizer.json, or vocab.json and merges.txt) beside the model",
+                files
+                    .weights
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .display()
+            )),
+        };
+        Ok(Self {
+            model,
+            config,
+            tokenizer,
+            logit_scale,
         })
     }
 }

@@ -116,15 +116,17 @@ impl MappedSafetensors {
             stored,
             canonical,
             rows,
+            unit_dims,
         } in renamed
         {
             let entry = &by_name[&stored];
-            let entry = match rows {
+            let mut entry = match rows {
                 None => entry.clone(),
                 Some((part, count)) => entry.rows(part, count).with_context(|| {
                     format!("{}: tensor {stored}", shards[entry.shard].0.display())
                 })?,
             };
+            entry.shape.splice(0..0, std::iter::repeat_n(1, unit_dims));
             tensors.insert(canonical, entry);
         }
         Ok(Self {

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::pickle::{read_pytorch, RawTensor, StorageDType};
 use crate::model::config::{generic_labels, Activation, Head, MlpKind, Variant, ViTConfig};
 use crate::model::layouts::Layout;
+use crate::tokenizer::TokenizerFiles;
 
 /// Tensors by name, on the CPU, as stored.
 pub type StateDict = HashMap<String, Tensor>;
@@ -99,6 +100,12 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     if variant.pool_norm {
         norm(&mut add, "vit.pool_layernorm", variant.pooled_width(h));
     }
+    if let Some(width) = variant.projection {
+        add(
+            "projection.weight".into(),
+            vec![width, variant.pooled_width(h)],
+        );
+    }
     let labels = cfg.num_labels();
     match variant.head {
         Head::None => {}
@@ -125,6 +132,15 @@ pub fn check_state_dict(
     weights: &(impl TensorShapes + ?Sized),
     cfg: &ViTConfig,
 ) -> Result<Vec<String>> {
+    check_model_tensors(weights, cfg, &[])
+}
+
+/// [`check_state_dict`] for a model that also has the tensors `extra` (a text tower).
+pub fn check_model_tensors(
+    weights: &(impl TensorShapes + ?Sized),
+    cfg: &ViTConfig,
+    extra: &[(String, Vec<usize>)],
+) -> Result<Vec<String>> {
     // Each layer's first tensor before the full list, so that an absurd layer count fails
     // at the first missing layer instead of listing a billion names.
     for layer in 0..cfg.num_hidden_layers {
@@ -136,7 +152,8 @@ pub fn check_state_dict(
             );
         }
     }
-    let expected = expected_tensors(cfg);
+    let mut expected = expected_tensors(cfg);
+    expected.extend_from_slice(extra);
     let mut missing = Vec::new();
     for (name, shape) in &expected {
         match weights.shape(name) {
@@ -304,12 +321,15 @@ fn raw_to_tensor(raw: RawTensor) -> Result<Tensor> {
 }
 
 /// One canonical tensor of a stored one: the whole of it, or rows `part` of `parts` equal
-/// parts (a fused tensor split, see [`Layout::fused_parts`]).
+/// parts (a fused tensor split, see [`Layout::fused_parts`]), with `unit_dims` leading
+/// dimensions of size 1 added where the canonical tensor has them and the stored one not
+/// ([`Layout::unit_dims`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Renamed {
     pub stored: String,
     pub canonical: String,
     pub rows: Option<(usize, usize)>,
+    pub unit_dims: usize,
 }
 
 /// Each of `names` as the canonical tensors it holds in `layout` (after DataParallel's
@@ -340,16 +360,21 @@ pub(crate) fn normalized_names(
                 for (part, canonical) in parts.into_iter().enumerate() {
                     renamed.push(Renamed {
                         stored: stored.clone(),
+                        unit_dims: layout.unit_dims(&canonical),
                         canonical,
                         rows: Some((part, count)),
                     });
                 }
             }
-            None => renamed.push(Renamed {
-                canonical: layout.canonical_name(&name),
-                stored,
-                rows: None,
-            }),
+            None => {
+                let canonical = layout.canonical_name(&name);
+                renamed.push(Renamed {
+                    unit_dims: layout.unit_dims(&canonical),
+                    canonical,
+                    stored,
+                    rows: None,
+                })
+            }
         }
     }
     (layout, renamed)
@@ -379,6 +404,14 @@ fn rename_state_dict(mut tensors: StateDict, renamed: Vec<Renamed>) -> Result<St
                     );
                 }
                 tensor.narrow(0, part * rows / count, rows / count)?
+            }
+        };
+        let tensor = match entry.unit_dims {
+            0 => tensor,
+            n => {
+                let mut dims = vec![1; n];
+                dims.extend_from_slice(tensor.dims());
+                tensor.reshape(dims)?
             }
         };
         out.insert(entry.canonical.clone(), tensor);
@@ -487,6 +520,8 @@ pub struct ModelFiles {
     pub weights: PathBuf,
     /// `preprocessor_config.json`, when there is one.
     pub preprocessor: Option<PathBuf>,
+    /// The tokenizer of an image-text model, when there is one.
+    pub tokenizer: Option<TokenizerFiles>,
 }
 
 /// Weight files a model folder may hold, in order of preference.
@@ -505,6 +540,7 @@ impl ModelFiles {
                 config: None,
                 weights: path.to_path_buf(),
                 preprocessor: None,
+                tokenizer: None,
             });
         }
         if !path.is_dir() {
@@ -526,6 +562,7 @@ impl ModelFiles {
             config: optional("config.json"),
             weights,
             preprocessor: optional("preprocessor_config.json"),
+            tokenizer: TokenizerFiles::in_folder(path),
         })
     }
 }

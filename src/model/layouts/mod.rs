@@ -4,6 +4,7 @@
 //!
 //! [`Variant`]: super::config::Variant
 
+pub mod hf_clip;
 pub mod hf_deit;
 pub mod hf_dinov2;
 pub mod hf_vit;
@@ -13,6 +14,7 @@ use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
 use super::config::{Head, MlpKind, Pooling, Variant, ViTConfig};
+use super::text::TextConfig;
 use super::weights::TensorShapes;
 
 /// A checkpoint layout that `vit` reads.
@@ -28,6 +30,9 @@ pub enum Layout {
     /// timm's `VisionTransformer` and `VisionTransformerDistilled`, as timm's hub repos hold
     /// them.
     Timm,
+    /// HF `clip` and `clip_vision_model`: `CLIPModel`, `CLIPVisionModel`,
+    /// `CLIPVisionModelWithProjection`.
+    HfClip,
 }
 
 impl Layout {
@@ -42,9 +47,10 @@ impl Layout {
             None | Some("vit") => Self::HfVit,
             Some("deit") => Self::HfDeit,
             Some("dinov2" | "dinov2_with_registers") => Self::HfDinov2,
+            Some("clip" | "clip_vision_model") => Self::HfClip,
             Some(other) => bail!(
                 "model_type {other:?} is not supported (supported: vit, deit, dinov2, \
-                 dinov2_with_registers)"
+                 dinov2_with_registers, clip, clip_vision_model)"
             ),
         })
     }
@@ -70,6 +76,23 @@ impl Layout {
             Self::HfDeit => hf_deit::config(json),
             Self::HfDinov2 => hf_dinov2::config(json),
             Self::Timm => timm::config(json, shapes, num_heads),
+            Self::HfClip => hf_clip::config(json),
+        }
+    }
+
+    /// The text tower `config.json` describes, for image-text models.
+    pub fn text_config(self, json: &Value) -> Result<Option<TextConfig>> {
+        match self {
+            Self::HfClip => hf_clip::text_config(json),
+            _ => Ok(None),
+        }
+    }
+
+    /// Leading unit dimensions the canonical tensor `canonical` has over this layout's.
+    pub fn unit_dims(self, canonical: &str) -> usize {
+        match self {
+            Self::HfClip => hf_clip::unit_dims(canonical),
+            _ => 0,
         }
     }
 
@@ -90,6 +113,7 @@ impl Layout {
             Self::HfDeit => hf_deit::canonical_name(stored),
             Self::HfDinov2 => hf_dinov2::canonical_name(stored),
             Self::Timm => timm::canonical_name(stored),
+            Self::HfClip => hf_clip::canonical_name(stored),
         };
         renamed.unwrap_or_else(|| stored.to_string())
     }
@@ -119,7 +143,7 @@ impl Layout {
     fn variant(self, variant: &Variant) -> Variant {
         let plain = Variant::default();
         match self {
-            Self::HfVit | Self::Timm => Variant {
+            Self::HfVit | Self::Timm | Self::HfClip => Variant {
                 head: variant.head,
                 ..plain
             },
@@ -153,9 +177,10 @@ impl Layout {
         for key in ["num_labels", "id2label", "label2id"] {
             map.remove(key);
         }
-        // timm checkpoints are written in the HF layout of their variant (`of_variant`).
+        // timm checkpoints are written in the HF layout of their variant (`of_variant`), which
+        // is never CLIP's.
         let (model_type, architecture, specific) = match self {
-            Self::HfVit | Self::Timm => hf_vit::hf_config(config),
+            Self::HfVit | Self::Timm | Self::HfClip => hf_vit::hf_config(config),
             Self::HfDeit => hf_deit::hf_config(config),
             Self::HfDinov2 => hf_dinov2::hf_config(config, base),
         };
@@ -170,7 +195,7 @@ impl Layout {
     /// The name this layout stores a canonical tensor under (what `save_pretrained` writes).
     pub fn stored_name(self, canonical: &str, config: &ViTConfig) -> String {
         match self {
-            Self::HfVit | Self::Timm => hf_vit::stored_name(canonical, config),
+            Self::HfVit | Self::Timm | Self::HfClip => hf_vit::stored_name(canonical, config),
             Self::HfDeit => hf_deit::stored_name(canonical, config),
             Self::HfDinov2 => hf_dinov2::stored_name(canonical, config),
         }
@@ -183,6 +208,7 @@ impl Layout {
             Self::HfDeit => "HF deit",
             Self::HfDinov2 => "HF dinov2",
             Self::Timm => "timm",
+            Self::HfClip => "HF clip",
         }
     }
 }
@@ -210,6 +236,9 @@ fn describe_difference(variant: &Variant, expected: &Variant) -> String {
     }
     if variant.patch_bias != expected.patch_bias {
         differences.push("no patch bias".to_string());
+    }
+    if variant.projection.is_some() {
+        differences.push("an embedding projection".to_string());
     }
     if variant.mlp != expected.mlp && variant.mlp == MlpKind::SwiGlu {
         differences.push("SwiGLU without layer scale".to_string());

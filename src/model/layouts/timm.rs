@@ -211,6 +211,7 @@ pub fn config(
         pool_norm: shapes.shape("vit.pool_layernorm.weight").is_some(),
         pooling,
         head,
+        projection: None,
     };
     let config = ViTConfig {
         hidden_size: hidden,

@@ -1,0 +1,263 @@
+//! HF `clip` (`CLIPModel`: image and text towers, their projections, `logit_scale`) and
+//! `clip_vision_model` (`CLIPVisionModel`, `CLIPVisionModelWithProjection`). The image tower
+//! is the family's encoder with no patch bias, a layer norm before the blocks
+//! (`pre_layrnorm`), none after them, and one on the pooled class token (`post_layernorm`),
+//! then `visual_projection`.
+
+use anyhow::{bail, Result};
+use serde_json::{Map, Value};
+
+use super::architecture;
+use crate::model::config::{Activation, Head, Pooling, PosInterpolation, ViTConfig};
+use crate::model::text::{TextConfig, TextPooling};
+
+/// The image tower of an HF CLIP `config.json`, with `CLIPVisionConfig`'s defaults.
+pub fn config(json: &Value) -> Result<ViTConfig> {
+    let Value::Object(top) = json else {
+        bail!("config.json is not a JSON object");
+    };
+    let full_model = top.get("model_type").and_then(Value::as_str) == Some("clip");
+    let (vision, projection) = match full_model {
+        true => (
+            sub_config(top, "vision_config")?,
+            Some(int(top, "projection_dim", 512)),
+        ),
+        false => {
+            let projected = architecture(json) == Some("CLIPVisionModelWithProjection");
+            (
+                top.clone(),
+                projected.then(|| int(top, "projection_dim", 512)),
+            )
+        }
+    };
+    let mut map = vision;
+    let defaults = [
+        ("hidden_size", Value::from(768)),
+        ("intermediate_size", Value::from(3072)),
+        ("num_hidden_layers", Value::from(12)),
+        ("num_attention_heads", Value::from(12)),
+        ("image_size", Value::from(224)),
+        ("patch_size", Value::from(32)),
+        ("hidden_act", Value::from("quick_gelu")),
+        ("layer_norm_eps", Value::from(1e-5)),
+    ];
+    for (key, value) in defaults {
+        map.entry(key).or_insert(value);
+    }
+    // Labels and qkv_bias are not CLIP keys: its projections always have a bias.
+    for key in ["id2label", "label2id", "num_labels", "qkv_bias"] {
+        map.remove(key);
+    }
+    let mut config = ViTConfig::from_value(&Value::Object(map))?;
+    config.id2label = Vec::new();
+    let variant = &mut config.variant;
+    variant.patch_bias = false;
+    variant.norm_pre = true;
+    variant.final_norm = false;
+    variant.pool_norm = true;
+    variant.pooling = Pooling::Class;
+    variant.pos_interpolation = PosInterpolation::Bicubic;
+    variant.head = Head::None;
+    variant.projection = projection;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The text tower of an HF `CLIPModel` config, with `CLIPTextConfig`'s defaults; `None` for
+/// the image-only models.
+pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
+    let Value::Object(top) = json else {
+        bail!("config.json is not a JSON object");
+    };
+    if top.get("model_type").and_then(Value::as_str) != Some("clip") {
+        return Ok(None);
+    }
+    let text = sub_config(top, "text_config")?;
+    let eos = int(&text, "eos_token_id", 49407);
+    let act = text
+        .get("hidden_act")
+        .and_then(Value::as_str)
+        .unwrap_or("quick_gelu");
+    let eps = text
+        .get("layer_norm_eps")
+        .and_then(Value::as_f64)
+        .unwrap_or(1e-5);
+    let config = TextConfig {
+        vocab_size: int(&text, "vocab_size", 49408),
+        hidden_size: int(&text, "hidden_size", 512),
+        num_hidden_layers: int(&text, "num_hidden_layers", 12),
+        num_attention_heads: int(&text, "num_attention_heads", 8),
+        intermediate_size: int(&text, "intermediate_size", 2048),
+        max_position_embeddings: int(&text, "max_position_embeddings", 77),
+        hidden_act: Activation::from_hf_name(act)?,
+        layer_norm_eps: eps,
+        // transformers keeps the highest-id pooling of configs from before its fix of the
+        // eos_token_id (2), and pools the first end-of-text token otherwise.
+        pooling: match eos {
+            2 => TextPooling::HighestId,
+            id => TextPooling::FirstToken(id as u32),
+        },
+        projection_dim: int(top, "projection_dim", 512),
+    };
+    config.validate()?;
+    Ok(Some(config))
+}
+
+/// A sub-config (`vision_config`, `text_config`) with the older `*_config_dict` keys
+/// merged over it, as `CLIPConfig` does.
+fn sub_config(top: &Map<String, Value>, key: &str) -> Result<Map<String, Value>> {
+    let mut map = match top.get(key) {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map.clone(),
+        Some(_) => bail!("{key} is not a JSON object"),
+    };
+    if let Some(Value::Object(legacy)) = top.get(&format!("{key}_dict")) {
+        for (k, v) in legacy {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(map)
+}
+
+fn int(map: &Map<String, Value>, key: &str, default: usize) -> usize {
+    map.get(key)
+        .and_then(Value::as_u64)
+        .map_or(default, |v| v as usize)
+}
+
+/// CLIP's module names onto the canonical ones.
+pub fn canonical_name(stored: &str) -> Option<String> {
+    match stored {
+        "visual_projection.weight" => return Some("projection.weight".into()),
+        "text_projection.weight" => return Some("text.projection.weight".into()),
+        "logit_scale" => return Some("logit_scale".into()),
+        _ => {}
+    }
+    if let Some(rest) = stored.strip_prefix("vision_model.") {
+        let name = match rest {
+            "embeddings.class_embedding" => "vit.embeddings.cls_token".to_string(),
+            "embeddings.patch_embedding.weight" => {
+                "vit.embeddings.patch_embeddings.projection.weight".to_string()
+            }
+            "embeddings.position_embedding.weight" => {
+                "vit.embeddings.position_embeddings".to_string()
+            }
+            _ => {
+                if let Some(param) = rest.strip_prefix("pre_layrnorm.") {
+                    format!("vit.pre_layernorm.{param}")
+                } else if let Some(param) = rest.strip_prefix("post_layernorm.") {
+                    format!("vit.pool_layernorm.{param}")
+                } else {
+                    format!("vit.encoder.layer.{}", layer_name(rest)?)
+                }
+            }
+        };
+        return Some(name);
+    }
+    let rest = stored.strip_prefix("text_model.")?;
+    let name = match rest {
+        "embeddings.token_embedding.weight" | "embeddings.position_embedding.weight" => {
+            format!("text.{rest}")
+        }
+        _ => match rest.strip_prefix("final_layer_norm.") {
+            Some(param) => format!("text.final_layer_norm.{param}"),
+            None => format!("text.encoder.layer.{}", layer_name(rest)?),
+        },
+    };
+    Some(name)
+}
+
+/// `encoder.layers.N.<module>.<param>` as the canonical `N.<module>.<param>`.
+fn layer_name(rest: &str) -> Option<String> {
+    let rest = rest.strip_prefix("encoder.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, param) = rest.rsplit_once('.')?;
+    let module = match module {
+        "layer_norm1" => "layernorm_before",
+        "layer_norm2" => "layernorm_after",
+        "self_attn.q_proj" => "attention.attention.query",
+        "self_attn.k_proj" => "attention.attention.key",
+        "self_attn.v_proj" => "attention.attention.value",
+        "self_attn.out_proj" => "attention.output.dense",
+        "mlp.fc1" => "intermediate.dense",
+        "mlp.fc2" => "output.dense",
+        _ => return None,
+    };
+    Some(format!("{layer}.{module}.{param}"))
+}
+
+/// Leading unit dimensions the canonical tensor has over CLIP's: the class embedding is a
+/// vector, the position embedding a `(positions, hidden)` table.
+pub fn unit_dims(canonical: &str) -> usize {
+    match canonical {
+        "vit.embeddings.cls_token" => 2,
+        "vit.embeddings.position_embeddings" => 1,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_names_become_canonical() {
+        let names = [
+            (
+                "vision_model.embeddings.class_embedding",
+                "vit.embeddings.cls_token",
+            ),
+            (
+                "vision_model.pre_layrnorm.weight",
+                "vit.pre_layernorm.weight",
+            ),
+            (
+                "vision_model.post_layernorm.bias",
+                "vit.pool_layernorm.bias",
+            ),
+            (
+                "vision_model.encoder.layers.3.self_attn.out_proj.weight",
+                "vit.encoder.layer.3.attention.output.dense.weight",
+            ),
+            (
+                "text_model.encoder.layers.0.mlp.fc1.bias",
+                "text.encoder.layer.0.intermediate.dense.bias",
+            ),
+            (
+                "text_model.final_layer_norm.weight",
+                "text.final_layer_norm.weight",
+            ),
+            ("visual_projection.weight", "projection.weight"),
+        ];
+        for (stored, canonical) in names {
+            assert_eq!(
+                canonical_name(stored).as_deref(),
+                Some(canonical),
+                "{stored}"
+            );
+        }
+        assert_eq!(
+            canonical_name("text_model.encoder.layers.0.odd.weight"),
+            None
+        );
+    }
+
+    #[test]
+    fn clip_configs_fill_clips_defaults() {
+        let json = serde_json::json!({"model_type": "clip", "projection_dim": 16,
+            "text_config": {"hidden_size": 24, "num_attention_heads": 2, "eos_token_id": 2},
+            "vision_config": {"hidden_size": 32, "num_attention_heads": 2, "patch_size": 16}});
+        let vision = config(&json).unwrap();
+        assert_eq!(vision.hidden_act, Activation::QuickGelu);
+        assert_eq!(vision.layer_norm_eps, 1e-5);
+        assert_eq!(vision.variant.projection, Some(16));
+        assert!(!vision.has_head());
+        let text = text_config(&json).unwrap().unwrap();
+        assert_eq!(text.pooling, TextPooling::HighestId);
+        assert_eq!((text.vocab_size, text.max_position_embeddings), (49408, 77));
+        let vision_only = serde_json::json!({"model_type": "clip_vision_model",
+            "architectures": ["CLIPVisionModel"]});
+        assert_eq!(config(&vision_only).unwrap().variant.projection, None);
+        assert!(text_config(&vision_only).unwrap().is_none());
+    }
+}

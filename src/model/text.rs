@@ -1,0 +1,232 @@
+//! The text tower of a contrastive image-text model (CLIP): token and position embeddings,
+//! the same pre-norm blocks as the image tower ([`super::encoder::Layer`]) under a causal
+//! mask, a final layer norm, one token pooled, and a projection into the image embedding
+//! space.
+//!
+//! Canonical tensor names are under `text.` (`text.embeddings.token_embedding.weight`,
+//! `text.encoder.layer.N...` as the image tower's layers, `text.final_layer_norm`,
+//! `text.projection`); each layout renames its checkpoint onto them.
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::{Activation, BlockConfig, MlpKind};
+use super::encoder::{Layer, ModelOptions};
+use super::layers::{LayerNorm, Linear};
+
+/// Which token's state is the text's embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextPooling {
+    /// The first end-of-text token `id` (HF CLIP's current configs).
+    FirstToken(u32),
+    /// The token with the highest id, which CLIP's end-of-text token is (HF CLIP with the
+    /// legacy `eos_token_id` 2).
+    HighestId,
+}
+
+/// The architecture of a text tower.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    /// The longest text, in tokens (the position embeddings).
+    pub max_position_embeddings: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub pooling: TextPooling,
+    /// Width of the projected embedding (CLIP's `text_projection`, without bias).
+    pub projection_dim: usize,
+}
+
+impl TextConfig {
+    /// Checks the sizes the network relies on.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("projection_dim", self.projection_dim),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                anyhow::bail!("text_config: {key} must be positive");
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            anyhow::bail!(
+                "text_config: hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration of each block.
+    pub fn block(&self) -> BlockConfig {
+        BlockConfig {
+            hidden_size: self.hidden_size,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: self.hidden_act,
+            layer_norm_eps: self.layer_norm_eps,
+            qkv_bias: true,
+            layer_scale: false,
+            mlp: MlpKind::Standard,
+        }
+    }
+
+    /// The canonical name and shape of every tensor of the tower.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let mut tensors = vec![
+            (
+                "text.embeddings.token_embedding.weight".to_string(),
+                vec![self.vocab_size, h],
+            ),
+            (
+                "text.embeddings.position_embedding.weight".to_string(),
+                vec![self.max_position_embeddings, h],
+            ),
+        ];
+        for layer in 0..self.num_hidden_layers {
+            let prefix = format!("text.encoder.layer.{layer}");
+            let mut add = |name: &str, shape: Vec<usize>| {
+                tensors.push((format!("{prefix}.{name}"), shape));
+            };
+            for qkv in ["query", "key", "value"] {
+                add(&format!("attention.attention.{qkv}.weight"), vec![h, h]);
+                add(&format!("attention.attention.{qkv}.bias"), vec![h]);
+            }
+            add("attention.output.dense.weight", vec![h, h]);
+            add("attention.output.dense.bias", vec![h]);
+            add("intermediate.dense.weight", vec![i, h]);
+            add("intermediate.dense.bias", vec![i]);
+            add("output.dense.weight", vec![h, i]);
+            add("output.dense.bias", vec![h]);
+            for norm in ["layernorm_before", "layernorm_after"] {
+                add(&format!("{norm}.weight"), vec![h]);
+                add(&format!("{norm}.bias"), vec![h]);
+            }
+        }
+        for param in ["weight", "bias"] {
+            tensors.push((format!("text.final_layer_norm.{param}"), vec![h]));
+        }
+        tensors.push((
+            "text.projection.weight".to_string(),
+            vec![self.projection_dim, h],
+        ));
+        tensors
+    }
+}
+
+/// The text tower: token ids to projected text embeddings.
+#[derive(Debug, Clone)]
+pub struct TextTransformer {
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    layers: Vec<Layer>,
+    final_layer_norm: LayerNorm,
+    projection: Linear,
+    pooling: TextPooling,
+    max_positions: usize,
+}
+
+impl TextTransformer {
+    /// `vb` is the `text` scope of the canonical names.
+    pub fn new(vb: VarBuilder, cfg: &TextConfig, options: ModelOptions) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let block = cfg.block();
+        let embeddings = vb.pp("embeddings");
+        // Text is short and its attention masked: the standard kernel serves it everywhere.
+        let options = ModelOptions {
+            attention: super::AttentionKernel::Standard,
+            ..options
+        };
+        Ok(Self {
+            token_embedding: embeddings
+                .pp("token_embedding")
+                .get((cfg.vocab_size, h), "weight")?,
+            position_embedding: embeddings
+                .pp("position_embedding")
+                .get((cfg.max_position_embeddings, h), "weight")?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| Layer::new(vb.pp("encoder").pp("layer").pp(i), &block, options))
+                .collect::<Result<Vec<_>>>()?,
+            final_layer_norm: LayerNorm::load(
+                vb.pp("final_layer_norm"),
+                h,
+                cfg.layer_norm_eps,
+                options.differentiable,
+            )?,
+            projection: Linear::new(
+                vb.pp("projection").get((cfg.projection_dim, h), "weight")?,
+                None,
+                options.differentiable,
+                options.isa,
+            )?,
+            pooling: cfg.pooling,
+            max_positions: cfg.max_position_embeddings,
+        })
+    }
+
+    /// The projected embedding of one text's token ids, `(projection_dim,)`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let len = ids.len();
+        if len == 0 || len > self.max_positions {
+            candle_core::bail!(
+                "a text of {len} tokens (the model takes 1 to {})",
+                self.max_positions
+            );
+        }
+        let device = self.token_embedding.device();
+        let index = Tensor::new(ids, device)?;
+        let xs = self
+            .token_embedding
+            .index_select(&index, 0)?
+            .add(&self.position_embedding.narrow(0, 0, len)?)?
+            .unsqueeze(0)?;
+        let mask = causal_mask(len, xs.dtype(), device)?;
+        let mut xs = xs;
+        for layer in &self.layers {
+            xs = layer.forward_masked(&xs, Some(&mask))?;
+        }
+        let xs = self.final_layer_norm.forward(&xs)?;
+        let position = match self.pooling {
+            TextPooling::FirstToken(id) => ids.iter().position(|&t| t == id).unwrap_or(len - 1),
+            TextPooling::HighestId => {
+                let highest = ids.iter().max().copied().unwrap_or(0);
+                ids.iter().position(|&t| t == highest).unwrap_or(0)
+            }
+        };
+        let pooled = xs.i((.., position..position + 1, ..))?.squeeze(1)?;
+        self.projection.forward(&pooled)?.squeeze(0)
+    }
+}
+
+/// `(len, len)`: 0 on and below the diagonal, `-inf` above it.
+fn causal_mask(len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let values: Vec<f32> = (0..len)
+        .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (len, len), device)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_causal_mask_hides_later_tokens() {
+        let mask = causal_mask(3, DType::F32, &Device::Cpu).unwrap();
+        let rows = mask.to_vec2::<f32>().unwrap();
+        assert_eq!(rows[0], [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY]);
+        assert_eq!(rows[2], [0.0, 0.0, 0.0]);
+    }
+}

@@ -1,0 +1,157 @@
+//! Parity with HF transformers' CLIP on the golden fixtures of `tests/fixtures/generate.py
+//! --only clip`: random `CLIPModel`s (HF's own initialisation, patch 32 and 16, odd widths,
+//! quick-GELU, both of HF's text poolings) on real shared photos: `logits_per_image`,
+//! `image_embeds` and `text_embeds` within 1e-4, the pipeline's zero-shot scores, and the
+//! image-only `CLIPVisionModelWithProjection`.
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::{f32_values, fixture, max_abs_diff, shared_dir};
+use serde_json::Value;
+use vit::classifier::Classifier;
+use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+use vit::zero_shot::label_texts;
+
+fn manifest() -> Value {
+    let text = std::fs::read_to_string(fixture("clip/cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn options() -> LoadOptions {
+    LoadOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+        num_heads: None,
+        model: ModelOptions::default(),
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn load(dir: &str) -> LoadedModel {
+    let files = ModelFiles::local(&fixture(dir)).unwrap();
+    LoadedModel::load(&files, &options()).unwrap_or_else(|e| panic!("{dir}: {e:#}"))
+}
+
+#[test]
+fn clip_matches_hf_on_real_photos() {
+    let Some(shared) = shared_dir() else { return };
+    let manifest = manifest();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let dir = case["dir"].as_str().unwrap();
+        let loaded = load(dir);
+        assert!(
+            loaded.unused_tensors.is_empty(),
+            "{name}: {:?}",
+            loaded.unused_tensors
+        );
+        let io = candle_core::safetensors::load(fixture(dir).join("io.safetensors"), &Device::Cpu)
+            .unwrap();
+        let labels = strings(&case["labels"]);
+        let template = case["template"].as_str().unwrap();
+        let sequences = label_texts(&labels, template).unwrap();
+
+        let text = loaded.text.as_ref().expect("a text tower");
+        let tokenizer = text.tokenizer.as_ref().unwrap();
+        let hf_ids = io["input_ids"].to_vec2::<i64>().unwrap();
+        for (sequence, hf) in sequences.iter().zip(&hf_ids) {
+            let ours = tokenizer.encode(sequence).unwrap();
+            let hf: Vec<u32> = hf[..ours.len()].iter().map(|&i| i as u32).collect();
+            assert_eq!(ours, hf, "{name}: tokens of {sequence:?}");
+        }
+        let text_embeds = text.embed(&sequences).unwrap();
+        let diff = max_abs_diff(&f32_values(&text_embeds), &f32_values(&io["text_features"]));
+        assert!(diff < 1e-4, "{name}: max |text_features diff| {diff}");
+
+        let classifier =
+            Classifier::zero_shot(loaded, Device::Cpu, None, labels.clone(), template).unwrap();
+        let photos = strings(&case["photos"]);
+        let paths: Vec<_> = photos
+            .iter()
+            .map(|p| shared.join("images").join(p))
+            .collect();
+        let pixels: Vec<_> = classifier
+            .pixel_values_many(&paths)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let batch: Vec<_> = pixels.iter().collect();
+        let image_embeds = classifier
+            .model
+            .embed(
+                &classifier.batch_tensor(&batch).unwrap(),
+                EmbeddingKind::Auto,
+            )
+            .unwrap();
+        let diff = max_abs_diff(
+            &f32_values(&image_embeds),
+            &f32_values(&io["image_features"]),
+        );
+        assert!(diff < 1e-4, "{name}: max |image_features diff| {diff}");
+        let logits = classifier.logits(&batch).unwrap();
+        let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+        let diff = max_abs_diff(&flat, &f32_values(&io["logits_per_image"]));
+        assert!(diff < 1e-4, "{name}: max |logits_per_image diff| {diff}");
+
+        let function = classifier.zero_shot.as_ref().unwrap().score_function();
+        for (photo, row) in photos.iter().zip(&logits) {
+            let scores = function.apply(row);
+            for (label, score) in labels.iter().zip(scores) {
+                let hf = case["pipeline_scores"][photo][label].as_f64().unwrap() as f32;
+                assert!(
+                    (score - hf).abs() < 1e-5,
+                    "{name} {photo} {label}: {score} vs {hf}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn clip_vision_with_projection_embeds_as_hf() {
+    let Some(shared) = shared_dir() else { return };
+    let manifest = manifest();
+    for case in manifest["cases"].as_array().unwrap() {
+        let dir = case["vision_dir"].as_str().unwrap();
+        let loaded = load(dir);
+        assert!(loaded.text.is_none());
+        assert!(!loaded.model.has_head());
+        let io = candle_core::safetensors::load(fixture(dir).join("io.safetensors"), &Device::Cpu)
+            .unwrap();
+        let classifier = Classifier::new(loaded, Device::Cpu, None).unwrap();
+        let photos = strings(&case["photos"]);
+        let pixels: Vec<_> = photos
+            .iter()
+            .map(|p| {
+                classifier
+                    .pixel_values(&shared.join("images").join(p))
+                    .unwrap()
+            })
+            .collect();
+        let batch: Vec<_> = pixels.iter().collect();
+        let (ours, shape) = classifier.embeddings(&batch, EmbeddingKind::Auto).unwrap();
+        assert_eq!(shape, io["image_embeds"].dims());
+        let diff = max_abs_diff(&ours, &f32_values(&io["image_embeds"]));
+        assert!(diff < 1e-4, "{dir}: max |image_embeds diff| {diff}");
+    }
+}
+
+#[test]
+fn a_model_without_a_text_tower_cannot_take_labels() {
+    let loaded = load("family/vit_model_p8_s32");
+    let err = Classifier::zero_shot(loaded, Device::Cpu, None, vec!["cat".into()], "{}")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no text tower"), "{err}");
+}
