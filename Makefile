@@ -121,6 +121,22 @@ bench-compare: build $(BENCH_MODEL)/config.json $(BENCH_DEIT)/config.json | $(VE
 		--model DeiT-Tiny $(BENCH_OUT)/deit-tiny-vit.jsonl $(BENCH_OUT)/deit-tiny-torch.jsonl $(BENCH_OUT)/deit-tiny-ort.jsonl \
 		> $(BENCH_OUT)/compare.txt && cat $(BENCH_OUT)/compare.txt
 
+# bench-zero-shot: `vit classify --labels` against HF's zero-shot-image-classification pipeline
+# (tests/bench/bench_zero_shot.py), on a random CLIP ViT-B/32 (HF's initialisation and the
+# config of openai/clip-vit-base-patch32, with the real CLIP vocabulary from $(SHARED)), the
+# shared photos into 10 labels, BENCH_THREADS threads: from a cold process (wall time) and
+# warm (in-process, after loading), best of two each; prints the ratios.
+BENCH_CLIP := $(BENCH_OUT)/clip-vit-base-patch32-random
+
+$(BENCH_CLIP)/config.json: | $(VENV)/.torch
+	$(VENV)/bin/python tests/bench/bench_zero_shot.py --save-random $(BENCH_CLIP) --shared $(SHARED)
+
+.PHONY: bench-zero-shot
+bench-zero-shot: build $(BENCH_CLIP)/config.json
+	$(VENV)/bin/python tests/bench/bench_zero_shot.py --compare $(BENCH_CLIP) --vit $(VIT) \
+		--images $(SHARED)/images --threads $(BENCH_THREADS) > $(BENCH_OUT)/zero-shot.jsonl
+	@cat $(BENCH_OUT)/zero-shot.jsonl
+
 # --- GPU builds ---
 # Checks of the CUDA build that need no GPU and no CUDA toolkit installed (README, "GPU builds").
 # Each uses its own target dir, so the CPU build above is never touched.

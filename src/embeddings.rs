@@ -37,11 +37,12 @@ pub fn npy_bytes(values: &[f32], shape: &[usize]) -> Vec<u8> {
 }
 
 /// A safetensors file with one float32 tensor `embeddings` of `shape`; its metadata holds
-/// `files` (a JSON array of the row paths, in order) and `failed` (a JSON array of
-/// `{"file", "error"}` for inputs left out).
+/// `files` (a JSON array of the row paths, in order; `texts` when `key` is `text`) and
+/// `failed` (a JSON array of `{"file", "error"}` for inputs left out).
 pub fn safetensors_bytes(
     values: &[f32],
     shape: &[usize],
+    key: &str,
     files: &[String],
     failed: &[(String, String)],
 ) -> Result<Vec<u8>> {
@@ -53,7 +54,7 @@ pub fn safetensors_bytes(
         .map(|(file, error)| serde_json::json!({"file": file, "error": error}))
         .collect();
     let metadata = HashMap::from([
-        ("files".to_string(), serde_json::to_string(files)?),
+        (format!("{key}s"), serde_json::to_string(files)?),
         ("failed".to_string(), serde_json::to_string(&failed)?),
     ]);
     safetensors::tensor::serialize([("embeddings", view)], Some(metadata))
@@ -98,6 +99,7 @@ mod tests {
         let bytes = safetensors_bytes(
             &[0.5, 1.5],
             &[1, 2],
+            "file",
             &["a.jpg".into()],
             &[("b.jpg".into(), "cannot decode".into())],
         )

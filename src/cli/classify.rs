@@ -1,13 +1,16 @@
-//! `vit classify`: the top classes of images, in input order.
+//! `vit classify`: the top classes of images, in input order: the model's own classes, or
+//! zero-shot labels with an image-text model (CLIP).
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use vit::classifier::{top_k, Classifier, Prediction, ScoreFunction};
 use vit::inputs::Input;
 use vit::model::AttentionKernel;
+use vit::zero_shot::{label_texts, DEFAULT_TEMPLATE};
 
 use super::{InputArgs, ModelArgs, Outcome};
 
@@ -27,12 +30,29 @@ pub struct ClassifyArgs {
     /// model's [default: the model's preprocessing].
     #[arg(long, value_name = "PIXELS")]
     image_size: Option<usize>,
-    /// How logits become scores [default: softmax, or sigmoid for a single label].
+    /// How logits become scores [default: softmax, or sigmoid for a single label; for
+    /// zero-shot labels, the model's: softmax for CLIP].
     #[arg(long, value_enum)]
     function: Option<FunctionArg>,
+    /// Zero-shot labels, separated by commas, for an image-text model (CLIP): each is put
+    /// into --template and compared with the image.
+    #[arg(long, value_delimiter = ',', value_name = "LABEL,...")]
+    labels: Vec<String>,
+    /// Zero-shot labels, one a line (`-`: stdin), after those of --labels.
+    #[arg(long, value_name = "FILE")]
+    labels_file: Option<PathBuf>,
+    /// The text each zero-shot label is put into, in place of its `{}` [default: HF's
+    /// pipeline's, "This is a photo of {}."].
+    #[arg(long, value_name = "TEXT")]
+    template: Option<String>,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// At the end, print timings on stderr as `vit: stats: {JSON}`: load_seconds (the model),
+    /// classify_seconds (everything after: label embeddings, decoding, forward passes),
+    /// images.
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +81,8 @@ struct Plan {
     top_k: usize,
     batch_size: usize,
     format: Format,
+    /// Zero-shot labels and their template, when given.
+    zero_shot: Option<(Vec<String>, String)>,
 }
 
 /// The outcome of one input.
@@ -76,27 +98,61 @@ fn plan(args: &ClassifyArgs) -> Result<Plan> {
     if args.top_k == 0 {
         bail!("--top-k must be at least 1");
     }
+    let labels: Vec<String> =
+        super::collect_texts(&args.labels, args.labels_file.as_deref(), "label")?
+            .iter()
+            .map(|label| label.trim().to_string())
+            .collect();
+    let zero_shot = match (labels.is_empty(), &args.template) {
+        (true, None) => None,
+        (true, Some(_)) => bail!("--template needs zero-shot labels (--labels or --labels-file)"),
+        (false, template) => {
+            let template = template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
+            label_texts(&labels, template)?;
+            Some((labels, template.to_string()))
+        }
+    };
     Ok(Plan {
         inputs: args.inputs.collect()?,
         top_k: args.top_k,
         batch_size: args.batch_size,
         format: args.format,
+        zero_shot,
     })
 }
 
 pub fn run(args: ClassifyArgs) -> Result<Outcome> {
-    let plan = plan(&args)?;
+    let mut plan = plan(&args)?;
+    let started = std::time::Instant::now();
     let ready = args.model.load(AttentionKernel::Standard)?;
-    if !ready.loaded.model.has_head() {
-        bail!(
+    let loaded = started.elapsed();
+    let has_text = ready.loaded.text.is_some();
+    let classifier = match plan.zero_shot.take() {
+        Some((labels, template)) => Classifier::zero_shot(
+            ready.loaded,
+            ready.device,
+            args.image_size,
+            labels,
+            &template,
+        )
+        .with_context(|| args.model.model.clone())?,
+        None if has_text => bail!(
+            "{}: an image-text model classifies into zero-shot labels: give them with \
+             --labels or --labels-file",
+            args.model.model
+        ),
+        None if !ready.loaded.model.has_head() => bail!(
             "{}: the model has no classification head (a backbone): use `vit embed`",
             args.model.model
-        );
-    }
-    let classifier = Classifier::new(ready.loaded, ready.device, args.image_size)?;
-    let num_labels = classifier.config.num_labels();
+        ),
+        None => Classifier::new(ready.loaded, ready.device, args.image_size)?,
+    };
+    let num_labels = classifier.labels().len();
     let function = match args.function {
-        None => ScoreFunction::default_for(num_labels),
+        None => match &classifier.zero_shot {
+            Some(zero_shot) => zero_shot.score_function(),
+            None => ScoreFunction::default_for(num_labels),
+        },
         Some(FunctionArg::Softmax) => ScoreFunction::Softmax,
         Some(FunctionArg::Sigmoid) => ScoreFunction::Sigmoid,
         Some(FunctionArg::None) => ScoreFunction::None,
@@ -120,6 +176,15 @@ pub fn run(args: ClassifyArgs) -> Result<Outcome> {
     }
     progress.finish_and_clear();
     report.finish()?;
+    if args.stats {
+        let stats = json!({
+            "load_seconds": loaded.as_secs_f64(),
+            "classify_seconds": (started.elapsed() - loaded).as_secs_f64(),
+            "images": plan.inputs.len(),
+            "failed": failures,
+        });
+        eprintln!("vit: stats: {stats}");
+    }
     Ok(match failures {
         0 => Outcome::Success,
         _ => Outcome::PartialFailure,
@@ -155,7 +220,7 @@ fn classify_chunk(
         Ok(rows) => {
             for (slot, logits) in slots.into_iter().zip(rows) {
                 let scores = function.apply(&logits);
-                let predictions = top_k(&scores, &classifier.config.id2label, k);
+                let predictions = top_k(&scores, classifier.labels(), k);
                 records[slot] = Record::Predictions(predictions);
             }
         }

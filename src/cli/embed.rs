@@ -1,5 +1,5 @@
-//! `vit embed`: image embeddings, as JSON lines on stdout or a `.npy`, `.safetensors`,
-//! `.jsonl` or `.csv` file.
+//! `vit embed`: image embeddings, or the text embeddings of an image-text model (CLIP), as
+//! JSON lines on stdout or a `.npy`, `.safetensors`, `.jsonl` or `.csv` file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,14 @@ pub struct EmbedArgs {
     /// model's [default: the model's preprocessing].
     #[arg(long, value_name = "PIXELS")]
     image_size: Option<usize>,
+    /// Embed this text with an image-text model's text tower (CLIP), instead of images;
+    /// repeatable. Its rows are comparable with the model's image embeddings (`--pool auto`):
+    /// cosine similarity after --normalize.
+    #[arg(long, value_name = "TEXT")]
+    text: Vec<String>,
+    /// Embed the texts of FILE, one a line (`-`: stdin), after those of --text.
+    #[arg(long, value_name = "FILE")]
+    text_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,22 +66,39 @@ enum PoolArg {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// One float32 array `(images, width)` (or `(images, tokens, hidden)`), with the paths
-    /// in row order in `FILE.files.txt`.
+    /// in row order in `FILE.files.txt` (the texts in `FILE.texts.txt`).
     Npy,
-    /// A tensor `embeddings` with the paths in its metadata (`files`, `failed`).
+    /// A tensor `embeddings` with the paths in its metadata (`files`, `failed`; `texts`).
     Safetensors,
-    /// `{"file": PATH, "embedding": [...]}` per image, streamed.
+    /// `{"file": PATH, "embedding": [...]}` per image (`{"text": ...}` per text), streamed.
     Jsonl,
-    /// `file,0,1,...` rows with a header.
+    /// `file,0,1,...` (`text,0,1,...`) rows with a header.
     Csv,
 }
 
 /// The checked arguments of a run.
 struct Plan {
-    inputs: Vec<Input>,
+    /// The images, or the texts.
+    work: Work,
     kind: EmbeddingKind,
     format: Format,
     output: Option<PathBuf>,
+}
+
+/// What a run embeds.
+enum Work {
+    Images(Vec<Input>),
+    Texts(Vec<String>),
+}
+
+impl Work {
+    /// The key that names each row in the output (`file` or `text`).
+    fn key(&self) -> &'static str {
+        match self {
+            Self::Images(_) => "file",
+            Self::Texts(_) => "text",
+        }
+    }
 }
 
 fn plan(args: &EmbedArgs) -> Result<Plan> {
@@ -110,8 +135,24 @@ fn plan(args: &EmbedArgs) -> Result<Plan> {
             bail!("{}: its folder does not exist", path.display());
         }
     }
+    let texts = super::collect_texts(&args.text, args.text_file.as_deref(), "text")?;
+    let work = match (texts.is_empty(), args.inputs.is_empty()) {
+        (true, _) => Work::Images(args.inputs.collect()?),
+        (false, true) => {
+            if kind != EmbeddingKind::Auto {
+                bail!("--pool is for images: texts have one embedding each");
+            }
+            if args.image_size.is_some() {
+                bail!("--image-size is for images, not texts");
+            }
+            Work::Texts(texts)
+        }
+        (false, false) => {
+            bail!("give images or texts (--text, --text-file), not both: embed them in two runs")
+        }
+    };
     Ok(Plan {
-        inputs: args.inputs.collect()?,
+        work,
         kind,
         format,
         output: args.output.clone(),
@@ -139,10 +180,34 @@ fn format_of(path: &Path) -> Result<Format> {
 pub fn run(args: EmbedArgs) -> Result<Outcome> {
     let plan = plan(&args)?;
     let ready = args.model.load(AttentionKernel::Standard)?;
-    let model = Classifier::new(ready.loaded, ready.device, args.image_size)?;
-    let progress = super::progress_bar(plan.inputs.len());
     let mut rows = Rows::new(&plan);
-    for chunk in plan.inputs.chunks(args.batch_size) {
+    let inputs = match &plan.work {
+        Work::Images(inputs) => inputs,
+        Work::Texts(texts) => {
+            let Some(text) = &ready.loaded.text else {
+                bail!(
+                    "{}: the model has no text tower: --text needs an image-text model (CLIP)",
+                    args.model.model
+                );
+            };
+            for chunk in texts.chunks(args.batch_size) {
+                let embeddings = text.embed(chunk)?.to_dtype(candle_core::DType::F32)?;
+                for (line, row) in chunk.iter().zip(embeddings.to_vec2::<f32>()?) {
+                    let mut row = row;
+                    if args.normalize {
+                        l2_normalize(&mut row);
+                    }
+                    let width = row.len();
+                    rows.add(line.clone(), row, vec![width])?;
+                }
+            }
+            rows.finish()?;
+            return Ok(Outcome::Success);
+        }
+    };
+    let model = Classifier::new(ready.loaded, ready.device, args.image_size)?;
+    let progress = super::progress_bar(inputs.len());
+    for chunk in inputs.chunks(args.batch_size) {
         let records = embed_chunk(&model, chunk, plan.kind, args.normalize);
         for (input, record) in chunk.iter().zip(records) {
             let file = input.path().display().to_string();
@@ -218,6 +283,8 @@ fn embed_chunk(
 
 /// The rows written so far: streamed for JSON lines and CSV, gathered for the arrays.
 struct Rows {
+    /// What names a row: `file` or `text`.
+    key: &'static str,
     format: Format,
     output: Option<PathBuf>,
     /// Text lines bound for the output file (stdout gets them at once).
@@ -231,6 +298,7 @@ struct Rows {
 impl Rows {
     fn new(plan: &Plan) -> Self {
         Self {
+            key: plan.work.key(),
             format: plan.format,
             output: plan.output.clone(),
             text: Vec::new(),
@@ -262,7 +330,7 @@ impl Rows {
             None => {
                 if self.format == Format::Csv {
                     let columns: Vec<String> = (0..values.len()).map(|i| i.to_string()).collect();
-                    self.emit(format!("file,{}", columns.join(",")))?;
+                    self.emit(format!("{},{}", self.key, columns.join(",")))?;
                 }
                 self.row_shape = Some(shape);
             }
@@ -273,7 +341,7 @@ impl Rows {
             Some(_) => {}
         }
         match self.format {
-            Format::Jsonl => self.emit(json!({"file": file, "embedding": values}).to_string())?,
+            Format::Jsonl => self.emit(json!({self.key: file, "embedding": values}).to_string())?,
             Format::Csv => {
                 let numbers: Vec<String> = values.iter().map(|v| v.to_string()).collect();
                 let line = format!("{},{}", super::csv_field(&file), numbers.join(","));
@@ -304,7 +372,7 @@ impl Rows {
             Format::Jsonl | Format::Csv => write_file(path, &self.text)?,
             Format::Npy => {
                 let mut list = path.as_os_str().to_owned();
-                list.push(".files.txt");
+                list.push(format!(".{}s.txt", self.key));
                 write_file(
                     &PathBuf::from(list),
                     file_list(&self.files, &self.failed).as_bytes(),
@@ -313,7 +381,7 @@ impl Rows {
             }
             Format::Safetensors => write_file(
                 path,
-                &safetensors_bytes(&self.values, &shape, &self.files, &self.failed)?,
+                &safetensors_bytes(&self.values, &shape, self.key, &self.files, &self.failed)?,
             )?,
         }
         eprintln!(

@@ -78,7 +78,7 @@ pub struct ModelArgs {
 #[derive(Args, Debug, Clone)]
 pub struct InputArgs {
     /// Image files or folders (searched recursively for image files, in sorted order).
-    #[arg(value_name = "IMG_OR_DIR", required_unless_present = "files_from")]
+    #[arg(value_name = "IMG_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Also take the files or folders listed in FILE, one a line (`-`: stdin), after the
     /// arguments.
@@ -91,8 +91,16 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
+    /// Whether any images were named.
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty() && self.files_from.is_none()
+    }
+
     /// The work list: the arguments, then the listed paths, then this shard of them.
     pub fn collect(&self) -> Result<Vec<Input>> {
+        if self.is_empty() {
+            anyhow::bail!("no images given (IMG_OR_DIR arguments or --files-from)");
+        }
         let mut paths = self.inputs.clone();
         if let Some(list) = &self.files_from {
             paths.extend(read_file_list(list)?);
@@ -139,9 +147,10 @@ impl ModelArgs {
                 files.weights.display()
             );
         }
-        let head = match loaded.config.num_labels() {
-            0 => "no head".to_string(),
-            n => format!("{n} labels"),
+        let head = match (loaded.config.num_labels(), &loaded.text) {
+            (_, Some(_)) => "image-text".to_string(),
+            (0, None) => "no head".to_string(),
+            (n, None) => format!("{n} labels"),
         };
         eprintln!(
             "vit: model {} ({}, {head}) on {} {}",
@@ -152,6 +161,34 @@ impl ModelArgs {
         );
         Ok(ReadyModel { loaded, device })
     }
+}
+
+/// Texts given on the command line and in a file (one a line; `-`: stdin), in that order;
+/// `what` names them in messages ("label", "text").
+pub fn collect_texts(
+    inline: &[String],
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> Result<Vec<String>> {
+    let mut texts = inline.to_vec();
+    if let Some(path) = file {
+        let content = match path.as_os_str() == "-" {
+            true => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
+            false => std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?,
+        };
+        texts.extend(
+            content
+                .lines()
+                .map(|line| line.trim_end_matches('\r'))
+                .filter(|line| !line.trim().is_empty())
+                .map(str::to_string),
+        );
+        if texts.is_empty() {
+            anyhow::bail!("{}: no {what}s in it", path.display());
+        }
+    }
+    Ok(texts)
 }
 
 /// A progress bar on stderr, only for a terminal and more than a few images.

@@ -1,0 +1,211 @@
+//! `vit classify --labels` and `vit embed --text` end to end: the real binary on the CLIP
+//! fixtures of `tests/fixtures/generate.py --only clip` against HF's pipeline scores and
+//! projected features, and bad input.
+
+mod common;
+
+use common::{f32_values, fixture, max_abs_diff, shared_dir, stderr, stdout, vit};
+use serde_json::Value;
+
+fn case(index: usize) -> Value {
+    let text = std::fs::read_to_string(fixture("clip/cases.json")).unwrap();
+    let manifest: Value = serde_json::from_str(&text).unwrap();
+    manifest["cases"][index].clone()
+}
+
+fn labels(case: &Value) -> Vec<String> {
+    case["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn classify_with_labels_gives_the_pipelines_scores() {
+    let Some(shared) = shared_dir() else { return };
+    for index in 0..2 {
+        let case = case(index);
+        let model = fixture(case["dir"].as_str().unwrap());
+        let labels = labels(&case);
+        let labels_file = tempfile::NamedTempFile::new().unwrap();
+        // the last label from a file, the others inline
+        std::fs::write(labels_file.path(), format!("{}\n", labels.last().unwrap())).unwrap();
+        let inline = labels[..labels.len() - 1].join(",");
+        let photo = case["photos"][0].as_str().unwrap();
+        let image = shared.join("images").join(photo);
+        let output = vit(&[
+            "classify",
+            "-m",
+            model.to_str().unwrap(),
+            "--labels",
+            &inline,
+            "--labels-file",
+            labels_file.path().to_str().unwrap(),
+            "-k",
+            "100",
+            "-f",
+            "json",
+            "--stats",
+            image.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let stats = stderr(&output);
+        let stats = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("vit: stats: "))
+            .unwrap();
+        let stats: Value = serde_json::from_str(stats).unwrap();
+        assert_eq!(stats["images"], 1);
+        assert!(stats["classify_seconds"].as_f64().unwrap() > 0.0);
+        let results: Value = serde_json::from_str(&stdout(&output)).unwrap();
+        let predictions = results[0]["predictions"].as_array().unwrap();
+        assert_eq!(
+            predictions.len(),
+            labels.len(),
+            "top-k is capped at the labels"
+        );
+        for prediction in predictions {
+            let label = prediction["label"].as_str().unwrap();
+            let score = prediction["score"].as_f64().unwrap();
+            let hf = case["pipeline_scores"][photo][label].as_f64().unwrap();
+            assert!((score - hf).abs() < 1e-5, "{label}: {score} vs HF {hf}");
+        }
+    }
+}
+
+#[test]
+fn embed_text_gives_the_projected_text_features() {
+    let case = case(1);
+    let dir = fixture(case["dir"].as_str().unwrap());
+    let template = case["template"].as_str().unwrap();
+    let sequences: Vec<String> = labels(&case)
+        .iter()
+        .map(|l| template.replacen("{}", l, 1))
+        .collect();
+    let mut args = vec!["embed", "-m", dir.to_str().unwrap()];
+    for sequence in &sequences {
+        args.extend(["--text", sequence.as_str()]);
+    }
+    let output = vit(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let io = candle_core::safetensors::load(dir.join("io.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    let expected = f32_values(&io["text_features"]);
+    let rows: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), sequences.len());
+    let width = expected.len() / sequences.len();
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["text"], sequences[i].as_str());
+        let ours: Vec<f32> = row["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let diff = max_abs_diff(&ours, &expected[i * width..(i + 1) * width]);
+        assert!(diff < 1e-4, "{}: {diff}", sequences[i]);
+    }
+}
+
+#[test]
+fn zero_shot_bad_input_is_one_clear_line() {
+    let clip = fixture("clip/clip_p32_s64");
+    let clip = clip.to_str().unwrap();
+    let image = fixture("preprocess/images");
+    let image = image.to_str().unwrap();
+    let deit = fixture("family/deit_p8_s32");
+    let vision = fixture("clip/vision_clip_p32_s64");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["classify", "-m", clip, image],
+            "give them with --labels",
+        ),
+        (
+            vec![
+                "classify",
+                "-m",
+                deit.to_str().unwrap(),
+                "--labels",
+                "cat",
+                image,
+            ],
+            "no text tower",
+        ),
+        (
+            vec![
+                "classify",
+                "-m",
+                clip,
+                "--labels",
+                "cat",
+                "--template",
+                "photo",
+                image,
+            ],
+            "has no {} for the label",
+        ),
+        (
+            vec!["classify", "-m", clip, "--labels", "cat,,dog", image],
+            "label 2 is empty",
+        ),
+        (
+            vec!["classify", "-m", clip, "--template", "a {}", image],
+            "--template needs",
+        ),
+        (
+            vec!["embed", "-m", vision.to_str().unwrap(), "--text", "a cat"],
+            "no text tower",
+        ),
+        (
+            vec!["embed", "-m", clip, "--text", "a cat", image],
+            "not both",
+        ),
+        (
+            vec!["embed", "-m", clip, "--text", "a cat", "--pool", "mean"],
+            "--pool is for images",
+        ),
+        (vec!["embed", "-m", clip], "no images given"),
+    ];
+    for (args, message) in cases {
+        let output = vit(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let err = stderr(&output);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("vit: ") && last.contains(message),
+            "{args:?}: {err}"
+        );
+        assert!(stdout(&output).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_clip_folder_without_a_tokenizer_says_so_when_given_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("clip/clip_p32_s64");
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(source.join(name), dir.path().join(name)).unwrap();
+    }
+    let output = vit(&[
+        "embed",
+        "-m",
+        dir.path().to_str().unwrap(),
+        "--text",
+        "a cat",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no tokenizer"),
+        "{}",
+        stderr(&output)
+    );
+}
