@@ -22,8 +22,9 @@ pub struct EmbedArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Which embedding: auto (the model's own: the class token after the final norm for ViT,
-    /// DeiT and DINOv2 backbones, what the head reads for classifiers), cls, mean (of the
-    /// patch tokens, after the final norm) or tokens (every token; npy or safetensors only).
+    /// DeiT and DINOv2 backbones, what the head reads for classifiers, the projected
+    /// embedding for CLIP), cls, mean (of the patch tokens, after the final norm) or tokens
+    /// (every token; npy or safetensors only).
     #[arg(long, value_enum, default_value_t = PoolArg::Auto)]
     pool: PoolArg,
     /// Scale each embedding (each token, for `tokens`) to unit length.

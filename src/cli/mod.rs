@@ -17,7 +17,7 @@ use vit::hub::{ModelSpec, DEFAULT_MODEL};
 use vit::inputs::{collect_inputs, read_file_list, Input, Shard};
 use vit::model::{AttentionKernel, LoadOptions, LoadedModel, ModelOptions};
 
-/// Run, measure, convert and fine-tune Vision Transformers (HF ViT, DeiT and DINOv2
+/// Run, measure, convert and fine-tune Vision Transformers (HF ViT, DeiT, DINOv2 and CLIP
 /// checkpoints) on Candle, without Python.
 #[derive(Parser)]
 #[command(name = "vit", version, propagate_version = true, max_term_width = 100)]
