@@ -222,6 +222,28 @@ pub struct BlockConfig {
     pub mlp: MlpKind,
 }
 
+impl BlockConfig {
+    /// Checks that the heads divide the width.
+    pub fn check_heads(&self) -> Result<()> {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Fails naming the first of `sizes` that is zero.
+pub(crate) fn require_positive(sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => bail!("{key} must be positive"),
+        None => Ok(()),
+    }
+}
+
 /// The architecture of a ViT-family model, with HF's defaults for missing keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViTConfig {
@@ -376,11 +398,8 @@ impl ViTConfig {
             ("patch_size", self.patch_size),
             ("num_channels", self.num_channels),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                bail!("{key} must be positive");
-            }
-        }
+        require_positive(&positive)?;
+        self.block().check_heads()?;
         match (self.variant.head, self.id2label.len()) {
             (Head::None, 0) => {}
             (Head::None, n) => bail!("a model without a head has {n} labels"),
@@ -400,13 +419,6 @@ impl ViTConfig {
         }
         if self.variant.head == Head::Distilled && !self.variant.distillation_token {
             bail!("a distilled head without a distillation token");
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            bail!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size,
-                self.num_attention_heads
-            );
         }
         if self.image_size < self.patch_size {
             bail!(

@@ -44,6 +44,7 @@ pub struct TextConfig {
 impl TextConfig {
     /// Checks the sizes the network relies on.
     pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -53,19 +54,8 @@ impl TextConfig {
             ("max_position_embeddings", self.max_position_embeddings),
             ("projection_dim", self.projection_dim),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                anyhow::bail!("text_config: {key} must be positive");
-            }
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            anyhow::bail!(
-                "text_config: hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size,
-                self.num_attention_heads
-            );
-        }
-        Ok(())
+        super::config::require_positive(&positive).context("text_config")?;
+        self.block().check_heads().context("text_config")
     }
 
     /// The configuration of each block.

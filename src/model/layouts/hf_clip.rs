@@ -259,5 +259,9 @@ mod tests {
             "architectures": ["CLIPVisionModel"]});
         assert_eq!(config(&vision_only).unwrap().variant.projection, None);
         assert!(text_config(&vision_only).unwrap().is_none());
+        let bad = serde_json::json!({"model_type": "clip",
+            "text_config": {"hidden_size": 30, "num_attention_heads": 4}});
+        let err = format!("{:#}", text_config(&bad).unwrap_err());
+        assert!(err.contains("text_config: hidden_size 30"), "{err}");
     }
 }
