@@ -209,3 +209,31 @@ fn a_clip_folder_without_a_tokenizer_says_so_when_given_text() {
         stderr(&output)
     );
 }
+
+#[test]
+fn an_absurd_text_layer_count_fails_at_once_naming_the_first_missing_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("clip/clip_p32_s64");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dir.path().join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["text_config"]["num_hidden_layers"] = Value::from(1_000_000_000u64);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let output = vit(&[
+        "embed",
+        "-m",
+        dir.path().to_str().unwrap(),
+        "--text",
+        "a cat",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains("missing tensor text.encoder.layer.2.layernorm_before.weight"),
+        "{err}"
+    );
+}

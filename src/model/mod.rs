@@ -133,6 +133,8 @@ impl LoadedModel {
         };
         let mut text_tensors = Vec::new();
         if let Some(text) = &text_config {
+            weights::check_layers(shapes, "text.encoder.layer", text.num_hidden_layers)
+                .with_context(in_weights)?;
             text_tensors = text.expected_tensors();
             text_tensors.push(("logit_scale".to_string(), Vec::new()));
         }

@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 use super::config::{Activation, BlockConfig, MlpKind};
 use super::encoder::{Layer, ModelOptions};
 use super::layers::{LayerNorm, Linear};
+use super::weights::layer_tensors;
 
 /// Which token's state is the text's embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,9 +73,10 @@ impl TextConfig {
         }
     }
 
-    /// The canonical name and shape of every tensor of the tower.
+    /// The canonical name and shape of every tensor of the tower (check its layers first
+    /// with [`super::weights::check_layers`]: the list grows with the layer count).
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let h = self.hidden_size;
         let mut tensors = vec![
             (
                 "text.embeddings.token_embedding.weight".to_string(),
@@ -85,25 +87,12 @@ impl TextConfig {
                 vec![self.max_position_embeddings, h],
             ),
         ];
+        let block = self.block();
         for layer in 0..self.num_hidden_layers {
-            let prefix = format!("text.encoder.layer.{layer}");
-            let mut add = |name: &str, shape: Vec<usize>| {
-                tensors.push((format!("{prefix}.{name}"), shape));
-            };
-            for qkv in ["query", "key", "value"] {
-                add(&format!("attention.attention.{qkv}.weight"), vec![h, h]);
-                add(&format!("attention.attention.{qkv}.bias"), vec![h]);
-            }
-            add("attention.output.dense.weight", vec![h, h]);
-            add("attention.output.dense.bias", vec![h]);
-            add("intermediate.dense.weight", vec![i, h]);
-            add("intermediate.dense.bias", vec![i]);
-            add("output.dense.weight", vec![h, i]);
-            add("output.dense.bias", vec![h]);
-            for norm in ["layernorm_before", "layernorm_after"] {
-                add(&format!("{norm}.weight"), vec![h]);
-                add(&format!("{norm}.bias"), vec![h]);
-            }
+            tensors.extend(layer_tensors(
+                &format!("text.encoder.layer.{layer}"),
+                &block,
+            ));
         }
         for param in ["weight", "bias"] {
             tensors.push((format!("text.final_layer_norm.{param}"), vec![h]));

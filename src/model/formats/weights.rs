@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::pickle::{read_pytorch, RawTensor, StorageDType};
-use crate::model::config::{generic_labels, Activation, Head, MlpKind, Variant, ViTConfig};
+use crate::model::config::{
+    generic_labels, Activation, BlockConfig, Head, MlpKind, Variant, ViTConfig,
+};
 use crate::model::layouts::Layout;
 use crate::tokenizer::TokenizerFiles;
 
@@ -18,12 +20,7 @@ pub type StateDict = HashMap<String, Tensor>;
 /// The canonical name and shape of every tensor the model of `cfg` has (HF ViT's names, and
 /// those of the tensors other members of the family add).
 pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, i, p, c) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.patch_size,
-        cfg.num_channels,
-    );
+    let (h, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
     let variant = &cfg.variant;
     let mut tensors: Vec<(String, Vec<usize>)> = Vec::new();
     let mut add = |name: String, shape: Vec<usize>| tensors.push((name, shape));
@@ -60,38 +57,10 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     if variant.norm_pre {
         norm(&mut add, "vit.pre_layernorm", h);
     }
+    let block = cfg.block();
     for layer in 0..cfg.num_hidden_layers {
-        let prefix = format!("vit.encoder.layer.{layer}");
-        let mut add = |name: &str, shape: Vec<usize>| add(format!("{prefix}.{name}"), shape);
-        for qkv in ["query", "key", "value"] {
-            add(&format!("attention.attention.{qkv}.weight"), vec![h, h]);
-            if cfg.qkv_bias {
-                add(&format!("attention.attention.{qkv}.bias"), vec![h]);
-            }
-        }
-        add("attention.output.dense.weight", vec![h, h]);
-        add("attention.output.dense.bias", vec![h]);
-        match variant.mlp {
-            MlpKind::Standard => {
-                add("intermediate.dense.weight", vec![i, h]);
-                add("intermediate.dense.bias", vec![i]);
-                add("output.dense.weight", vec![h, i]);
-                add("output.dense.bias", vec![h]);
-            }
-            MlpKind::SwiGlu => {
-                add("mlp.weights_in.weight", vec![2 * i, h]);
-                add("mlp.weights_in.bias", vec![2 * i]);
-                add("mlp.weights_out.weight", vec![h, i]);
-                add("mlp.weights_out.bias", vec![h]);
-            }
-        }
-        for norm in ["layernorm_before", "layernorm_after"] {
-            add(&format!("{norm}.weight"), vec![h]);
-            add(&format!("{norm}.bias"), vec![h]);
-        }
-        if variant.layer_scale {
-            add("layer_scale1.lambda1", vec![h]);
-            add("layer_scale2.lambda1", vec![h]);
+        for (name, shape) in layer_tensors(&format!("vit.encoder.layer.{layer}"), &block) {
+            add(name, shape);
         }
     }
     if variant.final_norm {
@@ -126,6 +95,62 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     tensors
 }
 
+/// The canonical name (under `prefix`, a layer's scope) and shape of every tensor of one
+/// transformer block, for the image and text towers alike.
+pub fn layer_tensors(prefix: &str, block: &BlockConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i) = (block.hidden_size, block.intermediate_size);
+    let mut tensors = Vec::new();
+    let mut add = |name: &str, shape: Vec<usize>| tensors.push((format!("{prefix}.{name}"), shape));
+    for qkv in ["query", "key", "value"] {
+        add(&format!("attention.attention.{qkv}.weight"), vec![h, h]);
+        if block.qkv_bias {
+            add(&format!("attention.attention.{qkv}.bias"), vec![h]);
+        }
+    }
+    add("attention.output.dense.weight", vec![h, h]);
+    add("attention.output.dense.bias", vec![h]);
+    match block.mlp {
+        MlpKind::Standard => {
+            add("intermediate.dense.weight", vec![i, h]);
+            add("intermediate.dense.bias", vec![i]);
+            add("output.dense.weight", vec![h, i]);
+            add("output.dense.bias", vec![h]);
+        }
+        MlpKind::SwiGlu => {
+            add("mlp.weights_in.weight", vec![2 * i, h]);
+            add("mlp.weights_in.bias", vec![2 * i]);
+            add("mlp.weights_out.weight", vec![h, i]);
+            add("mlp.weights_out.bias", vec![h]);
+        }
+    }
+    for norm in ["layernorm_before", "layernorm_after"] {
+        add(&format!("{norm}.weight"), vec![h]);
+        add(&format!("{norm}.bias"), vec![h]);
+    }
+    if block.layer_scale {
+        add("layer_scale1.lambda1", vec![h]);
+        add("layer_scale2.lambda1", vec![h]);
+    }
+    tensors
+}
+
+/// Checks that the first tensor of each of `count` layers under `prefix` (`vit.encoder.layer`)
+/// is there, so that an absurd layer count fails at the first missing layer instead of
+/// listing a billion names.
+pub fn check_layers(
+    weights: &(impl TensorShapes + ?Sized),
+    prefix: &str,
+    count: usize,
+) -> Result<()> {
+    for layer in 0..count {
+        let name = format!("{prefix}.{layer}.layernorm_before.weight");
+        if weights.shape(&name).is_none() {
+            bail!("missing tensor {name} (the config has {count} layers)");
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `weights` holds every tensor of `cfg` with the right shape. Returns the names of
 /// tensors the model does not use (HF warns about those and so do we).
 pub fn check_state_dict(
@@ -141,17 +166,7 @@ pub fn check_model_tensors(
     cfg: &ViTConfig,
     extra: &[(String, Vec<usize>)],
 ) -> Result<Vec<String>> {
-    // Each layer's first tensor before the full list, so that an absurd layer count fails
-    // at the first missing layer instead of listing a billion names.
-    for layer in 0..cfg.num_hidden_layers {
-        let name = format!("vit.encoder.layer.{layer}.layernorm_before.weight");
-        if weights.shape(&name).is_none() {
-            bail!(
-                "missing tensor {name} (the config has {} layers)",
-                cfg.num_hidden_layers
-            );
-        }
-    }
+    check_layers(weights, "vit.encoder.layer", cfg.num_hidden_layers)?;
     let mut expected = expected_tensors(cfg);
     expected.extend_from_slice(extra);
     let mut missing = Vec::new();
