@@ -119,7 +119,7 @@ impl Classifier {
         template: &str,
     ) -> Result<Self> {
         let Some(text) = &loaded.text else {
-            bail!("the model has no text tower: zero-shot labels need an image-text model (CLIP)");
+            bail!("the model has no text tower: zero-shot labels need an image-text model (CLIP, SigLIP)");
         };
         let zero_shot = ZeroShot::new(text, labels, template, &device)?;
         let mut classifier = Self::new(loaded, device, input_size)?;

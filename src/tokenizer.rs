@@ -1,6 +1,9 @@
 //! Text tokenizers of the contrastive models (CLIP, SigLIP), on HF's `tokenizers`: a repo's
 //! `tokenizer.json`, or, for repos that ship only the files of HF's slow tokenizer, the
-//! tokenizer HF's conversion builds from them (CLIP's `vocab.json` + `merges.txt`).
+//! tokenizer HF builds from them (CLIP's `vocab.json` + `merges.txt`, SigLIP's
+//! `spiece.model`, see [`sentencepiece`]).
+
+pub mod sentencepiece;
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,8 @@ pub enum TokenizerFiles {
     Json(PathBuf),
     /// CLIP's byte-level BPE: `vocab.json` and `merges.txt`.
     ClipBpe { vocab: PathBuf, merges: PathBuf },
+    /// SigLIP's sentencepiece model, `spiece.model`.
+    SentencePiece(PathBuf),
 }
 
 impl TokenizerFiles {
@@ -33,6 +38,9 @@ impl TokenizerFiles {
                 merges: fetch("merges.txt")?,
             }));
         }
+        if exists("spiece.model") {
+            return Ok(Some(Self::SentencePiece(fetch("spiece.model")?)));
+        }
         Ok(None)
     }
 
@@ -47,32 +55,48 @@ impl TokenizerFiles {
     }
 }
 
-/// How token sequences are padded to one length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Padding {
-    /// Not padded: each text is run at its own length (CLIP's causal text tower gives the
-    /// same embedding as HF's batch padded to the longest, whose padding it never attends to).
-    None,
-    /// Padded with `pad_id` to the maximum length (SigLIP, which was trained so).
-    MaxLength { pad_id: u32 },
+/// A text's token ids: the text's own, then any padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    /// How many of `ids` are the text's (the rest is padding, which no token attends to).
+    pub attended: usize,
 }
 
 /// A tokenizer with the truncation and padding of its model's processor.
 pub struct TextTokenizer {
     inner: Tokenizer,
     max_length: usize,
-    padding: Padding,
+    /// The padding id, for a model whose texts are padded to `max_length`.
+    pad_id: Option<u32>,
 }
 
 impl TextTokenizer {
     /// Loads `files`; texts are truncated to `max_length` tokens (special tokens included),
-    /// as HF's `truncation=True, max_length=...` does, and padded as `padding` says.
-    pub fn load(files: &TokenizerFiles, max_length: usize, padding: Padding) -> Result<Self> {
-        let mut inner = match files {
-            TokenizerFiles::Json(path) => Tokenizer::from_file(path).map_err(|e| {
-                anyhow::anyhow!("{}: cannot read the tokenizer: {e}", path.display())
-            })?,
-            TokenizerFiles::ClipBpe { vocab, merges } => clip_bpe(vocab, merges)?,
+    /// as HF's `truncation=True, max_length=...` does, and, when `padded`, padded to it with
+    /// the tokenizer's padding token as `padding="max_length"` does (SigLIP, trained so).
+    /// Unpadded texts run at their own length: CLIP's causal text tower gives the same
+    /// embedding as HF's batch padded to the longest, whose padding it never attends to.
+    pub fn load(files: &TokenizerFiles, max_length: usize, padded: bool) -> Result<Self> {
+        let (mut inner, path) = match files {
+            TokenizerFiles::Json(path) => (
+                Tokenizer::from_file(path).map_err(|e| {
+                    anyhow::anyhow!("{}: cannot read the tokenizer: {e}", path.display())
+                })?,
+                path,
+            ),
+            TokenizerFiles::ClipBpe { vocab, merges } => (clip_bpe(vocab, merges)?, vocab),
+            TokenizerFiles::SentencePiece(path) => (sentencepiece::siglip_tokenizer(path)?, path),
+        };
+        let pad_id = match padded {
+            false => None,
+            true => Some(pad_id(&inner).with_context(|| {
+                format!(
+                    "{}: no padding token (a padding config, {}, or <pad>)",
+                    path.display(),
+                    sentencepiece::SIGLIP_EOS
+                )
+            })?),
         };
         if max_length < 2 {
             bail!("a text context of {max_length} tokens is too short");
@@ -87,27 +111,38 @@ impl TextTokenizer {
         Ok(Self {
             inner,
             max_length,
-            padding,
+            pad_id,
         })
     }
 
     /// The token ids of `text` with the model's special tokens, truncated and padded.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
         let encoding = self
             .inner
             .encode(text, true)
             .map_err(|e| anyhow::anyhow!("cannot tokenize {text:?}: {e}"))?;
         let mut ids = encoding.get_ids().to_vec();
-        if let Padding::MaxLength { pad_id } = self.padding {
+        let attended = ids.len();
+        if let Some(pad_id) = self.pad_id {
             ids.resize(self.max_length, pad_id);
         }
-        Ok(ids)
+        Ok(Encoded { ids, attended })
     }
 
     /// The id of `token` in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
+}
+
+/// The padding id of a tokenizer: its padding config's, else that of SigLIP's `</s>` (which
+/// `SiglipTokenizer` pads with) or of `<pad>`.
+fn pad_id(tokenizer: &Tokenizer) -> Option<u32> {
+    tokenizer
+        .get_padding()
+        .map(|padding| padding.pad_id)
+        .or_else(|| tokenizer.token_to_id(sentencepiece::SIGLIP_EOS))
+        .or_else(|| tokenizer.token_to_id("<pad>"))
 }
 
 /// CLIP's special tokens, as `CLIPTokenizer` names them by default.

@@ -1,12 +1,14 @@
-//! Zero-shot classification with an image-text model (CLIP): each label is put in a
+//! Zero-shot classification with an image-text model (CLIP, SigLIP): each label is put in a
 //! template ("This is a photo of {}."), embedded by the text tower once, and an image's
 //! logits are its cosine similarities with those embeddings, scaled by the model's logit
-//! scale, as HF's `zero-shot-image-classification` pipeline computes `logits_per_image`.
+//! scale (plus SigLIP's logit bias), as HF's `zero-shot-image-classification` pipeline
+//! computes `logits_per_image`; its scores are their softmax (CLIP) or sigmoid (SigLIP).
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::classifier::ScoreFunction;
+use crate::model::text::ContrastiveLoss;
 use crate::model::TextTower;
 
 /// HF's pipeline's `hypothesis_template`.
@@ -18,6 +20,8 @@ pub struct ZeroShot {
     /// Unit-length text embeddings, `(labels, dim)`, f32.
     text_embeds: Tensor,
     logit_scale: f32,
+    logit_bias: f32,
+    loss: ContrastiveLoss,
 }
 
 impl ZeroShot {
@@ -35,18 +39,25 @@ impl ZeroShot {
             labels,
             text_embeds,
             logit_scale: text.logit_scale,
+            logit_bias: text.logit_bias,
+            loss: text.config.loss,
         })
     }
 
     /// `logits_per_image`, `(images, labels)`, of image embeddings `(images, dim)`.
     pub fn logits(&self, image_embeds: &Tensor) -> Result<Tensor> {
         let images = normalize_rows(&image_embeds.to_dtype(DType::F32)?)?;
-        Ok((images.matmul(&self.text_embeds.t()?)? * f64::from(self.logit_scale))?)
+        let cosine = images.matmul(&self.text_embeds.t()?)?;
+        Ok(cosine.affine(f64::from(self.logit_scale), f64::from(self.logit_bias))?)
     }
 
-    /// How the pipeline turns these logits into scores: a softmax over the labels.
+    /// How the pipeline turns these logits into scores: a softmax over the labels (CLIP), a
+    /// sigmoid per label (SigLIP).
     pub fn score_function(&self) -> ScoreFunction {
-        ScoreFunction::Softmax
+        match self.loss {
+            ContrastiveLoss::Softmax => ScoreFunction::Softmax,
+            ContrastiveLoss::Sigmoid => ScoreFunction::Sigmoid,
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! `vit classify`: the top classes of images, in input order: the model's own classes, or
-//! zero-shot labels with an image-text model (CLIP).
+//! zero-shot labels with an image-text model (CLIP, SigLIP).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,10 +31,10 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "PIXELS")]
     image_size: Option<usize>,
     /// How logits become scores [default: softmax, or sigmoid for a single label; for
-    /// zero-shot labels, the model's: softmax for CLIP].
+    /// zero-shot labels, the model's: softmax for CLIP, sigmoid for SigLIP].
     #[arg(long, value_enum)]
     function: Option<FunctionArg>,
-    /// Zero-shot labels, separated by commas, for an image-text model (CLIP): each is put
+    /// Zero-shot labels, separated by commas, for an image-text model (CLIP, SigLIP): each is put
     /// into --template and compared with the image.
     #[arg(long, value_delimiter = ',', value_name = "LABEL,...")]
     labels: Vec<String>,

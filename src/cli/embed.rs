@@ -1,5 +1,5 @@
-//! `vit embed`: image embeddings, or the text embeddings of an image-text model (CLIP), as
-//! JSON lines on stdout or a `.npy`, `.safetensors`, `.jsonl` or `.csv` file.
+//! `vit embed`: image embeddings, or the text embeddings of an image-text model (CLIP,
+//! SigLIP), as JSON lines on stdout or a `.npy`, `.safetensors`, `.jsonl` or `.csv` file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,8 @@ pub struct EmbedArgs {
     model: ModelArgs,
     /// Which embedding: auto (the model's own: the class token after the final norm for ViT,
     /// DeiT and DINOv2 backbones, what the head reads for classifiers, the projected
-    /// embedding for CLIP), cls, mean (of the patch tokens, after the final norm) or tokens
+    /// embedding for CLIP, the attention-pooled one for SigLIP), cls, mean (of the patch
+    /// tokens, after the final norm) or tokens
     /// (every token; npy or safetensors only).
     #[arg(long, value_enum, default_value_t = PoolArg::Auto)]
     pool: PoolArg,
@@ -46,7 +47,7 @@ pub struct EmbedArgs {
     /// model's [default: the model's preprocessing].
     #[arg(long, value_name = "PIXELS")]
     image_size: Option<usize>,
-    /// Embed this text with an image-text model's text tower (CLIP), instead of images;
+    /// Embed this text with an image-text model's text tower (CLIP, SigLIP), instead of images;
     /// repeatable. Its rows are comparable with the model's image embeddings (`--pool auto`):
     /// cosine similarity after --normalize.
     #[arg(long, value_name = "TEXT")]
@@ -187,7 +188,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
         Work::Texts(texts) => {
             let Some(text) = &ready.loaded.text else {
                 bail!(
-                    "{}: the model has no text tower: --text needs an image-text model (CLIP)",
+                    "{}: the model has no text tower: --text needs an image-text model (CLIP, SigLIP)",
                     args.model.model
                 );
             };

@@ -17,8 +17,8 @@ use vit::hub::{ModelSpec, DEFAULT_MODEL};
 use vit::inputs::{collect_inputs, read_file_list, Input, Shard};
 use vit::model::{AttentionKernel, LoadOptions, LoadedModel, ModelOptions};
 
-/// Run, measure, convert and fine-tune Vision Transformers (HF ViT, DeiT, DINOv2 and CLIP
-/// checkpoints) on Candle, without Python.
+/// Run, measure, convert and fine-tune Vision Transformers (HF ViT, DeiT, DINOv2, CLIP and
+/// SigLIP checkpoints) on Candle, without Python.
 #[derive(Parser)]
 #[command(name = "vit", version, propagate_version = true, max_term_width = 100)]
 #[command(

@@ -63,6 +63,9 @@ pub enum Pooling {
     ClassAndMean,
     /// The mean of the class and distillation tokens (timm's distilled DeiT).
     ClassDistillationAverage,
+    /// A learned query attending over all tokens, then a layer norm and an MLP with a
+    /// residual (SigLIP's multihead attention pooling head, timm `global_pool='map'`).
+    AttentionPool,
 }
 
 /// The feed-forward block of each layer.
@@ -198,7 +201,10 @@ impl Variant {
     pub fn pooled_width(&self, hidden: usize) -> usize {
         match self.pooling {
             Pooling::ClassAndMean => 2 * hidden,
-            Pooling::Class | Pooling::Mean | Pooling::ClassDistillationAverage => hidden,
+            Pooling::Class
+            | Pooling::Mean
+            | Pooling::ClassDistillationAverage
+            | Pooling::AttentionPool => hidden,
         }
     }
 

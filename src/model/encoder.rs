@@ -12,6 +12,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::attention::AttentionKernel;
+use super::attention_pool::AttentionPool;
 use super::config::{Activation, BlockConfig, Head, MlpKind, Pooling, PosInterpolation, ViTConfig};
 use super::cpu_kernels;
 use super::layers::{LayerNorm, Linear};
@@ -489,10 +490,12 @@ enum Classifier {
 #[derive(Debug, Clone)]
 pub struct VisionTransformer {
     encoder: Encoder,
+    attention_pool: Option<AttentionPool>,
     pool_layernorm: Option<LayerNorm>,
     projection: Option<Linear>,
     classifier: Classifier,
     pooling: Pooling,
+    class_token: bool,
     /// Tokens before the patches (class, distillation, registers).
     prefix_tokens: usize,
     dtype: DType,
@@ -538,12 +541,22 @@ impl VisionTransformer {
             )?),
             None => None,
         };
+        let attention_pool = match variant.pooling {
+            Pooling::AttentionPool => Some(AttentionPool::new(
+                vb.pp("vit").pp("attention_pool"),
+                &cfg.block(),
+                options,
+            )?),
+            _ => None,
+        };
         Ok(Self {
             encoder: Encoder::new(vb.pp("vit"), cfg, options)?,
+            attention_pool,
             pool_layernorm,
             projection,
             classifier,
             pooling: variant.pooling,
+            class_token: variant.class_token,
             prefix_tokens: variant.prefix_tokens(),
             dtype: vb.dtype(),
         })
@@ -569,6 +582,9 @@ impl VisionTransformer {
     }
 
     fn class_token(&self, tokens: &Tensor) -> Result<Tensor> {
+        if !self.class_token {
+            candle_core::bail!("the model has no class token (pool another way)");
+        }
         tokens.narrow(1, 0, 1)?.squeeze(1)
     }
 
@@ -588,6 +604,11 @@ impl VisionTransformer {
             Pooling::ClassDistillationAverage => {
                 ((tokens.narrow(1, 0, 1)? + tokens.narrow(1, 1, 1)?)?.squeeze(1)? / 2.0)?
             }
+            Pooling::AttentionPool => self
+                .attention_pool
+                .as_ref()
+                .expect("built for attention pooling")
+                .forward(tokens)?,
         };
         match &self.pool_layernorm {
             Some(norm) => norm.forward(&pooled),

@@ -2,6 +2,7 @@
 //! formats ([`formats`]) and one loader per checkpoint layout between them ([`layouts`]).
 
 pub mod attention;
+pub mod attention_pool;
 pub mod config;
 pub mod cpu_kernels;
 pub mod encoder;
@@ -25,7 +26,7 @@ pub use layouts::Layout;
 pub use weights::{ModelFiles, StateDict};
 
 use crate::preprocess::PreprocessConfig;
-use crate::tokenizer::{Padding, TextTokenizer};
+use crate::tokenizer::TextTokenizer;
 use text::{TextConfig, TextTransformer};
 
 /// How to build a model from its files.
@@ -51,15 +52,17 @@ pub struct LoadedModel {
     pub text: Option<TextTower>,
 }
 
-/// The text side of an image-text model: its tower, its tokenizer and the scale of its
-/// image-text logits.
+/// The text side of an image-text model: its tower, its tokenizer and the scale and bias of
+/// its image-text logits.
 pub struct TextTower {
     pub model: TextTransformer,
     pub config: TextConfig,
     /// The tokenizer, or why there is none.
     pub tokenizer: std::result::Result<TextTokenizer, String>,
-    /// `exp(logit_scale)`: image-text logits are this times the cosine similarity.
+    /// `exp(logit_scale)`: image-text logits are this times the cosine similarity...
     pub logit_scale: f32,
+    /// ...plus this (SigLIP's `logit_bias`; 0 for CLIP).
+    pub logit_bias: f32,
 }
 
 impl TextTower {
@@ -72,9 +75,9 @@ impl TextTower {
         let rows = texts
             .iter()
             .map(|text| {
-                let ids = tokenizer.encode(text)?;
+                let encoded = tokenizer.encode(text)?;
                 self.model
-                    .embed(&ids)
+                    .embed(&encoded.ids, encoded.attended)
                     .with_context(|| format!("text {text:?}"))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -136,7 +139,7 @@ impl LoadedModel {
             weights::check_layers(shapes, "text.encoder.layer", text.num_hidden_layers)
                 .with_context(in_weights)?;
             text_tensors = text.expected_tensors();
-            text_tensors.push(("logit_scale".to_string(), Vec::new()));
+            text_tensors.extend(text.logit_tensors());
         }
         let unused_tensors = weights::check_model_tensors(shapes, &config, &text_tensors)
             .with_context(in_weights)?;
@@ -175,19 +178,21 @@ impl TextTower {
         options: &LoadOptions,
     ) -> Result<Self> {
         let model = TextTransformer::new(vb.pp("text"), &config, options.model)?;
-        let logit_scale = vb
-            .get((), "logit_scale")?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?
-            .exp();
+        let mut logits = config.logit_tensors().into_iter().map(|(name, shape)| {
+            let value = vb.get(shape, &name)?.to_dtype(DType::F32)?.flatten_all()?;
+            anyhow::Ok(value.to_vec1::<f32>()?[0])
+        });
+        let logit_scale = logits.next().transpose()?.unwrap_or(0.0).exp();
+        let logit_bias = logits.next().transpose()?.unwrap_or(0.0);
         let tokenizer = match &files.tokenizer {
             Some(tokenizer_files) => Ok(TextTokenizer::load(
                 tokenizer_files,
                 config.max_position_embeddings,
-                Padding::None,
+                config.padded,
             )?),
             None => Err(format!(
-                "{}: no tokenizer (tokenizer.json, or vocab.json and merges.txt) beside the model",
+                "{}: no tokenizer (tokenizer.json, vocab.json and merges.txt, or spiece.model) \
+                 beside the model",
                 files
                     .weights
                     .parent()
@@ -200,6 +205,7 @@ impl TextTower {
             config,
             tokenizer,
             logit_scale,
+            logit_bias,
         })
     }
 }

@@ -1,7 +1,7 @@
-//! The text tower of a contrastive image-text model (CLIP): token and position embeddings,
-//! the same pre-norm blocks as the image tower ([`super::encoder::Layer`]) under a causal
-//! mask, a final layer norm, one token pooled, and a projection into the image embedding
-//! space.
+//! The text tower of a contrastive image-text model (CLIP, SigLIP): token and position
+//! embeddings, the same pre-norm blocks as the image tower ([`super::encoder::Layer`]) under a
+//! causal mask (CLIP) or none (SigLIP), a final layer norm, one token pooled, and a projection
+//! into the image embedding space.
 //!
 //! Canonical tensor names are under `text.` (`text.embeddings.token_embedding.weight`,
 //! `text.encoder.layer.N...` as the image tower's layers, `text.final_layer_norm`,
@@ -23,6 +23,18 @@ pub enum TextPooling {
     /// The token with the highest id, which CLIP's end-of-text token is (HF CLIP with the
     /// legacy `eos_token_id` 2).
     HighestId,
+    /// The last position, padding included (SigLIP).
+    LastToken,
+}
+
+/// The loss an image-text model was trained with, which says how its logits become scores and
+/// whether they have a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContrastiveLoss {
+    /// CLIP: a softmax over the labels of `exp(logit_scale) * cosine`.
+    Softmax,
+    /// SigLIP: a sigmoid per label of `exp(logit_scale) * cosine + logit_bias`.
+    Sigmoid,
 }
 
 /// The architecture of a text tower.
@@ -38,8 +50,15 @@ pub struct TextConfig {
     pub hidden_act: Activation,
     pub layer_norm_eps: f64,
     pub pooling: TextPooling,
-    /// Width of the projected embedding (CLIP's `text_projection`, without bias).
+    /// Width of the projected embedding (CLIP's `text_projection`, SigLIP's `head`).
     pub projection_dim: usize,
+    /// Whether the projection has a bias (SigLIP's does, CLIP's not).
+    pub projection_bias: bool,
+    /// Whether each token sees only those before it (CLIP), or all unpadded tokens (SigLIP).
+    pub causal: bool,
+    /// Whether texts are padded to the whole context, as the model was trained (SigLIP).
+    pub padded: bool,
+    pub loss: ContrastiveLoss,
 }
 
 impl TextConfig {
@@ -101,7 +120,25 @@ impl TextConfig {
             "text.projection.weight".to_string(),
             vec![self.projection_dim, h],
         ));
+        if self.projection_bias {
+            tensors.push((
+                "text.projection.bias".to_string(),
+                vec![self.projection_dim],
+            ));
+        }
         tensors
+    }
+
+    /// The names and shapes of the logit scale (and bias) as HF stores them: a scalar for
+    /// CLIP, one-element vectors for SigLIP.
+    pub fn logit_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        match self.loss {
+            ContrastiveLoss::Softmax => vec![("logit_scale".to_string(), Vec::new())],
+            ContrastiveLoss::Sigmoid => vec![
+                ("logit_scale".to_string(), vec![1]),
+                ("logit_bias".to_string(), vec![1]),
+            ],
+        }
     }
 }
 
@@ -114,6 +151,7 @@ pub struct TextTransformer {
     final_layer_norm: LayerNorm,
     projection: Linear,
     pooling: TextPooling,
+    causal: bool,
     max_positions: usize,
 }
 
@@ -146,23 +184,31 @@ impl TextTransformer {
             )?,
             projection: Linear::new(
                 vb.pp("projection").get((cfg.projection_dim, h), "weight")?,
-                None,
+                match cfg.projection_bias {
+                    true => Some(vb.pp("projection").get(cfg.projection_dim, "bias")?),
+                    false => None,
+                },
                 options.differentiable,
                 options.isa,
             )?,
             pooling: cfg.pooling,
+            causal: cfg.causal,
             max_positions: cfg.max_position_embeddings,
         })
     }
 
-    /// The projected embedding of one text's token ids, `(projection_dim,)`.
-    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+    /// The projected embedding of one text's token ids, `(projection_dim,)`, of which the
+    /// first `attended` are the text and the rest padding that no token attends to.
+    pub fn embed(&self, ids: &[u32], attended: usize) -> Result<Tensor> {
         let len = ids.len();
         if len == 0 || len > self.max_positions {
             candle_core::bail!(
                 "a text of {len} tokens (the model takes 1 to {})",
                 self.max_positions
             );
+        }
+        if attended == 0 || attended > len {
+            candle_core::bail!("{attended} attended tokens of {len}");
         }
         let device = self.token_embedding.device();
         let index = Tensor::new(ids, device)?;
@@ -171,10 +217,14 @@ impl TextTransformer {
             .index_select(&index, 0)?
             .add(&self.position_embedding.narrow(0, 0, len)?)?
             .unsqueeze(0)?;
-        let mask = causal_mask(len, xs.dtype(), device)?;
+        let mask = match (self.causal, attended < len) {
+            (true, _) => Some(causal_mask(len, xs.dtype(), device)?),
+            (false, true) => Some(padding_mask(len, attended, xs.dtype(), device)?),
+            (false, false) => None,
+        };
         let mut xs = xs;
         for layer in &self.layers {
-            xs = layer.forward_masked(&xs, Some(&mask))?;
+            xs = layer.forward_masked(&xs, mask.as_ref())?;
         }
         let xs = self.final_layer_norm.forward(&xs)?;
         let position = match self.pooling {
@@ -183,6 +233,7 @@ impl TextTransformer {
                 let highest = ids.iter().max().copied().unwrap_or(0);
                 ids.iter().position(|&t| t == highest).unwrap_or(0)
             }
+            TextPooling::LastToken => len - 1,
         };
         let pooled = xs.i((.., position..position + 1, ..))?.squeeze(1)?;
         self.projection.forward(&pooled)?.squeeze(0)
@@ -197,9 +248,28 @@ fn causal_mask(len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(values, (len, len), device)?.to_dtype(dtype)
 }
 
+/// `(len, len)`: 0 for the first `attended` columns, `-inf` for the padding after them.
+fn padding_mask(len: usize, attended: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let row: Vec<f32> = (0..len)
+        .map(|j| if j < attended { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    Tensor::from_vec(row, (1, len), device)?
+        .broadcast_as((len, len))?
+        .contiguous()?
+        .to_dtype(dtype)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_padding_mask_hides_the_padding_from_every_token() {
+        let mask = padding_mask(3, 2, DType::F32, &Device::Cpu).unwrap();
+        let rows = mask.to_vec2::<f32>().unwrap();
+        assert_eq!(rows[0], [0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(rows[2], [0.0, 0.0, f32::NEG_INFINITY]);
+    }
 
     #[test]
     fn the_causal_mask_hides_later_tokens() {

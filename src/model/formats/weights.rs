@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::pickle::{read_pytorch, RawTensor, StorageDType};
+use crate::model::attention_pool::attention_pool_tensors;
 use crate::model::config::{
-    generic_labels, Activation, BlockConfig, Head, MlpKind, Variant, ViTConfig,
+    generic_labels, Activation, BlockConfig, Head, MlpKind, Pooling, Variant, ViTConfig,
 };
 use crate::model::layouts::Layout;
 use crate::tokenizer::TokenizerFiles;
@@ -65,6 +66,11 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     }
     if variant.final_norm {
         norm(&mut add, "vit.layernorm", h);
+    }
+    if variant.pooling == Pooling::AttentionPool {
+        for (name, shape) in attention_pool_tensors("vit.attention_pool", &block) {
+            add(name, shape);
+        }
     }
     if variant.pool_norm {
         norm(&mut add, "vit.pool_layernorm", variant.pooled_width(h));

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::architecture;
 use crate::model::config::{Activation, Head, Pooling, PosInterpolation, ViTConfig};
-use crate::model::text::{TextConfig, TextPooling};
+use crate::model::text::{ContrastiveLoss, TextConfig, TextPooling};
 
 /// The image tower of an HF CLIP `config.json`, with `CLIPVisionConfig`'s defaults.
 pub fn config(json: &Value) -> Result<ViTConfig> {
@@ -98,6 +98,10 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
             id => TextPooling::FirstToken(id as u32),
         },
         projection_dim: int(top, "projection_dim", 512),
+        projection_bias: false,
+        causal: true,
+        padded: false,
+        loss: ContrastiveLoss::Softmax,
     };
     config.validate()?;
     Ok(Some(config))
@@ -105,7 +109,7 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
 
 /// A sub-config (`vision_config`, `text_config`) with the older `*_config_dict` keys
 /// merged over it, as `CLIPConfig` does.
-fn sub_config(top: &Map<String, Value>, key: &str) -> Result<Map<String, Value>> {
+pub(super) fn sub_config(top: &Map<String, Value>, key: &str) -> Result<Map<String, Value>> {
     let mut map = match top.get(key) {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => map.clone(),
@@ -119,7 +123,7 @@ fn sub_config(top: &Map<String, Value>, key: &str) -> Result<Map<String, Value>>
     Ok(map)
 }
 
-fn int(map: &Map<String, Value>, key: &str, default: usize) -> usize {
+pub(super) fn int(map: &Map<String, Value>, key: &str, default: usize) -> usize {
     map.get(key)
         .and_then(Value::as_u64)
         .map_or(default, |v| v as usize)
@@ -168,7 +172,7 @@ pub fn canonical_name(stored: &str) -> Option<String> {
 }
 
 /// `encoder.layers.N.<module>.<param>` as the canonical `N.<module>.<param>`.
-fn layer_name(rest: &str) -> Option<String> {
+pub(super) fn layer_name(rest: &str) -> Option<String> {
     let rest = rest.strip_prefix("encoder.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, param) = rest.rsplit_once('.')?;

@@ -7,6 +7,7 @@
 pub mod hf_clip;
 pub mod hf_deit;
 pub mod hf_dinov2;
+pub mod hf_siglip;
 pub mod hf_vit;
 pub mod timm;
 
@@ -33,6 +34,9 @@ pub enum Layout {
     /// HF `clip` and `clip_vision_model`: `CLIPModel`, `CLIPVisionModel`,
     /// `CLIPVisionModelWithProjection`.
     HfClip,
+    /// HF `siglip` and `siglip_vision_model`: `SiglipModel`, `SiglipVisionModel`,
+    /// `SiglipForImageClassification`.
+    HfSiglip,
 }
 
 impl Layout {
@@ -48,9 +52,10 @@ impl Layout {
             Some("deit") => Self::HfDeit,
             Some("dinov2" | "dinov2_with_registers") => Self::HfDinov2,
             Some("clip" | "clip_vision_model") => Self::HfClip,
+            Some("siglip" | "siglip_vision_model") => Self::HfSiglip,
             Some(other) => bail!(
                 "model_type {other:?} is not supported (supported: vit, deit, dinov2, \
-                 dinov2_with_registers, clip, clip_vision_model)"
+                 dinov2_with_registers, clip, clip_vision_model, siglip, siglip_vision_model)"
             ),
         })
     }
@@ -77,6 +82,7 @@ impl Layout {
             Self::HfDinov2 => hf_dinov2::config(json),
             Self::Timm => timm::config(json, shapes, num_heads),
             Self::HfClip => hf_clip::config(json),
+            Self::HfSiglip => hf_siglip::config(json),
         }
     }
 
@@ -84,6 +90,7 @@ impl Layout {
     pub fn text_config(self, json: &Value) -> Result<Option<TextConfig>> {
         match self {
             Self::HfClip => hf_clip::text_config(json),
+            Self::HfSiglip => hf_siglip::text_config(json),
             _ => Ok(None),
         }
     }
@@ -92,15 +99,17 @@ impl Layout {
     pub fn unit_dims(self, canonical: &str) -> usize {
         match self {
             Self::HfClip => hf_clip::unit_dims(canonical),
+            Self::HfSiglip => hf_siglip::unit_dims(canonical),
             _ => 0,
         }
     }
 
     /// The canonical names a fused stored tensor is split into along its rows (timm's
-    /// `qkv`), if it is one.
+    /// `qkv`, SigLIP's pooling `in_proj`), if it is one.
     pub fn fused_parts(self, stored: &str) -> Option<Vec<String>> {
         match self {
             Self::Timm => timm::fused_parts(stored),
+            Self::HfSiglip => hf_siglip::fused_parts(stored),
             _ => None,
         }
     }
@@ -114,6 +123,7 @@ impl Layout {
             Self::HfDinov2 => hf_dinov2::canonical_name(stored),
             Self::Timm => timm::canonical_name(stored),
             Self::HfClip => hf_clip::canonical_name(stored),
+            Self::HfSiglip => hf_siglip::canonical_name(stored),
         };
         renamed.unwrap_or_else(|| stored.to_string())
     }
@@ -143,7 +153,7 @@ impl Layout {
     fn variant(self, variant: &Variant) -> Variant {
         let plain = Variant::default();
         match self {
-            Self::HfVit | Self::Timm | Self::HfClip => Variant {
+            Self::HfVit | Self::Timm | Self::HfClip | Self::HfSiglip => Variant {
                 head: variant.head,
                 ..plain
             },
@@ -178,9 +188,9 @@ impl Layout {
             map.remove(key);
         }
         // timm checkpoints are written in the HF layout of their variant (`of_variant`), which
-        // is never CLIP's.
+        // is never CLIP's or SigLIP's.
         let (model_type, architecture, specific) = match self {
-            Self::HfVit | Self::Timm | Self::HfClip => hf_vit::hf_config(config),
+            Self::HfVit | Self::Timm | Self::HfClip | Self::HfSiglip => hf_vit::hf_config(config),
             Self::HfDeit => hf_deit::hf_config(config),
             Self::HfDinov2 => hf_dinov2::hf_config(config, base),
         };
@@ -195,7 +205,9 @@ impl Layout {
     /// The name this layout stores a canonical tensor under (what `save_pretrained` writes).
     pub fn stored_name(self, canonical: &str, config: &ViTConfig) -> String {
         match self {
-            Self::HfVit | Self::Timm | Self::HfClip => hf_vit::stored_name(canonical, config),
+            Self::HfVit | Self::Timm | Self::HfClip | Self::HfSiglip => {
+                hf_vit::stored_name(canonical, config)
+            }
             Self::HfDeit => hf_deit::stored_name(canonical, config),
             Self::HfDinov2 => hf_dinov2::stored_name(canonical, config),
         }
@@ -209,6 +221,7 @@ impl Layout {
             Self::HfDinov2 => "HF dinov2",
             Self::Timm => "timm",
             Self::HfClip => "HF clip",
+            Self::HfSiglip => "HF siglip",
         }
     }
 }

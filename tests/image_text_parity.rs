@@ -1,8 +1,11 @@
-//! Parity with HF transformers' CLIP on the golden fixtures of `tests/fixtures/generate.py
-//! --only clip`: random `CLIPModel`s (HF's own initialisation, patch 32 and 16, odd widths,
-//! quick-GELU, both of HF's text poolings) on real shared photos: `logits_per_image`,
-//! `image_embeds` and `text_embeds` within 1e-4, the pipeline's zero-shot scores, and the
-//! image-only `CLIPVisionModelWithProjection`.
+//! Parity with HF transformers' image-text models on the golden fixtures of
+//! `tests/fixtures/generate.py --only clip` and `--only siglip`, on real shared photos:
+//! random `CLIPModel`s (HF's own initialisation, patch 32 and 16, odd widths, quick-GELU,
+//! both of HF's text poolings) and `SiglipModel`s (HF's own initialisation, attention-pooled
+//! image tower, padded bidirectional text tower, logit bias): `logits_per_image` and the
+//! image and text features within 1e-4, the pipeline's zero-shot scores; the image-only
+//! `CLIPVisionModelWithProjection` and `SiglipVisionModel`, and
+//! `SiglipForImageClassification`.
 
 mod common;
 
@@ -13,8 +16,8 @@ use vit::classifier::Classifier;
 use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
 use vit::zero_shot::label_texts;
 
-fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixture("clip/cases.json")).unwrap();
+fn manifest(family: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(&format!("{family}/cases.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -41,10 +44,25 @@ fn load(dir: &str) -> LoadedModel {
     LoadedModel::load(&files, &options()).unwrap_or_else(|e| panic!("{dir}: {e:#}"))
 }
 
+fn read_io(dir: &str) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(fixture(dir).join("io.safetensors"), &Device::Cpu).unwrap()
+}
+
 #[test]
 fn clip_matches_hf_on_real_photos() {
+    check_image_text("clip");
+}
+
+#[test]
+fn siglip_matches_hf_on_real_photos() {
+    check_image_text("siglip");
+}
+
+/// The text and image features, `logits_per_image` and pipeline scores of each case of
+/// `family`'s fixtures.
+fn check_image_text(family: &str) {
     let Some(shared) = shared_dir() else { return };
-    let manifest = manifest();
+    let manifest = manifest(family);
     let cases = manifest["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 2);
     for case in cases {
@@ -56,8 +74,7 @@ fn clip_matches_hf_on_real_photos() {
             "{name}: {:?}",
             loaded.unused_tensors
         );
-        let io = candle_core::safetensors::load(fixture(dir).join("io.safetensors"), &Device::Cpu)
-            .unwrap();
+        let io = read_io(dir);
         let labels = strings(&case["labels"]);
         let template = case["template"].as_str().unwrap();
         let sequences = label_texts(&labels, template).unwrap();
@@ -66,7 +83,7 @@ fn clip_matches_hf_on_real_photos() {
         let tokenizer = text.tokenizer.as_ref().unwrap();
         let hf_ids = io["input_ids"].to_vec2::<i64>().unwrap();
         for (sequence, hf) in sequences.iter().zip(&hf_ids) {
-            let ours = tokenizer.encode(sequence).unwrap();
+            let ours = tokenizer.encode(sequence).unwrap().ids;
             let hf: Vec<u32> = hf[..ours.len()].iter().map(|&i| i as u32).collect();
             assert_eq!(ours, hf, "{name}: tokens of {sequence:?}");
         }
@@ -120,15 +137,29 @@ fn clip_matches_hf_on_real_photos() {
 
 #[test]
 fn clip_vision_with_projection_embeds_as_hf() {
+    check_vision("clip");
+}
+
+#[test]
+fn siglip_vision_embeds_as_hf() {
+    check_vision("siglip");
+}
+
+/// The image embeddings of the image-only model of each case of `family`'s fixtures.
+fn check_vision(family: &str) {
     let Some(shared) = shared_dir() else { return };
-    let manifest = manifest();
+    let manifest = manifest(family);
     for case in manifest["cases"].as_array().unwrap() {
         let dir = case["vision_dir"].as_str().unwrap();
         let loaded = load(dir);
         assert!(loaded.text.is_none());
         assert!(!loaded.model.has_head());
-        let io = candle_core::safetensors::load(fixture(dir).join("io.safetensors"), &Device::Cpu)
-            .unwrap();
+        assert!(
+            loaded.unused_tensors.is_empty(),
+            "{dir}: {:?}",
+            loaded.unused_tensors
+        );
+        let io = read_io(dir);
         let classifier = Classifier::new(loaded, Device::Cpu, None).unwrap();
         let photos = strings(&case["photos"]);
         let pixels: Vec<_> = photos
@@ -144,6 +175,38 @@ fn clip_vision_with_projection_embeds_as_hf() {
         assert_eq!(shape, io["image_embeds"].dims());
         let diff = max_abs_diff(&ours, &f32_values(&io["image_embeds"]));
         assert!(diff < 1e-4, "{dir}: max |image_embeds diff| {diff}");
+    }
+}
+
+#[test]
+fn siglip_for_image_classification_matches_hf() {
+    let Some(shared) = shared_dir() else { return };
+    let manifest = manifest("siglip");
+    for case in manifest["cases"].as_array().unwrap() {
+        let dir = case["classifier_dir"].as_str().unwrap();
+        let loaded = load(dir);
+        assert!(loaded.text.is_none());
+        // HF computes the unused attention pooling too; its logits read the token mean
+        let unused = &loaded.unused_tensors;
+        assert!(
+            !unused.is_empty() && unused.iter().all(|n| n.starts_with("vit.attention_pool.")),
+            "{dir}: {unused:?}"
+        );
+        let io = read_io(dir);
+        let classifier = Classifier::new(loaded, Device::Cpu, None).unwrap();
+        let pixels: Vec<_> = strings(&case["photos"])
+            .iter()
+            .map(|p| {
+                classifier
+                    .pixel_values(&shared.join("images").join(p))
+                    .unwrap()
+            })
+            .collect();
+        let batch: Vec<_> = pixels.iter().collect();
+        let logits = classifier.logits(&batch).unwrap();
+        let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+        let diff = max_abs_diff(&flat, &f32_values(&io["logits"]));
+        assert!(diff < 1e-4, "{dir}: max |logits diff| {diff}");
     }
 }
 
