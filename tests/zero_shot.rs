@@ -1,14 +1,18 @@
-//! `vit classify --labels` and `vit embed --text` end to end: the real binary on the CLIP
-//! fixtures of `tests/fixtures/generate.py --only clip` against HF's pipeline scores and
-//! projected features, and bad input.
+//! `vit classify --labels` and `vit embed --text` end to end: the real binary on the CLIP and
+//! SigLIP fixtures of `tests/fixtures/generate.py --only clip` and `--only siglip` against
+//! HF's pipeline scores (softmax for CLIP, sigmoid for SigLIP) and projected features, and
+//! bad input.
 
 mod common;
 
 use common::{f32_values, fixture, max_abs_diff, shared_dir, stderr, stdout, vit};
 use serde_json::Value;
 
-fn case(index: usize) -> Value {
-    let text = std::fs::read_to_string(fixture("clip/cases.json")).unwrap();
+/// The cases of both families' fixtures.
+const CASES: [(&str, usize); 4] = [("clip", 0), ("clip", 1), ("siglip", 0), ("siglip", 1)];
+
+fn case(family: &str, index: usize) -> Value {
+    let text = std::fs::read_to_string(fixture(&format!("{family}/cases.json"))).unwrap();
     let manifest: Value = serde_json::from_str(&text).unwrap();
     manifest["cases"][index].clone()
 }
@@ -25,8 +29,8 @@ fn labels(case: &Value) -> Vec<String> {
 #[test]
 fn classify_with_labels_gives_the_pipelines_scores() {
     let Some(shared) = shared_dir() else { return };
-    for index in 0..2 {
-        let case = case(index);
+    for (family, index) in CASES {
+        let case = case(family, index);
         let model = fixture(case["dir"].as_str().unwrap());
         let labels = labels(&case);
         let labels_file = tempfile::NamedTempFile::new().unwrap();
@@ -70,17 +74,28 @@ fn classify_with_labels_gives_the_pipelines_scores() {
             let label = prediction["label"].as_str().unwrap();
             let score = prediction["score"].as_f64().unwrap();
             let hf = case["pipeline_scores"][photo][label].as_f64().unwrap();
-            assert!((score - hf).abs() < 1e-5, "{label}: {score} vs HF {hf}");
+            assert!(
+                (score - hf).abs() < 1e-5,
+                "{family} {index} {label}: {score} vs HF {hf}"
+            );
         }
+        // the softmax of CLIP sums to one over the labels; SigLIP's sigmoids do not
+        let total: f64 = predictions.iter().map(|p| p["score"].as_f64().unwrap()).sum();
+        assert_eq!((total - 1.0).abs() < 1e-4, family == "clip", "{family}: {total}");
     }
 }
 
 #[test]
 fn embed_text_gives_the_projected_text_features() {
-    let case = case(1);
+    for (family, index) in [("clip", 1), ("siglip", 0)] {
+        check_text_features(&case(family, index));
+    }
+}
+
+fn check_text_features(case: &Value) {
     let dir = fixture(case["dir"].as_str().unwrap());
     let template = case["template"].as_str().unwrap();
-    let sequences: Vec<String> = labels(&case)
+    let sequences: Vec<String> = labels(case)
         .iter()
         .map(|l| template.replacen("{}", l, 1))
         .collect();
@@ -120,6 +135,7 @@ fn zero_shot_bad_input_is_one_clear_line() {
     let image = image.to_str().unwrap();
     let deit = fixture("family/deit_p8_s32");
     let vision = fixture("clip/vision_clip_p32_s64");
+    let siglip = fixture("siglip/vision_siglip_p16_s48");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["classify", "-m", clip, image],
@@ -170,6 +186,10 @@ fn zero_shot_bad_input_is_one_clear_line() {
             "--pool is for images",
         ),
         (vec!["embed", "-m", clip], "no images given"),
+        (
+            vec!["embed", "-m", siglip.to_str().unwrap(), "--pool", "cls", image],
+            "no class token",
+        ),
     ];
     for (args, message) in cases {
         let output = vit(&args);

@@ -207,6 +207,12 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
             return Ok(Outcome::Success);
         }
     };
+    if plan.kind == EmbeddingKind::Class && !ready.loaded.config.variant.class_token {
+        bail!(
+            "{}: the model has no class token: use --pool auto or mean",
+            args.model.model
+        );
+    }
     let model = Classifier::new(ready.loaded, ready.device, args.image_size)?;
     let progress = super::progress_bar(inputs.len());
     for chunk in inputs.chunks(args.batch_size) {

@@ -141,8 +141,9 @@ impl LoadedModel {
             text_tensors = text.expected_tensors();
             text_tensors.extend(text.logit_tensors());
         }
-        let unused_tensors = weights::check_model_tensors(shapes, &config, &text_tensors)
+        let mut unused_tensors = weights::check_model_tensors(shapes, &config, &text_tensors)
             .with_context(in_weights)?;
+        unused_tensors.retain(|name| !layout.unused_by_design(name, &config));
         let vb = match weights {
             Weights::Mapped(mapped) => {
                 VarBuilder::from_backend(Box::new(mapped), options.dtype, options.device.clone())

@@ -195,6 +195,12 @@ pub fn fused_parts(stored: &str) -> Option<Vec<String>> {
     )
 }
 
+/// The attention pooling of a model that pools otherwise (SiglipForImageClassification,
+/// whose checkpoints keep the vision tower's pooling head).
+pub fn unused_by_design(canonical: &str, config: &ViTConfig) -> bool {
+    config.variant.pooling != Pooling::AttentionPool && canonical.starts_with("vit.attention_pool.")
+}
+
 /// Leading unit dimensions the canonical tensor has over SigLIP's: the position embedding is
 /// a `(patches, hidden)` table.
 pub fn unit_dims(canonical: &str) -> usize {

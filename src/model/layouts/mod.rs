@@ -104,6 +104,16 @@ impl Layout {
         }
     }
 
+    /// Whether the checkpoint's library also keeps `canonical` without using it for what
+    /// `config` computes (SiglipForImageClassification's logits read the token mean, not its
+    /// attention pooling), so that it is not reported as unused.
+    pub fn unused_by_design(self, canonical: &str, config: &ViTConfig) -> bool {
+        match self {
+            Self::HfSiglip => hf_siglip::unused_by_design(canonical, config),
+            _ => false,
+        }
+    }
+
     /// The canonical names a fused stored tensor is split into along its rows (timm's
     /// `qkv`, SigLIP's pooling `in_proj`), if it is one.
     pub fn fused_parts(self, stored: &str) -> Option<Vec<String>> {
