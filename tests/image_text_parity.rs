@@ -187,7 +187,11 @@ fn siglip_for_image_classification_matches_hf() {
         let loaded = load(dir);
         assert!(loaded.text.is_none());
         // its checkpoint keeps the attention pooling that its logits do not read
-        assert!(loaded.unused_tensors.is_empty(), "{dir}: {:?}", loaded.unused_tensors);
+        assert!(
+            loaded.unused_tensors.is_empty(),
+            "{dir}: {:?}",
+            loaded.unused_tensors
+        );
         let io = read_io(dir);
         let classifier = Classifier::new(loaded, Device::Cpu, None).unwrap();
         let pixels: Vec<_> = strings(&case["photos"])

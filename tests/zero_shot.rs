@@ -80,8 +80,15 @@ fn classify_with_labels_gives_the_pipelines_scores() {
             );
         }
         // the softmax of CLIP sums to one over the labels; SigLIP's sigmoids do not
-        let total: f64 = predictions.iter().map(|p| p["score"].as_f64().unwrap()).sum();
-        assert_eq!((total - 1.0).abs() < 1e-4, family == "clip", "{family}: {total}");
+        let total: f64 = predictions
+            .iter()
+            .map(|p| p["score"].as_f64().unwrap())
+            .sum();
+        assert_eq!(
+            (total - 1.0).abs() < 1e-4,
+            family == "clip",
+            "{family}: {total}"
+        );
     }
 }
 
@@ -187,7 +194,14 @@ fn zero_shot_bad_input_is_one_clear_line() {
         ),
         (vec!["embed", "-m", clip], "no images given"),
         (
-            vec!["embed", "-m", siglip.to_str().unwrap(), "--pool", "cls", image],
+            vec![
+                "embed",
+                "-m",
+                siglip.to_str().unwrap(),
+                "--pool",
+                "cls",
+                image,
+            ],
             "no class token",
         ),
     ];
