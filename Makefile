@@ -149,7 +149,7 @@ bench-zero-shot: build $(BENCH_CLIP)/config.json
 
 GPU_CHECK_FEATURES ?= cuda,flash-attn
 
-.PHONY: check-gpu-types check-cuda cuda-smoke
+.PHONY: check-gpu-types check-cuda cuda-smoke gpu-kit gpu-kit-dry-run
 
 check-gpu-types:
 	sh .ci/gpu-env.sh fake $(CARGO) clippy --all-targets --features $(GPU_CHECK_FEATURES) -- -D warnings
@@ -159,6 +159,24 @@ check-cuda:
 
 cuda-smoke: check-cuda
 	sh .ci/gpu-env.sh wheels sh .ci/cuda-smoke.sh $(TARGET_DIR)/cuda/debug/vit
+
+# --- the GPU kit ---
+#   gpu-kit          $(TARGET_DIR)/gpu-kit: a stripped vit with --features cuda,flash-attn for
+#                    sm_90 by PyPI's CUDA 13.0 nvcc (trimmed flash-attention kernels), run.sh and
+#                    kit.py, for one call on a lent GPU machine (README, "The GPU kit")
+#   gpu-kit-dry-run  run.sh --dry-run: the kit's steps on the CPU with tiny models and the CPU
+#                    build of vit (about a minute), results in $(TARGET_DIR)/gpu-kit-dry-run
+gpu-kit:
+	sh gpu-kit/build.sh
+
+$(VENV)/.kit: | $(VENV)/.torch
+	@$(VENV)/bin/python -c 'import numpy, PIL' 2>/dev/null || \
+		$(VENV)/bin/pip install --quiet numpy pillow
+	@touch $@
+
+gpu-kit-dry-run: build | $(VENV)/.kit
+	VIT=$(abspath $(VIT)) PYTHON=$(abspath $(VENV))/bin/python \
+		sh gpu-kit/run.sh --dry-run $(TARGET_DIR)/gpu-kit-dry-run
 
 # --- finetune ---
 # Real-data training runs and the training-throughput comparison with PyTorch; not part of

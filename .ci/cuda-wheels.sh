@@ -1,10 +1,15 @@
 #!/bin/sh
-# Installs a CUDA 13.4 toolkit from NVIDIA's PyPI wheels into the venv VENV (once), for
-# `make check-cuda` on machines without a CUDA toolkit or GPU, and writes the toolkit root to
-# VENV/cuda-home. About 650 MB downloaded, 1.6 GB installed.
+# Installs a CUDA toolkit from NVIDIA's PyPI wheels into the venv VENV (once) and writes the
+# toolkit root to VENV/cuda-home: CUDA 13.4 (the default) for `make check-cuda` on machines
+# without a CUDA toolkit or GPU, CUDA 13.0 for `make gpu-kit`. About 650 MB downloaded, 1.6 GB
+# installed.
+#
+#   .ci/cuda-wheels.sh VENV [13.4|13.0]
 #
 # - CUDA 13.4, not 13.5: cudarc 0.19 knows CUDA versions up to 13.4 and its build script
 #   panics on a newer nvcc. PyPI's CUDA 12 wheels carry no nvcc.
+# - CUDA 13.0 for the GPU kit: the GPU machine's driver (580) is CUDA 13.0, and the driver
+#   refuses PTX from a newer nvcc; the libraries linked are those of the same release.
 # - nvcc, runtime, crt, nvvm and cccl compile candle-kernels; nvrtc, cublas and curand are only
 #   needed to link the vit binary.
 # - The wheels ship versioned libraries only (libcublas.so.13): the libX.so names that the
@@ -12,10 +17,24 @@
 #   .ci/cuda-stub.sh.
 set -eu
 
-venv=${1:?usage: .ci/cuda-wheels.sh VENV}
-PINS="nvidia-cuda-nvcc==13.4.92 nvidia-cuda-runtime==13.4.92 nvidia-cuda-crt==13.4.92
+venv=${1:?usage: .ci/cuda-wheels.sh VENV [13.4|13.0]}
+version=${2:-13.4}
+case $version in
+13.4)
+    PINS="nvidia-cuda-nvcc==13.4.92 nvidia-cuda-runtime==13.4.92 nvidia-cuda-crt==13.4.92
 nvidia-nvvm==13.4.92 nvidia-cuda-cccl==13.3.5.0.6 nvidia-cuda-nvrtc==13.4.92
 nvidia-cublas==13.4.3.11 nvidia-curand==10.4.4.72"
+    ;;
+13.0)
+    PINS="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.88 nvidia-cuda-crt==13.0.88
+nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88
+nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35"
+    ;;
+*)
+    echo "cuda-wheels: unknown CUDA version $version (expected 13.4 or 13.0)" >&2
+    exit 2
+    ;;
+esac
 stamp="$venv/.installed"
 
 home=$(cat "$venv/cuda-home" 2>/dev/null || true)
@@ -24,7 +43,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS" ] && [ "${home#/}" != "$home
     exit 0
 fi
 
-echo "cuda-wheels: installing CUDA 13.4 wheels from PyPI into $venv" >&2
+echo "cuda-wheels: installing CUDA $version wheels from PyPI into $venv" >&2
 rm -rf "$venv"
 ${PYTHON:-python3} -m venv "$venv"
 # --no-deps: every wheel is named and pinned (their own requirements are unpinned and would

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Builds the GPU kit (make gpu-kit): $KIT (target/gpu-kit by default) with a stripped `vit`
+# built with --features cuda,flash-attn for compute capability 9.0 by PyPI's CUDA 13.0 nvcc,
+# run.sh and kit.py. README, "The GPU kit".
+#
+# candle-flash-attn is built from a copy of the sources cargo fetched, with
+# gpu-kit/flash-attn-trim.patch applied (the non-causal fp16/bf16 forward kernels of head
+# dimensions 32 to 128 only: 8 kernels of 53), through a command-line `[patch]`, so that the
+# normal build and CI never see it. Everything else lives in target/gpu-kit-build: the CUDA
+# 13.0 wheels, CUTLASS's headers, the compiled kernels (kept between builds) and cargo's
+# output.
+set -eu
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+target=${CARGO_TARGET_DIR:-$root/target}
+work="$target/gpu-kit-build"
+kit=${KIT:-$target/gpu-kit}
+start=$(date +%s)
+mkdir -p "$work"
+
+# The patched copy of candle-flash-attn, made fresh from the registry's sources.
+source=$(cargo metadata --features cuda,flash-attn --format-version 1 |
+    grep -o '"manifest_path":"[^"]*/candle-flash-attn-[0-9][^"]*/Cargo.toml"' | head -n 1 |
+    sed 's/^"manifest_path":"//; s/\/Cargo.toml"$//')
+[ -n "$source" ] || { echo "gpu-kit: candle-flash-attn not found by cargo metadata" >&2; exit 1; }
+patched="$work/$(basename "$source")"
+rm -rf "$patched"
+cp -R "$source" "$patched"
+chmod -R u+w "$patched"
+(cd "$patched" && patch --quiet -p1 <"$root/gpu-kit/flash-attn-trim.patch")
+
+# A `[patch]` rewrites Cargo.lock: the repository's is put back afterwards.
+cp Cargo.lock "$work/Cargo.lock.saved"
+trap 'cp "$work/Cargo.lock.saved" "$root/Cargo.lock"' EXIT
+sh .ci/gpu-env.sh kit cargo build --release --features cuda,flash-attn --bin vit \
+    --config "patch.crates-io.candle-flash-attn.path=\"$patched\""
+
+rm -rf "$kit"
+mkdir -p "$kit"
+strip -o "$kit/vit" "$work/cargo/release/vit"
+cp gpu-kit/run.sh gpu-kit/kit.py "$kit/"
+chmod +x "$kit/run.sh" "$kit/vit"
+size=$(du -sm "$kit" | cut -f1)
+echo "gpu-kit: $kit, ${size} MiB, built in $(($(date +%s) - start)) s" >&2
+if [ "$size" -ge 50 ]; then
+    echo "gpu-kit: $kit is ${size} MiB, over the 50 MiB a device call can carry" >&2
+    exit 1
+fi
