@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the GPU kit (make gpu-kit): $KIT (target/gpu-kit by default) with a stripped `vit`
-# built with --features cuda,flash-attn for compute capability 9.0 by PyPI's CUDA 13.0 nvcc,
-# run.sh and kit.py. README, "The GPU kit".
+# built with --features cuda,flash-attn for compute capability 9.0 by PyPI's CUDA 13.0 nvcc
+# (xz-compressed: vit.xz), run.sh and kit.py. README, "The GPU kit".
 #
 # candle-flash-attn is built from a copy of the sources cargo fetched, with
 # gpu-kit/flash-attn-trim.patch applied (the non-causal fp16/bf16 forward kernels of head
@@ -36,11 +36,17 @@ trap 'cp "$work/Cargo.lock.saved" "$root/Cargo.lock"' EXIT
 sh .ci/gpu-env.sh kit cargo build --release --features cuda,flash-attn --bin vit \
     --config "patch.crates-io.candle-flash-attn.path=\"$patched\""
 
+# The stripped binary is about 116 MiB, nine tenths of it the GPU kernels' fat binaries
+# (candle's quantized and MoE kernels, flash attention's): xz brings it to about 14 MiB, and
+# run.sh unpacks it with Python's lzma.
 rm -rf "$kit"
 mkdir -p "$kit"
-strip -o "$kit/vit" "$work/cargo/release/vit"
+strip -o "$work/vit" "$work/cargo/release/vit"
+${PYTHON:-python3} -c 'import lzma, shutil, sys
+with open(sys.argv[1], "rb") as src, lzma.open(sys.argv[2], "wb", preset=9) as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)' "$work/vit" "$kit/vit.xz"
 cp gpu-kit/run.sh gpu-kit/kit.py "$kit/"
-chmod +x "$kit/run.sh" "$kit/vit"
+chmod +x "$kit/run.sh"
 size=$(du -sm "$kit" | cut -f1)
 echo "gpu-kit: $kit, ${size} MiB, built in $(($(date +%s) - start)) s" >&2
 if [ "$size" -ge 50 ]; then

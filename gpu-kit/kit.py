@@ -134,11 +134,15 @@ def write_models(dest: Path, tiny: bool) -> dict:
         written.append({"name": name, "dir": str(folder), "image_size": size,
                         "params": sum(p.numel() for p in model.parameters())})
     rng = np.random.default_rng(7)
+    # at the models' own size, so that no resize happens and both sides' preprocessing (ours,
+    # and whichever backend this transformers' image processor has) is the same arithmetic
     images = dest / "images"
-    images.mkdir(exist_ok=True)
-    for i in range(4):
-        pixels = rng.integers(0, 256, (256 + 16 * i, 300 - 8 * i, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(images / f"noise{i}.png")
+    for size in sorted({m["image_size"] for m in written}):
+        folder = images / str(size)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"noise{i}.png")
     # two classes a model can tell apart (reddish and bluish noise), for finetune's loss: 100
     # each, 80 of them for training, are 10 steps of 16 an epoch
     for label, channel in (("red", 0), ("blue", 2)):
@@ -164,16 +168,21 @@ def parity(vit: str, dest: Path, device: str, dtypes: list) -> list:
     images, TF32 off on both sides."""
     import torch
     from PIL import Image
-    from transformers import ViTForImageClassification, ViTImageProcessorPil
+    from transformers import ViTForImageClassification
+
+    try:
+        from transformers import ViTImageProcessorPil as Processor
+    except ImportError:
+        from transformers import ViTImageProcessor as Processor
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     manifest = json.loads((dest / "models.json").read_text())
-    images = sorted(Path(manifest["images"]).glob("*.png"))
     rows = []
     for entry in manifest["models"]:
         folder = entry["dir"]
-        processor = ViTImageProcessorPil.from_pretrained(folder)
+        images = sorted((Path(manifest["images"]) / str(entry["image_size"])).glob("*.png"))
+        processor = Processor.from_pretrained(folder)
         pixels = processor([Image.open(p).convert("RGB") for p in images],
                            return_tensors="pt")["pixel_values"]
         for dtype in dtypes:

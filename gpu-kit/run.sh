@@ -19,7 +19,7 @@
 #   finetune   vit finetune of DeiT-Tiny, 50 optimizer steps: it runs and its loss falls
 #   report     OUT/report.json and OUT/report.md
 #
-# Environment: PYTHON (python3), VIT (the kit's vit beside this script).
+# Environment: PYTHON (python3), VIT (default: the kit's vit.xz beside this script, unpacked).
 set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -93,7 +93,15 @@ mkdir -p "$out/steps" "$out/logs"
 out=$(cd "$out" && pwd)
 work="$out/work"
 PYTHON=${PYTHON:-python3}
-VIT=${VIT:-$here/vit}
+if [ -z "${VIT:-}" ]; then
+    # The kit carries vit xz-compressed: unpacked for this run, removed at its end.
+    VIT="$out/bin/vit"
+    mkdir -p "$out/bin"
+    "$PYTHON" -c 'import lzma, shutil, sys
+with lzma.open(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)' "$here/vit.xz" "$VIT" || exit 1
+    chmod +x "$VIT"
+fi
 
 if [ "$dry" = 1 ]; then
     device=cpu tiny=--tiny batches=1,4 iters=3 warmup=1 epochs=3
@@ -133,6 +141,6 @@ step peak 60 peak
 step finetune 120 finetune
 "$PYTHON" "$kit" report "$out"
 status=$?
-# The models are big and can be written again: only the results travel back.
-rm -rf "$work/models" "$work/finetune"
+# The models and the binary are big and can be made again: only the results travel back.
+rm -rf "$work/models" "$work/finetune" "$out/bin"
 exit $status
