@@ -30,9 +30,13 @@ cp -R "$source" "$patched"
 chmod -R u+w "$patched"
 (cd "$patched" && patch --quiet -p1 <"$root/gpu-kit/flash-attn-trim.patch")
 
-# A `[patch]` rewrites Cargo.lock: the repository's is put back afterwards.
+# A `[patch]` rewrites Cargo.lock: the repository's is put back afterwards, also when the
+# build is interrupted.
 cp Cargo.lock "$work/Cargo.lock.saved"
-trap 'cp "$work/Cargo.lock.saved" "$root/Cargo.lock"' EXIT
+restore_lock() { cp "$work/Cargo.lock.saved" "$root/Cargo.lock"; }
+trap restore_lock EXIT
+trap 'restore_lock; exit 130' INT
+trap 'restore_lock; exit 143' TERM HUP
 sh .ci/gpu-env.sh kit cargo build --release --features cuda,flash-attn --bin vit \
     --config "patch.crates-io.candle-flash-attn.path=\"$patched\""
 
