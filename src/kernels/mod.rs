@@ -24,6 +24,29 @@ pub use gemm::{gemm, gemm_packed};
 pub use isa::Isa;
 pub use pack::PackedB;
 
+/// Keeps the memory of freed buffers in the process, for the CPU engine's inference and
+/// training alike. A forward pass or a training step allocates and frees buffers of megabytes
+/// (a step some hundred); glibc hands large freed blocks back to the OS (above its mmap and
+/// trim thresholds), so each pass paid again for zeroed pages, page faults and TLB
+/// shootdowns: on a DeiT-Tiny training epoch (batch 32) 2.1 million page faults and 8 s of
+/// system time, against 0.4 million and 2.5 s when the memory is kept; in DeiT-Tiny
+/// inference at batch 8, a twentieth of the CPU time (0.33-0.40 s of system time in 40
+/// batches, 0.08 s kept). It changes the process's allocator parameters, once.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator parameters. 32 MiB is glibc's largest
+            // mmap threshold.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            }
+        });
+    }
+}
+
 /// A raw output pointer shared by parallel tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub(crate) *mut f32);

@@ -503,6 +503,9 @@ pub struct VisionTransformer {
 
 impl VisionTransformer {
     pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
+        if vb.device().is_cpu() {
+            crate::kernels::keep_freed_memory();
+        }
         let variant = &cfg.variant;
         let (h, labels) = (cfg.hidden_size, cfg.num_labels());
         let linear = |name: &str, width: usize| {

@@ -61,7 +61,7 @@ pub fn forward_backward(
     smoothing: f64,
     normalizer: usize,
 ) -> Result<Step> {
-    keep_freed_memory();
+    crate::kernels::keep_freed_memory();
     let params = Params::read(weights)?;
     let dims = Dims::new(&weights.config, labels.len());
     if pixels.len() != dims.batch * 3 * dims.image * dims.image {
@@ -104,26 +104,6 @@ pub fn forward_backward(
         logits,
         grads,
     })
-}
-
-/// Keeps the memory of freed step buffers in the process. A step allocates and frees some
-/// hundred megabytes; glibc hands large freed blocks back to the OS (above its mmap and trim
-/// thresholds), so every step paid again for zeroed pages, page faults and TLB shootdowns:
-/// on a DeiT-Tiny epoch (batch 32) 2.1 million page faults and 8 s of system time, against
-/// 0.4 million and 2.5 s when the memory is kept.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator parameters; it is called once, before
-            // the step's allocations. 32 MiB is glibc's largest mmap threshold.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-            }
-        });
-    }
 }
 
 /// The sizes of a step.
