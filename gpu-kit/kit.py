@@ -116,7 +116,7 @@ def write_models(dest: Path, tiny: bool) -> dict:
     import numpy as np
     import torch
     from PIL import Image
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTConfig, ViTForImageClassification
 
     dest.mkdir(parents=True, exist_ok=True)
     labels = 10 if tiny else 1000
@@ -130,7 +130,13 @@ def write_models(dest: Path, tiny: bool) -> dict:
         model = ViTForImageClassification(config).eval()
         folder = dest / "models" / name
         model.save_pretrained(folder)
-        ViTImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
+        # ViTImageProcessor's configuration, written as is: no image processor class (and so
+        # no torchvision) is needed on either machine
+        (folder / "preprocessor_config.json").write_text(json.dumps(
+            {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+             "size": {"height": size, "width": size}, "resample": 2, "do_rescale": True,
+             "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3,
+             "image_std": [0.5] * 3}, indent=1))
         written.append({"name": name, "dir": str(folder), "image_size": size,
                         "params": sum(p.numel() for p in model.parameters())})
     rng = np.random.default_rng(7)
@@ -166,14 +172,10 @@ def torch_dtype(name: str):
 def parity(vit: str, dest: Path, device: str, dtypes: list) -> list:
     """vit classify's logits (all labels, --function none) against PyTorch's on the same
     images, TF32 off on both sides."""
+    import numpy as np
     import torch
     from PIL import Image
     from transformers import ViTForImageClassification
-
-    try:
-        from transformers import ViTImageProcessorPil as Processor
-    except ImportError:
-        from transformers import ViTImageProcessor as Processor
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -182,9 +184,11 @@ def parity(vit: str, dest: Path, device: str, dtypes: list) -> list:
     for entry in manifest["models"]:
         folder = entry["dir"]
         images = sorted((Path(manifest["images"]) / str(entry["image_size"])).glob("*.png"))
-        processor = Processor.from_pretrained(folder)
-        pixels = processor([Image.open(p).convert("RGB") for p in images],
-                           return_tensors="pt")["pixel_values"]
+        # the images are at the model's size: preprocessing is the rescale and normalisation
+        # of preprocessor_config.json, (x / 255 - 0.5) / 0.5
+        arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in images]
+        pixels = torch.from_numpy((np.stack(arrays) * np.float32(1 / 255) - 0.5) / 0.5)
+        pixels = pixels.permute(0, 3, 1, 2).contiguous()
         for dtype in dtypes:
             model = ViTForImageClassification.from_pretrained(
                 folder, attn_implementation="sdpa").to(device, torch_dtype(dtype)).eval()
