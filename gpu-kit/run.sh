@@ -130,15 +130,19 @@ step() {
     esac
     echo "run.sh: $name: $verdict, ${seconds}s" >&2
     [ "$code" = 0 ] || tail -n 5 "$out/logs/$name.log" | sed 's/^/    /' >&2
+    # The report so far, so that a call stopped from outside still leaves one.
+    "$PYTHON" "$kit" report "$out" >/dev/null 2>&1
 }
 
-step facts 60 facts
-step models 120 models
+# The limits add up to 470 s: under the 8 minutes a device call is planned for, so that the
+# report is written even when every step runs into its limit.
+step facts 30 facts
+step models 60 models
 step parity 120 parity
-step bench-vit 180 bench_vit
-step bench-torch 120 bench_torch
-step peak 60 peak
-step finetune 120 finetune
+step bench-vit 120 bench_vit
+step bench-torch 60 bench_torch
+step peak 20 peak
+step finetune 60 finetune
 "$PYTHON" "$kit" report "$out"
 status=$?
 # The models and the binary are big and can be made again: only the results travel back.
