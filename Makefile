@@ -74,7 +74,8 @@ BENCH_OUT     ?= target/bench
 BENCH_THREADS ?= 2
 BENCH_DTYPES  ?= f32
 BENCH_BATCHES ?= 1,8
-BENCH_SECONDS ?= 20
+BENCH_SECONDS ?= 10
+BENCH_ROUNDS  ?= 2
 BENCH_MODEL   := $(BENCH_OUT)/vit-base-patch16-224-random
 BENCH_DEIT    := $(BENCH_OUT)/deit-tiny-patch16-224-random
 
@@ -98,17 +99,23 @@ $(BENCH_DEIT)/config.json: | $(VENV)/.torch
 		--hidden-size 192 --layers 12 --heads 3
 
 # $(call bench-one,MODEL_DIR,NAME,EXTRA_VIT_FLAGS): vit, then PyTorch, then ORT on one model,
-# into $(BENCH_OUT)/NAME-{vit,torch,ort}.jsonl.
+# BENCH_ROUNDS times in alternation (a shared machine's speed drifts over minutes: compare.py
+# keeps each side's fastest round), into $(BENCH_OUT)/NAME-{vit,torch,ort}.jsonl;
+# EXTRA_VIT_FLAGS (--peak) in the first round only.
 define bench-one
-$(VIT) bench --model $(1) --device cpu --threads $(BENCH_THREADS) \
-	--dtype $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) --seconds $(BENCH_SECONDS) \
-	$(3) --format json > $(BENCH_OUT)/$(2)-vit.jsonl
-$(VENV)/bin/python tests/bench/bench_infer_torch.py --model $(1) --attn sdpa \
-	--threads $(BENCH_THREADS) --dtypes $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) \
-	--seconds $(BENCH_SECONDS) > $(BENCH_OUT)/$(2)-torch.jsonl
-$(VENV)/bin/python tests/bench/bench_infer_onnx.py --model $(1) \
-	--threads $(BENCH_THREADS) --batch-sizes $(BENCH_BATCHES) \
-	--seconds $(BENCH_SECONDS) > $(BENCH_OUT)/$(2)-ort.jsonl
+rm -f $(BENCH_OUT)/$(2)-vit.jsonl $(BENCH_OUT)/$(2)-torch.jsonl $(BENCH_OUT)/$(2)-ort.jsonl
+for round in $$(seq $(BENCH_ROUNDS)); do \
+	extra=; [ "$$round" = 1 ] && extra="$(3)"; \
+	$(VIT) bench --model $(1) --device cpu --threads $(BENCH_THREADS) \
+		--dtype $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) --seconds $(BENCH_SECONDS) \
+		$$extra --format json >> $(BENCH_OUT)/$(2)-vit.jsonl || exit $$?; \
+	$(VENV)/bin/python tests/bench/bench_infer_torch.py --model $(1) --attn sdpa \
+		--threads $(BENCH_THREADS) --dtypes $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) \
+		--seconds $(BENCH_SECONDS) >> $(BENCH_OUT)/$(2)-torch.jsonl || exit $$?; \
+	$(VENV)/bin/python tests/bench/bench_infer_onnx.py --model $(1) \
+		--threads $(BENCH_THREADS) --batch-sizes $(BENCH_BATCHES) \
+		--seconds $(BENCH_SECONDS) >> $(BENCH_OUT)/$(2)-ort.jsonl || exit $$?; \
+done
 endef
 
 bench-compare: build $(BENCH_MODEL)/config.json $(BENCH_DEIT)/config.json | $(VENV)/.onnx
