@@ -145,6 +145,7 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
         "the number of heads must be positive"
     );
     refuse_input_inside_output(files, output)?;
+    refuse_image_text_models(files)?;
     let mut notes = remove_stale_staging(output);
     let staged = StagedDir::new(output, options.overwrite)?;
     let show_progress = options.progress
@@ -818,6 +819,26 @@ fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// Refuses an image-text model (CLIP, SigLIP), before reading its weights: it is already in
+/// HF's format, and the converter writes the ViT family's classifiers and backbones only.
+fn refuse_image_text_models(files: &ModelFiles) -> Result<()> {
+    let Some(path) = &files.config else {
+        return Ok(());
+    };
+    let config = read_json(path)?;
+    let model_type = config.get("model_type").and_then(Value::as_str);
+    if let Some(kind @ ("clip" | "clip_vision_model" | "siglip" | "siglip_vision_model")) =
+        model_type
+    {
+        bail!(
+            "{}: a {kind} model is read as it is (classify, embed, bench): `vit convert` writes \
+             HF ViT, DeiT and DINOv2 models from PyTorch and timm checkpoints",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses an output folder that is, or contains, one of the input files: replacing it would

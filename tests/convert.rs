@@ -762,3 +762,30 @@ fn timm_deit_distilled_and_dinov2_convert_to_their_hf_layouts() {
         assert!(diff < 1e-4, "{case}: {output_name} {diff} from timm's");
     }
 }
+
+#[test]
+fn image_text_models_are_refused_before_their_weights_are_read() {
+    for dir in [
+        "clip/clip_p32_s64",
+        "siglip/siglip_p16_s48",
+        "siglip/vision_siglip_p16_s48",
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let target = out.path().join("converted");
+        let output = convert(&[
+            fixture(dir).to_str().unwrap(),
+            "-o",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{dir}");
+        let err = stderr(&output);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("vit: ")
+                && last.contains("config.json: a ")
+                && last.contains("is read as it is"),
+            "{dir}: {err}"
+        );
+        assert!(!target.exists(), "{dir}: nothing written");
+    }
+}
