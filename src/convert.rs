@@ -828,14 +828,15 @@ fn refuse_image_text_models(files: &ModelFiles) -> Result<()> {
         return Ok(());
     };
     let config = read_json(path)?;
-    let model_type = config.get("model_type").and_then(Value::as_str);
-    if let Some(kind @ ("clip" | "clip_vision_model" | "siglip" | "siglip_vision_model")) =
-        model_type
+    // An unknown model_type is left to the weights' own detection, as before.
+    if let Ok(layout @ (ModelLayout::HfClip | ModelLayout::HfSiglip)) =
+        ModelLayout::of_config(&config)
     {
         bail!(
-            "{}: a {kind} model is read as it is (classify, embed, bench): `vit convert` writes \
+            "{}: an {} model is read as it is (classify, embed, bench): `vit convert` writes \
              HF ViT, DeiT and DINOv2 models from PyTorch and timm checkpoints",
-            path.display()
+            path.display(),
+            layout.name()
         );
     }
     Ok(())

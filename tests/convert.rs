@@ -782,7 +782,7 @@ fn image_text_models_are_refused_before_their_weights_are_read() {
         let last = err.lines().last().unwrap_or_default();
         assert!(
             last.starts_with("vit: ")
-                && last.contains("config.json: a ")
+                && last.contains("config.json: an HF ")
                 && last.contains("is read as it is"),
             "{dir}: {err}"
         );

@@ -9,11 +9,14 @@
 
 mod common;
 
+use std::path::Path;
+
 use candle_core::{DType, Device};
 use common::{f32_values, fixture, max_abs_diff, shared_dir};
 use serde_json::Value;
 use vit::classifier::Classifier;
 use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+use vit::preprocess::PixelValues;
 use vit::zero_shot::label_texts;
 
 fn manifest(family: &str) -> Value {
@@ -42,6 +45,19 @@ fn strings(value: &Value) -> Vec<String> {
 fn load(dir: &str) -> LoadedModel {
     let files = ModelFiles::local(&fixture(dir)).unwrap();
     LoadedModel::load(&files, &options()).unwrap_or_else(|e| panic!("{dir}: {e:#}"))
+}
+
+/// The case's shared photos, preprocessed as `classifier`'s model asks.
+fn photo_pixels(classifier: &Classifier, shared: &Path, case: &Value) -> Vec<PixelValues> {
+    let paths: Vec<_> = strings(&case["photos"])
+        .iter()
+        .map(|p| shared.join("images").join(p))
+        .collect();
+    classifier
+        .pixel_values_many(&paths)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
 }
 
 fn read_io(dir: &str) -> std::collections::HashMap<String, candle_core::Tensor> {
@@ -94,15 +110,7 @@ fn check_image_text(family: &str) {
         let classifier =
             Classifier::zero_shot(loaded, Device::Cpu, None, labels.clone(), template).unwrap();
         let photos = strings(&case["photos"]);
-        let paths: Vec<_> = photos
-            .iter()
-            .map(|p| shared.join("images").join(p))
-            .collect();
-        let pixels: Vec<_> = classifier
-            .pixel_values_many(&paths)
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let pixels = photo_pixels(&classifier, &shared, case);
         let batch: Vec<_> = pixels.iter().collect();
         let image_embeds = classifier
             .model
@@ -161,15 +169,7 @@ fn check_vision(family: &str) {
         );
         let io = read_io(dir);
         let classifier = Classifier::new(loaded, Device::Cpu, None).unwrap();
-        let photos = strings(&case["photos"]);
-        let pixels: Vec<_> = photos
-            .iter()
-            .map(|p| {
-                classifier
-                    .pixel_values(&shared.join("images").join(p))
-                    .unwrap()
-            })
-            .collect();
+        let pixels = photo_pixels(&classifier, &shared, case);
         let batch: Vec<_> = pixels.iter().collect();
         let (ours, shape) = classifier.embeddings(&batch, EmbeddingKind::Auto).unwrap();
         assert_eq!(shape, io["image_embeds"].dims());
@@ -194,14 +194,7 @@ fn siglip_for_image_classification_matches_hf() {
         );
         let io = read_io(dir);
         let classifier = Classifier::new(loaded, Device::Cpu, None).unwrap();
-        let pixels: Vec<_> = strings(&case["photos"])
-            .iter()
-            .map(|p| {
-                classifier
-                    .pixel_values(&shared.join("images").join(p))
-                    .unwrap()
-            })
-            .collect();
+        let pixels = photo_pixels(&classifier, &shared, case);
         let batch: Vec<_> = pixels.iter().collect();
         let logits = classifier.logits(&batch).unwrap();
         let flat: Vec<f32> = logits.iter().flatten().copied().collect();

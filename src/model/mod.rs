@@ -179,12 +179,13 @@ impl TextTower {
         options: &LoadOptions,
     ) -> Result<Self> {
         let model = TextTransformer::new(vb.pp("text"), &config, options.model)?;
-        let mut logits = config.logit_tensors().into_iter().map(|(name, shape)| {
+        let mut logits = std::collections::HashMap::new();
+        for (name, shape) in config.logit_tensors() {
             let value = vb.get(shape, &name)?.to_dtype(DType::F32)?.flatten_all()?;
-            anyhow::Ok(value.to_vec1::<f32>()?[0])
-        });
-        let logit_scale = logits.next().transpose()?.unwrap_or(0.0).exp();
-        let logit_bias = logits.next().transpose()?.unwrap_or(0.0);
+            logits.insert(name, value.to_vec1::<f32>()?[0]);
+        }
+        let logit_scale = logits["logit_scale"].exp();
+        let logit_bias = logits.get("logit_bias").copied().unwrap_or(0.0);
         let tokenizer = match &files.tokenizer {
             Some(tokenizer_files) => Ok(TextTokenizer::load(
                 tokenizer_files,

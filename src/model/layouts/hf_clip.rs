@@ -31,19 +31,7 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
         }
     };
     let mut map = vision;
-    let defaults = [
-        ("hidden_size", Value::from(768)),
-        ("intermediate_size", Value::from(3072)),
-        ("num_hidden_layers", Value::from(12)),
-        ("num_attention_heads", Value::from(12)),
-        ("image_size", Value::from(224)),
-        ("patch_size", Value::from(32)),
-        ("hidden_act", Value::from("quick_gelu")),
-        ("layer_norm_eps", Value::from(1e-5)),
-    ];
-    for (key, value) in defaults {
-        map.entry(key).or_insert(value);
-    }
+    fill_vision_defaults(&mut map, 32, "quick_gelu", 1e-5);
     // Labels and qkv_bias are not CLIP keys: its projections always have a bias.
     for key in ["id2label", "label2id", "num_labels", "qkv_bias"] {
         map.remove(key);
@@ -74,14 +62,7 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
     }
     let text = sub_config(top, "text_config")?;
     let eos = int(&text, "eos_token_id", 49407);
-    let act = text
-        .get("hidden_act")
-        .and_then(Value::as_str)
-        .unwrap_or("quick_gelu");
-    let eps = text
-        .get("layer_norm_eps")
-        .and_then(Value::as_f64)
-        .unwrap_or(1e-5);
+    let (hidden_act, layer_norm_eps) = activation_and_eps(&text, "quick_gelu", 1e-5)?;
     let config = TextConfig {
         vocab_size: int(&text, "vocab_size", 49408),
         hidden_size: int(&text, "hidden_size", 512),
@@ -89,8 +70,8 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
         num_attention_heads: int(&text, "num_attention_heads", 8),
         intermediate_size: int(&text, "intermediate_size", 2048),
         max_position_embeddings: int(&text, "max_position_embeddings", 77),
-        hidden_act: Activation::from_hf_name(act)?,
-        layer_norm_eps: eps,
+        hidden_act,
+        layer_norm_eps,
         // transformers keeps the highest-id pooling of configs from before its fix of the
         // eos_token_id (2), and pools the first end-of-text token otherwise.
         pooling: match eos {
@@ -105,6 +86,46 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
     };
     config.validate()?;
     Ok(Some(config))
+}
+
+/// The image-tower defaults CLIP's and SigLIP's vision configs share (ViT-B, 224 px), with
+/// their own patch size, activation and layer-norm eps, for the keys `map` lacks.
+pub(super) fn fill_vision_defaults(
+    map: &mut Map<String, Value>,
+    patch_size: usize,
+    hidden_act: &str,
+    layer_norm_eps: f64,
+) {
+    let defaults = [
+        ("hidden_size", Value::from(768)),
+        ("intermediate_size", Value::from(3072)),
+        ("num_hidden_layers", Value::from(12)),
+        ("num_attention_heads", Value::from(12)),
+        ("image_size", Value::from(224)),
+        ("patch_size", Value::from(patch_size)),
+        ("hidden_act", Value::from(hidden_act)),
+        ("layer_norm_eps", Value::from(layer_norm_eps)),
+    ];
+    for (key, value) in defaults {
+        map.entry(key).or_insert(value);
+    }
+}
+
+/// A text config's `hidden_act` and `layer_norm_eps`, with these defaults.
+pub(super) fn activation_and_eps(
+    text: &Map<String, Value>,
+    hidden_act: &str,
+    layer_norm_eps: f64,
+) -> Result<(Activation, f64)> {
+    let act = text
+        .get("hidden_act")
+        .and_then(Value::as_str)
+        .unwrap_or(hidden_act);
+    let eps = text
+        .get("layer_norm_eps")
+        .and_then(Value::as_f64)
+        .unwrap_or(layer_norm_eps);
+    Ok((Activation::from_hf_name(act)?, eps))
 }
 
 /// A sub-config (`vision_config`, `text_config`) with the older `*_config_dict` keys
@@ -158,7 +179,12 @@ pub fn canonical_name(stored: &str) -> Option<String> {
         };
         return Some(name);
     }
-    let rest = stored.strip_prefix("text_model.")?;
+    text_name(stored.strip_prefix("text_model.")?)
+}
+
+/// A text tower's module name (what follows `text_model.`) as the canonical one: embeddings,
+/// layers and final layer norm, which CLIP and SigLIP name alike.
+pub(super) fn text_name(rest: &str) -> Option<String> {
     let name = match rest {
         "embeddings.token_embedding.weight" | "embeddings.position_embedding.weight" => {
             format!("text.{rest}")

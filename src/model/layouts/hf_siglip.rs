@@ -9,10 +9,10 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use super::architecture;
-use super::hf_clip::{int, layer_name, sub_config};
-use crate::model::config::{
-    generic_labels, Activation, Head, Pooling, PosInterpolation, ViTConfig,
+use super::hf_clip::{
+    activation_and_eps, fill_vision_defaults, int, layer_name, sub_config, text_name,
 };
+use crate::model::config::{generic_labels, Head, Pooling, PosInterpolation, ViTConfig};
 use crate::model::text::{ContrastiveLoss, TextConfig, TextPooling};
 
 const CLASSIFIER: &str = "SiglipForImageClassification";
@@ -27,19 +27,7 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
         Some("siglip") => sub_config(top, "vision_config")?,
         _ => top.clone(),
     };
-    let defaults = [
-        ("hidden_size", Value::from(768)),
-        ("intermediate_size", Value::from(3072)),
-        ("num_hidden_layers", Value::from(12)),
-        ("num_attention_heads", Value::from(12)),
-        ("image_size", Value::from(224)),
-        ("patch_size", Value::from(16)),
-        ("hidden_act", Value::from("gelu_pytorch_tanh")),
-        ("layer_norm_eps", Value::from(1e-6)),
-    ];
-    for (key, value) in defaults {
-        map.entry(key).or_insert(value);
-    }
+    fill_vision_defaults(&mut map, 16, "gelu_pytorch_tanh", 1e-6);
     let use_head = map
         .get("vision_use_head")
         .and_then(Value::as_bool)
@@ -89,14 +77,7 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
         return Ok(None);
     }
     let text = sub_config(top, "text_config")?;
-    let act = text
-        .get("hidden_act")
-        .and_then(Value::as_str)
-        .unwrap_or("gelu_pytorch_tanh");
-    let eps = text
-        .get("layer_norm_eps")
-        .and_then(Value::as_f64)
-        .unwrap_or(1e-6);
+    let (hidden_act, layer_norm_eps) = activation_and_eps(&text, "gelu_pytorch_tanh", 1e-6)?;
     let hidden_size = int(&text, "hidden_size", 768);
     let config = TextConfig {
         vocab_size: int(&text, "vocab_size", 32000),
@@ -105,8 +86,8 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
         num_attention_heads: int(&text, "num_attention_heads", 12),
         intermediate_size: int(&text, "intermediate_size", 3072),
         max_position_embeddings: int(&text, "max_position_embeddings", 64),
-        hidden_act: Activation::from_hf_name(act)?,
-        layer_norm_eps: eps,
+        hidden_act,
+        layer_norm_eps,
         pooling: TextPooling::LastToken,
         projection_dim: int(&text, "projection_size", hidden_size),
         projection_bias: true,
@@ -128,7 +109,10 @@ pub fn canonical_name(stored: &str) -> Option<String> {
         return Some(stored.to_string());
     }
     if let Some(rest) = stored.strip_prefix("text_model.") {
-        return text_name(rest);
+        return match rest.strip_prefix("head.") {
+            Some(param) => Some(format!("text.projection.{param}")),
+            None => text_name(rest),
+        };
     }
     vision_name(stored.strip_prefix("vision_model.").unwrap_or(stored))
 }
@@ -154,24 +138,6 @@ fn vision_name(rest: &str) -> Option<String> {
                 format!("vit.attention_pool.{module}.{param}")
             } else {
                 format!("vit.encoder.layer.{}", layer_name(rest)?)
-            }
-        }
-    };
-    Some(name)
-}
-
-fn text_name(rest: &str) -> Option<String> {
-    let name = match rest {
-        "embeddings.token_embedding.weight" | "embeddings.position_embedding.weight" => {
-            format!("text.{rest}")
-        }
-        _ => {
-            if let Some(param) = rest.strip_prefix("final_layer_norm.") {
-                format!("text.final_layer_norm.{param}")
-            } else if let Some(param) = rest.strip_prefix("head.") {
-                format!("text.projection.{param}")
-            } else {
-                format!("text.encoder.layer.{}", layer_name(rest)?)
             }
         }
     };
@@ -210,6 +176,7 @@ pub fn unit_dims(canonical: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::Activation;
 
     #[test]
     fn siglip_names_become_canonical() {
