@@ -184,15 +184,45 @@ unsafe fn blocked(
                         .offset(i0 as isize * a.row_stride + k0 as isize * a.col_stride),
                     ..a
                 };
-                let dst = &mut packed_a.as_mut_slice()[..row_panels * mr * depth];
+                // A block of whole rows of a row-major A already has the copy's layout: the
+                // kernel reads its full row panels in place (unless its rows are 4 KiB
+                // apart, in the same cache sets) and only a last, partial panel, which the
+                // kernel reads whole, is copied (zero-padded).
+                let in_place = row_major
+                    && depth == k
+                    && a.row_stride > 0
+                    && !(a.row_stride as usize).is_multiple_of(1024);
+                let full_panels = if in_place { rows / mr } else { 0 };
+                let copied = row_panels - full_panels;
+                let dst = &mut packed_a.as_mut_slice()[..copied * mr * depth];
+                let copy_from = View {
+                    // Wrapping: past the end when no row is left to copy (then unread).
+                    ptr: a_block
+                        .ptr
+                        .wrapping_offset((full_panels * mr) as isize * a.row_stride),
+                    ..a_block
+                };
+                let copy_rows = rows - full_panels * mr;
                 match row_major {
-                    true => pack_rows(dst, a_block, (rows, depth)),
-                    false => pack_panels(dst, a_block, (rows, depth), mr),
+                    true => pack_rows(dst, copy_from, (copy_rows, depth)),
+                    false => pack_panels(dst, copy_from, (copy_rows, depth), mr),
                 }
-                let a_panel = |p: usize| APanel {
-                    ptr: packed_a.as_slice()[p * mr * depth..].as_ptr(),
-                    rs: if row_major { depth as isize } else { 1 },
-                    cs: if row_major { 1 } else { mr as isize },
+                let a_panel = |p: usize| match (p < full_panels, row_major) {
+                    (true, _) => APanel {
+                        ptr: a_block.ptr.offset((p * mr) as isize * a.row_stride),
+                        rs: a.row_stride,
+                        cs: 1,
+                    },
+                    (false, true) => APanel {
+                        ptr: packed_a.as_slice()[(p - full_panels) * mr * depth..].as_ptr(),
+                        rs: depth as isize,
+                        cs: 1,
+                    },
+                    (false, false) => APanel {
+                        ptr: packed_a.as_slice()[(p - full_panels) * mr * depth..].as_ptr(),
+                        rs: 1,
+                        cs: mr as isize,
+                    },
                 };
                 let last = k0 + depth == k;
                 for q in panels_here.clone() {

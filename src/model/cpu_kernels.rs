@@ -95,19 +95,18 @@ impl CustomOp3 for FusedLayerNorm {
             );
         }
         let eps = self.eps;
-        let mut out = vec![0f32; xs.len()];
         let chunk = NORM_ROWS_PER_TASK * cols;
-        pool::for_each_chunk_mut(&mut out, chunk, |i, out| {
+        let out = pool::fill(xs.len(), chunk, |i, out| {
             let xs = &xs[i * chunk..];
             vectorized(
                 #[inline(always)]
                 || {
                     for (o, x) in out.chunks_mut(cols).zip(xs.chunks(cols)) {
                         let mean = sum(x) / cols as f32;
-                        o.iter_mut().zip(x).for_each(|(o, v)| *o = v - mean);
-                        let inverse_std = 1.0 / (dot(o, o) / cols as f32 + eps).sqrt();
-                        for ((o, w), b) in o.iter_mut().zip(weight).zip(bias) {
-                            *o = *o * inverse_std * w + b;
+                        let variance = squared_deviations(x, mean) / cols as f32;
+                        let inverse_std = 1.0 / (variance + eps).sqrt();
+                        for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+                            o.write((x - mean) * inverse_std * w + b);
                         }
                     }
                 },
@@ -141,14 +140,13 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout, "gelu input")?;
-        let mut dst = vec![0f32; src.len()];
-        pool::for_each_chunk_mut(&mut dst, 4096, |i, dst| {
+        let dst = pool::fill(src.len(), 4096, |i, dst| {
             let src = &src[i * 4096..];
             vectorized(
                 #[inline(always)]
                 || {
                     for (d, &x) in dst.iter_mut().zip(src) {
-                        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                        d.write(0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)));
                     }
                 },
             )
@@ -243,6 +241,25 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in a_chunks.zip(b_chunks) {
         for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
             *lane += x * y;
+        }
+    }
+    lanes.iter().fold(rest, |acc, lane| acc + lane)
+}
+
+/// `sum((x - mean)^2)` over `values`, vectorizable (the same sums, in the same order, as
+/// [`dot`] of the deviations with themselves).
+#[inline(always)]
+pub(crate) fn squared_deviations(values: &[f32], mean: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|x| (x - mean) * (x - mean))
+        .sum();
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane += (x - mean) * (x - mean);
         }
     }
     lanes.iter().fold(rest, |acc, lane| acc + lane)
@@ -358,8 +375,9 @@ pub(crate) fn attention_rows(
     let hidden = heads * head_dim;
     let stride = 3 * hidden;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut context = vec![0f32; batch * seq * hidden];
-    let out = SendPtr(context.as_mut_ptr());
+    // Every (image, head, query row) slot of the context is written by one task below.
+    let mut context = Vec::with_capacity(batch * seq * hidden);
+    let out = SendPtr(context.spare_capacity_mut().as_mut_ptr().cast());
     // Few (image, head) pairs (one DeiT-Tiny image has 3 heads for 2 threads) are split by
     // query rows, so that every thread gets an even share.
     let pairs = batch * heads;
@@ -447,6 +465,9 @@ pub(crate) fn attention_rows(
             Vec::new()
         }
     };
+    // SAFETY: the tasks covered every (image, query row, head) of the context (a panic in
+    // one is raised by for_each before this line).
+    unsafe { context.set_len(batch * seq * hidden) };
     (context, probs)
 }
 
@@ -493,6 +514,12 @@ mod tests {
             assert_eq!(max(&values), plain, "{len}");
             let squares: f32 = values.iter().map(|v| v * v).sum();
             assert_eq!(dot(&values, &values), squares, "{len}");
+            let deviations: Vec<f32> = values.iter().map(|v| v - 0.5).collect();
+            assert_eq!(
+                squared_deviations(&values, 0.5),
+                dot(&deviations, &deviations),
+                "{len}"
+            );
         }
     }
 
