@@ -159,26 +159,6 @@ pub fn for_each(tasks: usize, run: impl Fn(usize) + Sync) {
     }
 }
 
-/// Runs `run(i, chunk)` for the chunks of `chunk_len` values of `out` (the last may be
-/// shorter), in parallel as [`for_each`].
-pub fn for_each_chunk_mut(
-    out: &mut [f32],
-    chunk_len: usize,
-    run: impl Fn(usize, &mut [f32]) + Sync,
-) {
-    let chunk_len = chunk_len.max(1);
-    let len = out.len();
-    let base = super::SendPtr(out.as_mut_ptr());
-    for_each(len.div_ceil(chunk_len), |i| {
-        let start = i * chunk_len;
-        // SAFETY: chunk i is `start..start + chunk_len` clipped to `out`, disjoint from
-        // every other chunk, and `out` is borrowed mutably for the whole call.
-        let chunk =
-            unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk_len.min(len - start)) };
-        run(i, chunk)
-    });
-}
-
 /// A buffer of `len` values built by `run(i, chunk)` for its chunks of `chunk_len` values (the
 /// last may be shorter), in parallel as [`for_each`]: `run` must write every value of its
 /// chunk. The buffer is never zeroed first (a memset of every layer's activations, a
@@ -190,36 +170,20 @@ pub fn fill(
 ) -> Vec<f32> {
     let chunk_len = chunk_len.max(1);
     let mut values = Vec::with_capacity(len);
-    let base = SendMaybeUninit(values.spare_capacity_mut().as_mut_ptr());
+    let base = super::SendPtr(values.spare_capacity_mut().as_mut_ptr().cast());
     for_each(len.div_ceil(chunk_len), |i| {
         let start = i * chunk_len;
         // SAFETY: chunk i is `start..start + chunk_len` clipped to the capacity, disjoint
         // from every other chunk.
-        let chunk =
-            unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk_len.min(len - start)) };
+        let chunk = unsafe {
+            std::slice::from_raw_parts_mut(base.at(start).cast(), chunk_len.min(len - start))
+        };
         run(i, chunk)
     });
     // SAFETY: every chunk's values were written (the contract of `run`; a panic in a task
     // is raised by for_each before this line).
     unsafe { values.set_len(len) };
     values
-}
-
-/// The uninitialized buffer of [`fill`], shared by its tasks.
-#[derive(Clone, Copy)]
-struct SendMaybeUninit(*mut MaybeUninit<f32>);
-
-// SAFETY: every task writes its own chunk of the buffer.
-unsafe impl Send for SendMaybeUninit {}
-unsafe impl Sync for SendMaybeUninit {}
-
-impl SendMaybeUninit {
-    /// The pointer `offset` values in (a method, so that closures capture the whole
-    /// wrapper).
-    fn at(self, offset: usize) -> *mut MaybeUninit<f32> {
-        // SAFETY: callers stay inside the buffer's capacity.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 #[cfg(test)]
@@ -247,18 +211,6 @@ mod tests {
         assert_eq!(values.len(), 1000);
         assert!(values.iter().enumerate().all(|(j, v)| *v == j as f32));
         assert!(fill(0, 64, |_, _| unreachable!("no chunk")).is_empty());
-    }
-
-    #[test]
-    fn chunks_cover_the_buffer() {
-        let mut values = vec![0f32; 1000];
-        for_each_chunk_mut(&mut values, 64, |i, chunk| {
-            chunk.iter_mut().for_each(|v| *v += i as f32 + 1.0)
-        });
-        assert!(values
-            .iter()
-            .enumerate()
-            .all(|(j, v)| *v == (j / 64) as f32 + 1.0));
     }
 
     #[test]
