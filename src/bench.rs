@@ -198,6 +198,77 @@ pub fn matmul_peak_gflops(
     Ok((gflops, "candle matmul".into()))
 }
 
+/// One dense-layer product of a forward pass, timed as the CPU engine runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerProduct {
+    /// `qkv`, `attention output`, `mlp in` or `mlp out`.
+    pub name: &'static str,
+    /// Rows (tokens of the batch), inputs and outputs of the product.
+    pub shape: (usize, usize, usize),
+    pub gflops: f64,
+}
+
+/// GFLOP/s of each dense layer's product of one encoder layer of `config` over `rows` tokens,
+/// best of at least `repeats` calls and `min_seconds` after one warm-up: the CPU engine in f32 with the weight packed once and
+/// the layer's epilogue fused into the store (bias, the MLP's activation, the residual), as in
+/// a forward pass. Attention's own products (scores, context) are not among them.
+pub fn dense_layer_gflops(
+    config: &ViTConfig,
+    rows: usize,
+    repeats: usize,
+    min_seconds: f64,
+) -> Vec<LayerProduct> {
+    use crate::kernels::{linear, Epilogue, Isa, PackedB};
+    let isa = Isa::current();
+    let (h, i) = (config.hidden_size, config.intermediate_size);
+    let mlp_in = match config.variant.mlp {
+        MlpKind::Standard => i,
+        MlpKind::SwiGlu => 2 * i,
+    };
+    let layers = [
+        ("qkv", h, 3 * h, None, false),
+        ("attention output", h, h, None, true),
+        ("mlp in", h, mlp_in, Some(config.hidden_act), false),
+        ("mlp out", i, h, None, true),
+    ];
+    let value = |index: usize| ((index % 13) as f32 - 6.0) * 0.01;
+    layers
+        .into_iter()
+        .map(|(name, k, n, activation, residual)| {
+            let weight: Vec<f32> = (0..n * k).map(value).collect();
+            let packed = PackedB::from_weight_rows(isa, (n, k), |j| &weight[j * k..(j + 1) * k]);
+            let x: Vec<f32> = (0..rows * k).map(|index| value(index + 5)).collect();
+            let bias: Vec<f32> = (0..n).map(value).collect();
+            let skip: Vec<f32> = match residual {
+                true => (0..rows * n).map(value).collect(),
+                false => Vec::new(),
+            };
+            let epilogue = Epilogue {
+                residual: residual.then_some(skip.as_slice()),
+                ..Epilogue::dense(
+                    Some(&bias),
+                    activation.map_or(crate::kernels::Activation::None, |a| a.engine()),
+                )
+            };
+            std::hint::black_box(linear(&x, &packed, &epilogue));
+            let mut best = f64::INFINITY;
+            let started = std::time::Instant::now();
+            let mut runs = 0;
+            while runs < repeats.max(1) || started.elapsed().as_secs_f64() < min_seconds {
+                let start = std::time::Instant::now();
+                std::hint::black_box(linear(&x, &packed, &epilogue));
+                best = best.min(start.elapsed().as_secs_f64());
+                runs += 1;
+            }
+            LayerProduct {
+                name,
+                shape: (rows, k, n),
+                gflops: 2.0 * (rows * k * n) as f64 / best / 1e9,
+            }
+        })
+        .collect()
+}
+
 /// Latency percentiles of a timed run, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Latency {

@@ -75,6 +75,41 @@ fn json_rows_parse_and_hold_every_figure() {
 }
 
 #[test]
+fn layer_products_follow_the_rows_one_per_dense_layer_and_batch() {
+    let output = bench(&["--batch-sizes", "1,2", "--layers", "--format", "json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    assert_eq!(
+        lines.len(),
+        2 + 2 * 4,
+        "two rows, then four layers per batch size"
+    );
+    assert!(lines[..2].iter().all(|line| line["batch"].is_u64()));
+    // DeiT-Tiny: 197 tokens an image, 192 wide, MLP 768.
+    let expected = [
+        ("qkv", 192, 576),
+        ("attention output", 192, 192),
+        ("mlp in", 192, 768),
+        ("mlp out", 768, 192),
+    ];
+    for (line, (batch, (layer, k, n))) in lines[2..].iter().zip(
+        [1u64, 2]
+            .into_iter()
+            .flat_map(|b| expected.into_iter().map(move |e| (b, e))),
+    ) {
+        let product = &line["layer_product"];
+        assert_eq!(product["batch"], batch, "{line}");
+        assert_eq!(product["layer"], layer, "{line}");
+        assert_eq!(product["rows"], 197 * batch, "{line}");
+        assert_eq!(
+            (product["k"].as_u64(), product["n"].as_u64()),
+            (Some(k), Some(n))
+        );
+        assert!(product["gflops"].as_f64().unwrap() > 0.0, "{line}");
+    }
+}
+
+#[test]
 fn dtypes_and_batches_give_one_table() {
     let output = bench(&["--dtype", "f32,bf16", "--batch-sizes", "1,2"]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -134,7 +169,7 @@ fn end_to_end_mode_times_real_photos_by_stage() {
 
 #[test]
 fn arguments_it_cannot_honour_are_refused_with_exit_2() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--batch-sizes", "0"], "--batch-sizes must be positive"),
         (&["--threads", "0"], "--threads must be at least 1"),
         (
@@ -144,6 +179,10 @@ fn arguments_it_cannot_honour_are_refused_with_exit_2() {
         (&["--attn", "flash"], "--attn flash"),
         (&["--dtype", "f64"], "f64"),
         (&["--images", "/nonexistent/photos"], "/nonexistent/photos"),
+        (
+            &["--layers", "--dtype", "bf16"],
+            "--layers times the CPU engine's f32 products; this run is bf16 on cpu",
+        ),
     ];
     for (extra, message) in cases {
         let output = bench(extra);

@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 use vit::bench::{
-    compare_kernels, device_memory_used, forward_flops, matmul_peak_gflops, parameter_count,
-    peak_rss_bytes, preset_config, random_state_dict, Latency, PEAK_SIZES,
+    compare_kernels, dense_layer_gflops, device_memory_used, forward_flops, matmul_peak_gflops,
+    parameter_count, peak_rss_bytes, preset_config, random_state_dict, Latency, PEAK_SIZES,
 };
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::ModelSpec;
@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// the libraries' too).
     #[arg(long)]
     peak: bool,
+    /// Also time each dense layer's product at each batch size (CPU, f32: the weight packed
+    /// and the bias, activation and residual fused, as in the forward pass), in GFLOP/s.
+    #[arg(long)]
+    layers: bool,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -110,6 +114,7 @@ struct Plan {
     format: Format,
     num_heads: Option<usize>,
     peak: bool,
+    layers: bool,
 }
 
 enum Source {
@@ -150,6 +155,17 @@ fn plan(args: BenchArgs) -> Result<Plan> {
     let device = chosen.device;
     let mut dtypes: Vec<DType> = args.dtype.iter().map(|d| d.resolve(&device)).collect();
     dtypes.dedup();
+    if args.layers && !(device.is_cpu() && dtypes.contains(&DType::F32)) {
+        bail!(
+            "--layers times the CPU engine's f32 products; this run is {} on {}",
+            dtypes
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            device_name(&device)
+        );
+    }
     let flash_possible = cfg!(feature = "flash-attn") && device.is_cuda();
     let kernels = match args.attn {
         AttnArg::Standard => vec![AttentionKernel::Standard],
@@ -198,6 +214,7 @@ fn plan(args: BenchArgs) -> Result<Plan> {
         format: args.format,
         num_heads: args.num_heads,
         peak: args.peak,
+        layers: args.layers,
     })
 }
 
@@ -299,6 +316,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
     let mut out = std::io::stdout().lock();
     let mut printed_header = false;
     let mut refused = false;
+    let mut layer_lines = Vec::new();
     if plan.peak {
         for &dtype in &plan.dtypes {
             for size in PEAK_SIZES {
@@ -346,6 +364,15 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                     continue;
                 }
             }
+            if plan.layers && dtype == DType::F32 && kernel == AttentionKernel::Standard {
+                let size = plan.image_size.unwrap_or(built.input_size);
+                let tokens =
+                    (size / built.config.patch_size).pow(2) + built.config.variant.prefix_tokens();
+                for &batch in &plan.batch_sizes {
+                    let products = dense_layer_gflops(&built.config, batch * tokens, 3, 0.5);
+                    layer_lines.extend(products.into_iter().map(|p| (batch, p)));
+                }
+            }
             for &batch in &plan.batch_sizes {
                 let row = match &plan.images {
                     None => time_forward(&plan, &built, kernel, dtype, batch, size, &progress)?,
@@ -363,6 +390,21 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         }
     }
     progress.finish_and_clear();
+    for (batch, product) in layer_lines {
+        let (rows, k, n) = product.shape;
+        match plan.format {
+            Format::Json => writeln!(
+                out,
+                "{}",
+                json!({"layer_product": {"batch": batch, "layer": product.name, "rows": rows, "k": k, "n": n, "gflops": product.gflops}})
+            )?,
+            Format::Table => writeln!(
+                out,
+                "layer product (batch {batch}, {}: {rows}x{k}x{n}): {:.1} GFLOP/s",
+                product.name, product.gflops
+            )?,
+        }
+    }
     Ok(if refused {
         Outcome::PartialFailure
     } else {

@@ -38,6 +38,18 @@ impl Activation {
         })
     }
 
+    /// The same function as the CPU engine applies it in a product's store.
+    pub fn engine(self) -> crate::kernels::Activation {
+        use crate::kernels::Activation as Engine;
+        match self {
+            Self::Gelu => Engine::Gelu,
+            Self::GeluTanh => Engine::GeluTanh,
+            Self::QuickGelu => Engine::QuickGelu,
+            Self::Relu => Engine::Relu,
+            Self::Silu => Engine::Silu,
+        }
+    }
+
     /// The canonical HF name written back to `config.json`.
     pub fn hf_name(self) -> &'static str {
         match self {

@@ -144,7 +144,7 @@ impl Linear {
             LinearKind::Packed(packed) => {
                 let op = PackedLinearOp {
                     packed: packed.clone(),
-                    activation: activation.map_or(kernels::Activation::None, engine_activation),
+                    activation: activation.map_or(kernels::Activation::None, Activation::engine),
                 };
                 let flat = flat.contiguous()?;
                 let ys = match residual {
@@ -183,16 +183,6 @@ impl Module for Linear {
 }
 
 /// The engine's form of an activation of the config.
-fn engine_activation(activation: Activation) -> kernels::Activation {
-    match activation {
-        Activation::Gelu => kernels::Activation::Gelu,
-        Activation::GeluTanh => kernels::Activation::GeluTanh,
-        Activation::QuickGelu => kernels::Activation::QuickGelu,
-        Activation::Relu => kernels::Activation::Relu,
-        Activation::Silu => kernels::Activation::Silu,
-    }
-}
-
 /// A packed dense layer over `(rows, in)` inputs, with an optional `(rows, out)` residual.
 struct PackedLinearOp {
     packed: Arc<PackedLinear>,
