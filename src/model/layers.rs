@@ -182,7 +182,6 @@ impl Module for Linear {
     }
 }
 
-/// The engine's form of an activation of the config.
 /// A packed dense layer over `(rows, in)` inputs, with an optional `(rows, out)` residual.
 struct PackedLinearOp {
     packed: Arc<PackedLinear>,
