@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
+use crate::device::Precision;
 use crate::model::config::generic_labels;
 use crate::model::config::MlpKind;
 use crate::model::weights::{expected_tensors, StateDict};
@@ -145,15 +146,18 @@ pub fn forward_flops(config: &ViTConfig, size: usize) -> u64 {
 /// The sizes `--peak` measures.
 pub const PEAK_SIZES: [usize; 2] = [2048, 4096];
 
-/// Achieved GFLOP/s of an `n` x `n` by `n` x `n` matrix product in `dtype` on `device`, best of
-/// `repeats` after one warm-up, and the kernel that ran it: the CPU engine (packing both
-/// operands, as a library's product does) for f32 on the CPU, candle's matmul otherwise.
+/// Achieved GFLOP/s (GOP/s in int8) of an `n` x `n` by `n` x `n` matrix product in
+/// `precision` on `device`, best of `repeats` after one warm-up, and the kernel that ran it:
+/// the CPU engine (packing both operands, as a library's product does) for f32 on the CPU;
+/// for int8, the int8 product with A quantized per row in the call (the weight packed
+/// before); candle's matmul otherwise.
 pub fn matmul_peak_gflops(
     n: usize,
-    dtype: DType,
+    precision: Precision,
     device: &Device,
     repeats: usize,
 ) -> Result<(f64, String)> {
+    let dtype = precision.dtype;
     let time_best = |run: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         run()?;
         let mut best = f64::INFINITY;
@@ -164,6 +168,22 @@ pub fn matmul_peak_gflops(
         }
         Ok(2.0 * (n as f64).powi(3) / best / 1e9)
     };
+    if precision.int8 {
+        use crate::kernels::int8::{linear_int8, Int8Kernel, PackedI8};
+        use crate::kernels::{Epilogue, Isa};
+        if !device.is_cpu() {
+            bail!("int8 products run on the CPU only");
+        }
+        let kernel = Int8Kernel::for_isa(Isa::current());
+        let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        let packed = PackedI8::quantize(kernel, (n, n), |j| &b[j * n..(j + 1) * n]);
+        let gops = time_best(&mut || {
+            std::hint::black_box(linear_int8(&a, &packed, &Epilogue::none()));
+            Ok(())
+        })?;
+        return Ok((gops, format!("vit int8 {}", kernel.name())));
+    }
     if device.is_cpu() && dtype == DType::F32 {
         use crate::kernels::{gemm, Epilogue, Isa, View};
         let isa = Isa::current();
@@ -208,16 +228,22 @@ pub struct LayerProduct {
     pub gflops: f64,
 }
 
-/// GFLOP/s of each dense layer's product of one encoder layer of `config` over `rows` tokens,
+/// A dense layer's product over its input, as the benchmark times it.
+type LayerFn = dyn Fn(&[f32], &crate::kernels::Epilogue) -> Vec<f32>;
+
+/// GFLOP/s (GOP/s for `int8`) of each dense layer's product of one encoder layer of `config`
+/// over `rows` tokens,
 /// best of at least `repeats` calls and `min_seconds` after one warm-up: the CPU engine in f32 with the weight packed once and
 /// the layer's epilogue fused into the store (bias, the MLP's activation, the residual), as in
 /// a forward pass. Attention's own products (scores, context) are not among them.
 pub fn dense_layer_gflops(
     config: &ViTConfig,
     rows: usize,
+    int8: bool,
     repeats: usize,
     min_seconds: f64,
 ) -> Vec<LayerProduct> {
+    use crate::kernels::int8::{linear_int8, Int8Kernel, PackedI8};
     use crate::kernels::{linear, Epilogue, Isa, PackedB};
     let isa = Isa::current();
     let (h, i) = (config.hidden_size, config.intermediate_size);
@@ -236,7 +262,17 @@ pub fn dense_layer_gflops(
         .into_iter()
         .map(|(name, k, n, activation, residual)| {
             let weight: Vec<f32> = (0..n * k).map(value).collect();
-            let packed = PackedB::from_weight_rows(isa, (n, k), |j| &weight[j * k..(j + 1) * k]);
+            let row = |j: usize| &weight[j * k..(j + 1) * k];
+            let product: Box<LayerFn> = match int8 {
+                false => {
+                    let packed = PackedB::from_weight_rows(isa, (n, k), row);
+                    Box::new(move |x, e| linear(x, &packed, e))
+                }
+                true => {
+                    let packed = PackedI8::quantize(Int8Kernel::for_isa(isa), (n, k), row);
+                    Box::new(move |x, e| linear_int8(x, &packed, e))
+                }
+            };
             let x: Vec<f32> = (0..rows * k).map(|index| value(index + 5)).collect();
             let bias: Vec<f32> = (0..n).map(value).collect();
             let skip: Vec<f32> = match residual {
@@ -250,13 +286,13 @@ pub fn dense_layer_gflops(
                     activation.map_or(crate::kernels::Activation::None, |a| a.engine()),
                 )
             };
-            std::hint::black_box(linear(&x, &packed, &epilogue));
+            std::hint::black_box(product(&x, &epilogue));
             let mut best = f64::INFINITY;
             let started = std::time::Instant::now();
             let mut runs = 0;
             while runs < repeats.max(1) || started.elapsed().as_secs_f64() < min_seconds {
                 let start = std::time::Instant::now();
-                std::hint::black_box(linear(&x, &packed, &epilogue));
+                std::hint::black_box(product(&x, &epilogue));
                 best = best.min(start.elapsed().as_secs_f64());
                 runs += 1;
             }

@@ -148,6 +148,9 @@ pub enum DTypeRequest {
     F32,
     F16,
     BF16,
+    /// int8 dense layers (weights per output channel, inputs per row), f32 elsewhere; the
+    /// CPU only.
+    Int8,
 }
 
 impl FromStr for DTypeRequest {
@@ -159,18 +162,20 @@ impl FromStr for DTypeRequest {
             "f32" | "float32" => Ok(Self::F32),
             "f16" | "float16" | "half" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::BF16),
+            "int8" | "i8" => Ok(Self::Int8),
             _ => Err(format!(
-                "unknown dtype {s:?} (expected auto, f32, f16 or bf16)"
+                "unknown dtype {s:?} (expected auto, f32, f16, bf16 or int8)"
             )),
         }
     }
 }
 
 impl DTypeRequest {
-    /// The dtype to compute in on `device`.
+    /// The dtype to compute in on `device` (f32 for int8, whose dense layers alone are
+    /// int8).
     pub fn resolve(self, device: &Device) -> DType {
         match self {
-            Self::F32 => DType::F32,
+            Self::F32 | Self::Int8 => DType::F32,
             Self::F16 => DType::F16,
             Self::BF16 => DType::BF16,
             Self::Auto => match device {
@@ -181,6 +186,33 @@ impl DTypeRequest {
                 },
                 Device::Metal(_) => DType::F16,
             },
+        }
+    }
+}
+
+/// What a model computes in: a dtype, and whether its dense layers are int8 (in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    pub dtype: DType,
+    pub int8: bool,
+}
+
+impl Precision {
+    /// The name used in reports and `--dtype`.
+    pub fn name(self) -> &'static str {
+        match self.int8 {
+            true => "int8",
+            false => self.dtype.as_str(),
+        }
+    }
+}
+
+impl DTypeRequest {
+    /// The precision to compute in on `device`.
+    pub fn precision(self, device: &Device) -> Precision {
+        Precision {
+            dtype: self.resolve(device),
+            int8: self == Self::Int8,
         }
     }
 }

@@ -15,7 +15,7 @@ use vit::bench::{
     compare_kernels, dense_layer_gflops, device_memory_used, forward_flops, matmul_peak_gflops,
     parameter_count, peak_rss_bytes, preset_config, random_state_dict, Latency, PEAK_SIZES,
 };
-use vit::device::{device_name, DTypeRequest, DeviceRequest};
+use vit::device::{device_name, DTypeRequest, DeviceRequest, Precision};
 use vit::hub::ModelSpec;
 use vit::inputs::{collect_inputs, Input};
 use vit::model::{
@@ -40,7 +40,7 @@ pub struct BenchArgs {
     /// auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
-    /// Comma-separated dtypes to compare (auto, f32, f16, bf16).
+    /// Comma-separated dtypes to compare (auto, f32, f16, bf16, int8).
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     dtype: Vec<DTypeRequest>,
     /// Attention kernel: standard, flash (CUDA, `flash-attn` feature) or all.
@@ -104,7 +104,7 @@ enum Format {
 struct Plan {
     source: Source,
     device: Device,
-    dtypes: Vec<DType>,
+    dtypes: Vec<Precision>,
     kernels: Vec<AttentionKernel>,
     batch_sizes: Vec<usize>,
     image_size: Option<usize>,
@@ -153,14 +153,20 @@ fn plan(args: BenchArgs) -> Result<Plan> {
         eprintln!("vit: {note}");
     }
     let device = chosen.device;
-    let mut dtypes: Vec<DType> = args.dtype.iter().map(|d| d.resolve(&device)).collect();
+    let mut dtypes: Vec<Precision> = args.dtype.iter().map(|d| d.precision(&device)).collect();
     dtypes.dedup();
-    if args.layers && !(device.is_cpu() && dtypes.contains(&DType::F32)) {
+    if dtypes.iter().any(|p| p.int8) && !device.is_cpu() {
+        bail!(
+            "--dtype int8 runs on the CPU only; this run is on {}",
+            device_name(&device)
+        );
+    }
+    if args.layers && !(device.is_cpu() && dtypes.iter().any(|p| p.dtype == DType::F32)) {
         bail!(
             "--layers times the CPU engine's f32 products; this run is {} on {}",
             dtypes
                 .iter()
-                .map(|d| d.as_str())
+                .map(|d| d.name())
                 .collect::<Vec<_>>()
                 .join(","),
             device_name(&device)
@@ -239,14 +245,15 @@ struct Built {
     load_seconds: f64,
 }
 
-fn build(plan: &Plan, dtype: DType, kernel: AttentionKernel) -> Result<Built> {
+fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<Built> {
     let options = LoadOptions {
         device: plan.device.clone(),
-        dtype,
+        dtype: precision.dtype,
         num_heads: plan.num_heads,
         model: ModelOptions {
             attention: kernel,
             differentiable: false,
+            int8: precision.int8,
             ..Default::default()
         },
     };
@@ -297,7 +304,7 @@ struct Row {
     model: String,
     params: usize,
     device: String,
-    dtype: DType,
+    dtype: Precision,
     kernel: AttentionKernel,
     batch: usize,
     image_size: usize,
@@ -322,13 +329,14 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             for size in PEAK_SIZES {
                 let (gflops, kernel) = matmul_peak_gflops(size, dtype, &plan.device, 3)?;
                 let device = device_name(&plan.device);
-                let line = json!({"matmul_peak": {"device": device, "dtype": dtype.as_str(), "size": size, "gflops": gflops, "kernel": kernel}});
+                let line = json!({"matmul_peak": {"device": device, "dtype": dtype.name(), "size": size, "gflops": gflops, "kernel": kernel}});
                 match plan.format {
                     Format::Json => writeln!(out, "{line}")?,
                     Format::Table => writeln!(
                         out,
-                        "matmul peak ({device} {}, {size}^3, {kernel}): {gflops:.1} GFLOP/s",
-                        dtype.as_str()
+                        "matmul peak ({device} {}, {size}^3, {kernel}): {gflops:.1} {}/s",
+                        dtype.name(),
+                        if dtype.int8 { "GOP" } else { "GFLOP" }
                     )?,
                 }
             }
@@ -346,8 +354,8 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                 .as_ref()
                 .filter(|_| kernel != AttentionKernel::Standard)
             {
-                let input = random_input(1, size, &plan.device)?.to_dtype(dtype)?;
-                let check = compare_kernels(&reference.model, &built.model, &input, dtype)?;
+                let input = random_input(1, size, &plan.device)?.to_dtype(dtype.dtype)?;
+                let check = compare_kernels(&reference.model, &built.model, &input, dtype.dtype)?;
                 if !check.agrees {
                     progress.suspend(|| {
                         eprintln!(
@@ -356,7 +364,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                             kernel.name(),
                             check.max_abs_diff,
                             check.tolerance,
-                            dtype.as_str()
+                            dtype.name()
                         )
                     });
                     refused = true;
@@ -364,13 +372,14 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                     continue;
                 }
             }
-            if plan.layers && dtype == DType::F32 && kernel == AttentionKernel::Standard {
+            if plan.layers && dtype.dtype == DType::F32 && kernel == AttentionKernel::Standard {
                 let size = plan.image_size.unwrap_or(built.input_size);
                 let tokens =
                     (size / built.config.patch_size).pow(2) + built.config.variant.prefix_tokens();
                 for &batch in &plan.batch_sizes {
-                    let products = dense_layer_gflops(&built.config, batch * tokens, 3, 0.5);
-                    layer_lines.extend(products.into_iter().map(|p| (batch, p)));
+                    let products =
+                        dense_layer_gflops(&built.config, batch * tokens, dtype.int8, 3, 0.5);
+                    layer_lines.extend(products.into_iter().map(|p| (dtype, batch, p)));
                 }
             }
             for &batch in &plan.batch_sizes {
@@ -390,18 +399,21 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         }
     }
     progress.finish_and_clear();
-    for (batch, product) in layer_lines {
+    for (precision, batch, product) in layer_lines {
         let (rows, k, n) = product.shape;
         match plan.format {
             Format::Json => writeln!(
                 out,
                 "{}",
-                json!({"layer_product": {"batch": batch, "layer": product.name, "rows": rows, "k": k, "n": n, "gflops": product.gflops}})
+                json!({"layer_product": {"dtype": precision.name(), "batch": batch, "layer": product.name, "rows": rows, "k": k, "n": n, "gflops": product.gflops}})
             )?,
             Format::Table => writeln!(
                 out,
-                "layer product (batch {batch}, {}: {rows}x{k}x{n}): {:.1} GFLOP/s",
-                product.name, product.gflops
+                "layer product ({} batch {batch}, {}: {rows}x{k}x{n}): {:.1} {}/s",
+                precision.name(),
+                product.name,
+                product.gflops,
+                if precision.int8 { "GOP" } else { "GFLOP" }
             )?,
         }
     }
@@ -445,13 +457,13 @@ fn time_forward(
     plan: &Plan,
     built: &Built,
     kernel: AttentionKernel,
-    dtype: DType,
+    dtype: Precision,
     batch: usize,
     size: usize,
     progress: &ProgressBar,
 ) -> Result<Row> {
-    progress.set_message(format!("{} batch {batch}", dtype.as_str()));
-    let input = random_input(batch, size, &plan.device)?.to_dtype(dtype)?;
+    progress.set_message(format!("{} batch {batch}", dtype.name()));
+    let input = random_input(batch, size, &plan.device)?.to_dtype(dtype.dtype)?;
     let samples = time_loop(plan, || {
         built.model.output(&input)?;
         Ok(())
@@ -465,12 +477,12 @@ fn time_end_to_end(
     plan: &Plan,
     built: &Built,
     kernel: AttentionKernel,
-    dtype: DType,
+    dtype: Precision,
     batch: usize,
     images: &[PathBuf],
     progress: &ProgressBar,
 ) -> Result<Row> {
-    progress.set_message(format!("{} end-to-end batch {batch}", dtype.as_str()));
+    progress.set_message(format!("{} end-to-end batch {batch}", dtype.name()));
     let preprocess = match plan.image_size {
         Some(size) => built.preprocess.with_input_size(size as u32),
         None => built.preprocess.clone(),
@@ -527,7 +539,7 @@ fn make_row(
     plan: &Plan,
     built: &Built,
     kernel: AttentionKernel,
-    dtype: DType,
+    dtype: Precision,
     batch: usize,
     size: usize,
     samples: &[f64],
@@ -596,7 +608,7 @@ fn print_row(out: &mut impl Write, row: &Row, format: Format) -> Result<()> {
                 "model": row.model,
                 "params": row.params,
                 "device": row.device,
-                "dtype": row.dtype.as_str(),
+                "dtype": row.dtype.name(),
                 "attn": row.kernel.name(),
                 "batch": row.batch,
                 "image_size": row.image_size,
@@ -632,7 +644,7 @@ fn print_row(out: &mut impl Write, row: &Row, format: Format) -> Result<()> {
                 out,
                 "{:<8} {:<5} {:<8} {:>5} {:>9.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>7.2}{stages}",
                 row.device,
-                row.dtype.as_str(),
+                row.dtype.name(),
                 row.kernel.name(),
                 row.batch,
                 row.images_per_second,

@@ -215,6 +215,9 @@ fn plan(args: &FinetuneArgs) -> Result<Plan> {
         DTypeRequest::Auto | DTypeRequest::F32 => "f32",
         DTypeRequest::F16 => "f16",
         DTypeRequest::BF16 => "bf16",
+        DTypeRequest::Int8 => {
+            bail!("--dtype int8 is for inference; finetune trains in f32, f16 or bf16")
+        }
     };
     let data = args.data.clone().context("--data is required")?;
     let existing: Vec<&str> = OUTPUTS

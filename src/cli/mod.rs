@@ -66,7 +66,8 @@ pub struct ModelArgs {
     /// auto (CUDA, then Metal, then CPU), cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
-    /// auto (f32 on CPU, bf16 on CUDA, f16 on Metal), f32, f16 or bf16.
+    /// auto (f32 on CPU, bf16 on CUDA, f16 on Metal), f32, f16, bf16 or int8 (CPU: dense
+    /// layers quantized to int8 as the model loads, f32 elsewhere).
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeRequest,
     /// Attention heads, for a weights file without config.json [default: hidden size / 64].
@@ -128,6 +129,14 @@ impl ModelArgs {
         }
         let device = chosen.device;
         let dtype = self.dtype.resolve(&device);
+        let int8 = self.dtype == DTypeRequest::Int8;
+        if int8 && !device.is_cpu() {
+            anyhow::bail!(
+                "--dtype int8 runs on the CPU only; this run is on {} (use --device cpu, or \
+                 f32, f16 or bf16 there)",
+                device_name(&device)
+            );
+        }
         let spec = ModelSpec::parse(&self.model, self.revision.as_deref())?;
         let files = spec.fetch()?;
         let options = LoadOptions {
@@ -136,6 +145,7 @@ impl ModelArgs {
             num_heads: self.num_heads,
             model: ModelOptions {
                 attention,
+                int8,
                 ..ModelOptions::default()
             },
         };
@@ -157,7 +167,7 @@ impl ModelArgs {
             spec.describe(),
             loaded.layout.name(),
             device_name(&device),
-            dtype.as_str()
+            if int8 { "int8" } else { dtype.as_str() }
         );
         Ok(ReadyModel { loaded, device })
     }

@@ -86,11 +86,11 @@ fn check_epilogue(m: usize, n: usize, epilogue: &Epilogue) {
 /// How the output is split among threads: `row_blocks` blocks of `mc` rows by `chunks`
 /// chunks of `chunk` panels, one task each.
 #[derive(Debug, PartialEq, Eq)]
-struct Split {
-    mc: usize,
-    row_blocks: usize,
-    chunk: usize,
-    chunks: usize,
+pub(crate) struct Split {
+    pub(crate) mc: usize,
+    pub(crate) row_blocks: usize,
+    pub(crate) chunk: usize,
+    pub(crate) chunks: usize,
 }
 
 impl Split {
@@ -99,7 +99,18 @@ impl Split {
     /// again). Blocks of A stay within `max_mc` rows (half of L2).
     fn new(kernel: Microkernel, m: usize, panels: usize, threads: usize) -> Self {
         let max_mc = Blocking::for_kernel(CacheSizes::current(), kernel.mr, kernel.nr).mc;
-        let row_panels = m.div_ceil(kernel.mr).max(1);
+        Self::for_tiles(kernel.mr, max_mc, m, panels, threads)
+    }
+
+    /// As [`Split::new`], for tiles of `mr` rows and blocks of A of at most `max_mc` rows.
+    pub(crate) fn for_tiles(
+        mr: usize,
+        max_mc: usize,
+        m: usize,
+        panels: usize,
+        threads: usize,
+    ) -> Self {
+        let row_panels = m.div_ceil(mr).max(1);
         let min_blocks = m.div_ceil(max_mc).max(1);
         let panels = panels.max(1);
         let mut best: Option<((usize, usize), Split)> = None;
@@ -119,7 +130,7 @@ impl Split {
                 let score = (busiest, tasks);
                 if best.as_ref().is_none_or(|(b, _)| score < *b) {
                     let split = Split {
-                        mc: block_panels * kernel.mr,
+                        mc: block_panels * mr,
                         row_blocks,
                         chunk,
                         chunks,

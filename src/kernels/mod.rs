@@ -8,10 +8,13 @@
 //! - [`gemm`](mod@gemm): the loop nest and the split over threads.
 //! - [`epilogue`]: bias, activation and residual applied as each tile is stored.
 //! - [`pool`]: the threads that run the parallel steps of a forward pass.
+//! - [`int8`]: int8 dense layers (per-channel weights, activations quantized per row) on
+//!   the same split and threads.
 
 pub mod cache;
 pub mod epilogue;
 pub mod gemm;
+pub mod int8;
 pub mod isa;
 pub mod math;
 pub(crate) mod microkernel;

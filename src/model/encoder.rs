@@ -28,6 +28,10 @@ pub struct ModelOptions {
     pub differentiable: bool,
     /// The CPU engine's instruction set for f32 inference (default: [`Isa::current`]).
     pub isa: Isa,
+    /// Quantize the encoder's dense layers (attention's and the MLP's) to int8 per output
+    /// channel as they load, their inputs per row as they run; the CPU in f32 only. The
+    /// patch embedding, norms, attention itself and the head stay f32.
+    pub int8: bool,
 }
 
 impl Default for ModelOptions {
@@ -36,6 +40,7 @@ impl Default for ModelOptions {
             attention: AttentionKernel::Standard,
             differentiable: false,
             isa: Isa::current(),
+            int8: false,
         }
     }
 }
@@ -210,7 +215,19 @@ fn load_scaled_linear(
             (bias * scale)?,
         ),
     };
-    Linear::new(weight, Some(bias), options.differentiable, options.isa)
+    encoder_linear(vec![weight], Some(bias), options)
+}
+
+/// An encoder's dense layer: int8 when `options` say so.
+fn encoder_linear(
+    parts: Vec<Tensor>,
+    bias: Option<Tensor>,
+    options: ModelOptions,
+) -> Result<Linear> {
+    match options.int8 {
+        true => Linear::stacked_int8(parts, bias, options.isa),
+        false => Linear::stacked(parts, bias, options.differentiable, options.isa),
+    }
 }
 
 /// Multi-head self-attention with query, key and value fused into one projection at load time.
@@ -250,7 +267,7 @@ impl SelfAttention {
             None
         };
         Ok(Self {
-            qkv: Linear::stacked(weights, qkv_bias, options.differentiable, options.isa)?,
+            qkv: encoder_linear(weights, qkv_bias, options)?,
             output: load_scaled_linear(vb.pp("output").pp("dense"), (h, h), scale, options)?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,

@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 
 use super::config::Activation;
 use super::cpu_kernels::contiguous_f32;
+use crate::kernels::int8::{Int8Kernel, PackedI8};
 use crate::kernels::{self, Epilogue, Isa, PackedB};
 
 /// A dense layer `x W^T + b` over the last dimension of inputs of any rank.
@@ -34,8 +35,25 @@ enum LinearKind {
 /// A weight packed for the CPU engine, and its bias.
 #[derive(Debug)]
 struct PackedLinear {
-    weight: PackedB,
+    weight: EngineWeight,
     bias: Option<Vec<f32>>,
+}
+
+/// A packed weight in f32 or int8.
+#[derive(Debug)]
+enum EngineWeight {
+    F32(PackedB),
+    Int8(PackedI8),
+}
+
+impl EngineWeight {
+    /// `(in, out)`.
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            EngineWeight::F32(weight) => weight.dims(),
+            EngineWeight::Int8(weight) => weight.dims(),
+        }
+    }
 }
 
 impl Linear {
@@ -58,6 +76,22 @@ impl Linear {
         differentiable: bool,
         isa: Isa,
     ) -> Result<Self> {
+        Self::build(parts, bias, differentiable, isa, false)
+    }
+
+    /// As [`Linear::stacked`], with the weight quantized to int8 per output channel, for
+    /// inference on the CPU in f32 (an error elsewhere).
+    pub fn stacked_int8(parts: Vec<Tensor>, bias: Option<Tensor>, isa: Isa) -> Result<Self> {
+        Self::build(parts, bias, false, isa, true)
+    }
+
+    fn build(
+        parts: Vec<Tensor>,
+        bias: Option<Tensor>,
+        differentiable: bool,
+        isa: Isa,
+        int8: bool,
+    ) -> Result<Self> {
         let packable = !differentiable
             && parts
                 .iter()
@@ -78,6 +112,14 @@ impl Linear {
             if bias.dims1()? != out_dim {
                 candle_core::bail!("bias of {:?} for {out_dim} outputs", bias.dims());
             }
+        }
+        if int8 && !packable {
+            let first = parts.first().or(bias.as_ref());
+            candle_core::bail!(
+                "int8 dense layers run on the CPU in f32 inference only (weight on {:?} in {:?})",
+                first.map(|t| t.device().location()),
+                first.map(|t| t.dtype())
+            );
         }
         if !packable {
             let weight = match parts.len() {
@@ -103,7 +145,16 @@ impl Linear {
             let count = layout.shape().dims()[0];
             rows.extend((0..count).map(|r| &values[r * in_dim..(r + 1) * in_dim]));
         }
-        let weight = PackedB::from_weight_rows(isa, (out_dim, in_dim), |j| rows[j]);
+        let weight = match int8 {
+            false => EngineWeight::F32(PackedB::from_weight_rows(isa, (out_dim, in_dim), |j| {
+                rows[j]
+            })),
+            true => EngineWeight::Int8(PackedI8::quantize(
+                Int8Kernel::for_isa(isa),
+                (out_dim, in_dim),
+                |j| rows[j],
+            )),
+        };
         let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
         Ok(Self {
             kind: LinearKind::Packed(Arc::new(PackedLinear { weight, bias })),
@@ -205,7 +256,10 @@ impl PackedLinearOp {
             residual,
             ..Epilogue::dense(self.packed.bias.as_deref(), self.activation)
         };
-        let ys = kernels::linear(xs, &self.packed.weight, &epilogue);
+        let ys = match &self.packed.weight {
+            EngineWeight::F32(weight) => kernels::linear(xs, weight, &epilogue),
+            EngineWeight::Int8(weight) => kernels::int8::linear_int8(xs, weight, &epilogue),
+        };
         Ok((CpuStorage::F32(ys), Shape::from((rows, n))))
     }
 }

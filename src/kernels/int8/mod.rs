@@ -1,0 +1,505 @@
+//! int8 dense layers: weights int8 with one scale per output channel, packed once when the
+//! model loads; activations quantized per row as each product starts (dynamic quantization,
+//! as ONNX Runtime's `quantize_dynamic` models run); int32 sums; f32 out through the layer's
+//! epilogue (bias, activation, residual) as each tile is stored.
+//!
+//! - [`quantize`]: the symmetric quantization of weights and activations.
+//! - `microkernel`: AVX-512 VNNI, AVX2 and portable kernels, chosen at run time.
+//! - Here: the packed weight ([`PackedI8`]), quantized A, and the loop over tiles and
+//!   threads (the f32 engine's split, [`super::gemm::Split`]).
+
+mod microkernel;
+pub mod quantize;
+
+use super::cache::CacheSizes;
+use super::epilogue::Epilogue;
+use super::gemm::Split;
+use super::microkernel::MR;
+use super::{pool, Isa, SendPtr};
+use microkernel::{kernel_for, TileStore};
+use quantize::{max_abs, quantize_value, scale_for};
+
+/// An int8 microkernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// AVX-512 with VNNI (`vpdpbusd`): 6 x 64 over [`Layout::Quads`].
+    Avx512Vnni,
+    /// AVX2 (`vpmaddwd`): 6 x 16 over [`Layout::Pairs`]; also AVX-512 CPUs without VNNI.
+    Avx2,
+    /// Plain Rust over [`Layout::Pairs`]: any other CPU.
+    Portable,
+}
+
+impl Int8Kernel {
+    /// The int8 kernel of the f32 engine's instruction set `isa` on this CPU.
+    pub fn for_isa(isa: Isa) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let vnni = std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni");
+            match isa {
+                Isa::Avx512 if vnni => return Self::Avx512Vnni,
+                Isa::Avx512 | Isa::Avx2 => return Self::Avx2,
+                Isa::Portable => {}
+            }
+        }
+        let _ = isa;
+        Self::Portable
+    }
+
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512Vnni => "avx512-vnni",
+            Self::Avx2 => "avx2",
+            Self::Portable => "portable",
+        }
+    }
+
+    fn layout(self) -> Layout {
+        match self {
+            Self::Avx512Vnni => Layout::Quads,
+            Self::Avx2 | Self::Portable => Layout::Pairs,
+        }
+    }
+}
+
+/// How a kernel reads its operands. Both read 4 bytes of each row of A per step, and a step
+/// of a weight panel is `4 * nr` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// A as `q + 128` in u8, 4 depths a step; a panel holds, per step, the 4 int8 weights of
+    /// each of its 64 columns in turn.
+    Quads,
+    /// A as i16, 2 depths a step; a panel holds, per step, the 2 weights (as i16) of each of
+    /// its 16 columns in turn.
+    Pairs,
+}
+
+impl Layout {
+    /// The columns of a panel.
+    pub(crate) const fn nr(self) -> usize {
+        match self {
+            Layout::Quads => 64,
+            Layout::Pairs => 16,
+        }
+    }
+
+    /// Depths per step.
+    const fn depths_per_step(self) -> usize {
+        match self {
+            Layout::Quads => 4,
+            Layout::Pairs => 2,
+        }
+    }
+
+    /// What the unsigned form of A adds to a sum, per unit of weight.
+    const fn offset(self) -> i32 {
+        match self {
+            Layout::Quads => 128,
+            Layout::Pairs => 0,
+        }
+    }
+}
+
+/// A dense layer's int8 weight `W` (`n` output channels of `k`), packed for one kernel, with
+/// its per-channel scales.
+pub struct PackedI8 {
+    kernel: Int8Kernel,
+    k: usize,
+    n: usize,
+    /// Steps of the padded depth.
+    steps: usize,
+    /// Panels of `nr` columns, each `steps * 4 * nr` bytes.
+    panels: Vec<u8>,
+    /// Per column, padded to whole panels with zeros.
+    scales: Vec<f32>,
+    compensation: Vec<i32>,
+}
+
+impl std::fmt::Debug for PackedI8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedI8")
+            .field("kernel", &self.kernel)
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackedI8 {
+    /// From `n` int8 channels of `k` values, `row(j)` being channel `j`, and their scales.
+    pub fn new<'w>(
+        kernel: Int8Kernel,
+        (n, k): (usize, usize),
+        row: impl Fn(usize) -> &'w [i8] + Sync,
+        scales: &[f32],
+    ) -> Self {
+        assert_eq!(scales.len(), n, "{} scales for {n} channels", scales.len());
+        let layout = kernel.layout();
+        let (nr, depths) = (layout.nr(), layout.depths_per_step());
+        let steps = k.div_ceil(depths);
+        let panel_count = n.div_ceil(nr);
+        let panel_bytes = steps * 4 * nr;
+        let mut panels = vec![0u8; panel_count * panel_bytes];
+        let fill_panel = |p: usize, panel: &mut [u8]| {
+            for c in 0..nr.min(n - p * nr) {
+                let channel = row(p * nr + c);
+                assert_eq!(
+                    channel.len(),
+                    k,
+                    "channel of {} values for {k}",
+                    channel.len()
+                );
+                for (d, &w) in channel.iter().enumerate() {
+                    let (g, t) = (d / depths, d % depths);
+                    match layout {
+                        Layout::Quads => panel[g * 4 * nr + c * 4 + t] = w as u8,
+                        Layout::Pairs => {
+                            let at = g * 4 * nr + c * 4 + t * 2;
+                            panel[at..at + 2].copy_from_slice(&(w as i16).to_le_bytes());
+                        }
+                    }
+                }
+            }
+        };
+        let base = PanelsPtr(panels.as_mut_ptr());
+        pool::for_each(panel_count, |p| {
+            // SAFETY: panel p is its own `panel_bytes` of the buffer.
+            let panel =
+                unsafe { std::slice::from_raw_parts_mut(base.at(p * panel_bytes), panel_bytes) };
+            fill_panel(p, panel);
+        });
+        let padded = panel_count * nr;
+        let mut padded_scales = vec![0f32; padded];
+        padded_scales[..n].copy_from_slice(scales);
+        let compensation = (0..padded)
+            .map(|j| match j < n {
+                true => layout.offset() * row(j).iter().map(|&w| w as i32).sum::<i32>(),
+                false => 0,
+            })
+            .collect();
+        Self {
+            kernel,
+            k,
+            n,
+            steps,
+            panels,
+            scales: padded_scales,
+            compensation,
+        }
+    }
+
+    /// Quantizes an f32 weight of `n` rows (output channels) by `k`, `row(j)` being row `j`,
+    /// per channel ([`quantize::quantize_channel`]).
+    pub fn quantize<'w>(
+        kernel: Int8Kernel,
+        (n, k): (usize, usize),
+        row: impl Fn(usize) -> &'w [f32] + Sync,
+    ) -> Self {
+        let channels: Vec<(Vec<i8>, f32)> =
+            (0..n).map(|j| quantize::quantize_channel(row(j))).collect();
+        let scales: Vec<f32> = channels.iter().map(|(_, s)| *s).collect();
+        Self::new(kernel, (n, k), |j| &channels[j].0, &scales)
+    }
+
+    /// `(k, n)`: inputs and outputs.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// The kernel it is packed for.
+    pub fn kernel(&self) -> Int8Kernel {
+        self.kernel
+    }
+}
+
+/// Disjoint panels of one buffer, written by parallel tasks.
+#[derive(Clone, Copy)]
+struct PanelsPtr(*mut u8);
+
+// SAFETY: each task writes its own panel.
+unsafe impl Send for PanelsPtr {}
+unsafe impl Sync for PanelsPtr {}
+
+impl PanelsPtr {
+    fn at(self, offset: usize) -> *mut u8 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Rows of A quantized for one kernel: whole tiles of `MR` rows (the padding zero), each row
+/// `lda` bytes, and one scale per row.
+struct QuantizedRows {
+    data: Vec<u8>,
+    lda: usize,
+    scales: Vec<f32>,
+}
+
+impl QuantizedRows {
+    /// `rows` rows of `k` values of `x`, each scaled by `scale` in its row scale too.
+    fn new(layout: Layout, x: &[f32], rows: usize, k: usize, steps: usize, scale: f32) -> Self {
+        let lda = steps * 4;
+        let padded_rows = rows.div_ceil(MR) * MR;
+        let zero = match layout {
+            Layout::Quads => 128u8,
+            Layout::Pairs => 0,
+        };
+        let mut data = vec![zero; padded_rows * lda];
+        let mut scales = vec![0f32; padded_rows];
+        const ROWS_PER_TASK: usize = 8;
+        let base = PanelsPtr(data.as_mut_ptr());
+        let scale_base = SendPtr(scales.as_mut_ptr());
+        pool::for_each(rows.div_ceil(ROWS_PER_TASK), |t| {
+            for r in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(rows) {
+                // SAFETY: row r's bytes and scale are this task's alone.
+                let (out, row_scale) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(base.at(r * lda), lda),
+                        &mut *scale_base.at(r),
+                    )
+                };
+                let s = quantize_row(layout, &x[r * k..(r + 1) * k], out);
+                *row_scale = s * scale;
+            }
+        });
+        Self { data, lda, scales }
+    }
+}
+
+/// Quantizes one row into `out` in `layout`'s form of A; returns its scale.
+fn quantize_row(layout: Layout, row: &[f32], out: &mut [u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { quantize_row_avx2(layout, row, out) };
+    }
+    quantize_row_generic(layout, row, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(layout: Layout, row: &[f32], out: &mut [u8]) -> f32 {
+    quantize_row_generic(layout, row, out)
+}
+
+#[inline(always)]
+fn quantize_row_generic(layout: Layout, row: &[f32], out: &mut [u8]) -> f32 {
+    let scale = scale_for(max_abs(row));
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    match layout {
+        Layout::Quads => {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o = (quantize_value(x, inverse) + 128) as u8;
+            }
+        }
+        Layout::Pairs => {
+            for (o, &x) in out.chunks_exact_mut(2).zip(row) {
+                o.copy_from_slice(&quantize_value(x, inverse).to_le_bytes());
+            }
+        }
+    }
+    scale
+}
+
+/// `y = epilogue(x W^T)` for `x` of `rows x k` row-major, with `x` quantized per row, on all
+/// threads.
+pub fn linear_int8(x: &[f32], weight: &PackedI8, epilogue: &Epilogue) -> Vec<f32> {
+    let (k, n) = weight.dims();
+    let rows = x.len().checked_div(k).unwrap_or(0);
+    assert_eq!(rows * k, x.len(), "{} inputs are not rows of {k}", x.len());
+    assert!(
+        !epilogue.accumulate,
+        "linear_int8: nothing to accumulate into"
+    );
+    if let Some(bias) = epilogue.bias {
+        assert!(bias.len() >= n, "bias of {} for {n} columns", bias.len());
+    }
+    if let Some(residual) = epilogue.residual {
+        assert!(residual.len() >= rows * n, "residual of {}", residual.len());
+    }
+    let layout = weight.kernel.layout();
+    let nr = layout.nr();
+    let a = QuantizedRows::new(layout, x, rows, k, weight.steps, epilogue.scale);
+    let kernel = kernel_for(weight.kernel);
+    let panels = n.div_ceil(nr);
+    let max_mc = ((CacheSizes::current().l2 / 2) / a.lda.max(1) / MR * MR).max(MR);
+    let split = Split::for_tiles(MR, max_mc, rows, panels, rayon::current_num_threads());
+    let mut y: Vec<f32> = Vec::with_capacity(rows * n);
+    let out = SendPtr(y.spare_capacity_mut().as_mut_ptr().cast());
+    let panel_bytes = weight.steps * 4 * nr;
+    pool::for_each(split.row_blocks * split.chunks, |task| {
+        let (block, chunk) = (task / split.chunks, task % split.chunks);
+        let first_row = block * split.mc;
+        let last_row = (first_row + split.mc).min(rows);
+        for p in chunk * split.chunk..((chunk + 1) * split.chunk).min(panels) {
+            let col = p * nr;
+            let cols = nr.min(n - col);
+            for r in (first_row..last_row).step_by(MR) {
+                let store = TileStore {
+                    c: out.at(r * n + col),
+                    ldc: n,
+                    rows: MR.min(rows - r),
+                    cols,
+                    row_scales: a.scales[r..].as_ptr(),
+                    col_scales: weight.scales[col..].as_ptr(),
+                    compensation: weight.compensation[col..].as_ptr(),
+                    bias: epilogue
+                        .bias
+                        .map_or(std::ptr::null(), |b| b[col..].as_ptr()),
+                    activation: epilogue.activation,
+                    residual: epilogue
+                        .residual
+                        .map_or(std::ptr::null(), |res| res[r * n + col..].as_ptr()),
+                    ld_residual: n,
+                };
+                // SAFETY: A's block holds whole tiles of `steps` steps; the panel is
+                // `panel_bytes` of the packed weight; the store's pointers address the
+                // valid corner of this task's own tile of y, the scales, compensation,
+                // bias and residual checked above. The kernel is this CPU's.
+                unsafe {
+                    kernel(
+                        weight.steps,
+                        a.data[r * a.lda..].as_ptr(),
+                        a.lda,
+                        weight.panels[p * panel_bytes..].as_ptr(),
+                        &store,
+                    )
+                };
+            }
+        }
+    });
+    // SAFETY: the tasks' tiles cover every row and column of y.
+    unsafe { y.set_len(rows * n) };
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::epilogue::Activation;
+
+    /// The kernels this CPU runs.
+    fn kernels() -> Vec<Int8Kernel> {
+        let mut all: Vec<Int8Kernel> = Isa::supported()
+            .into_iter()
+            .map(Int8Kernel::for_isa)
+            .collect();
+        all.dedup();
+        all
+    }
+
+    fn values(count: usize, seed: usize) -> Vec<f32> {
+        (0..count)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 1.5)
+            .collect()
+    }
+
+    /// The product as the kernels define it, from the quantized values, in scalar code.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        (rows, k, n): (usize, usize, usize),
+        e: &Epilogue,
+    ) -> Vec<f32> {
+        let channels: Vec<(Vec<i8>, f32)> = (0..n)
+            .map(|j| quantize::quantize_channel(&w[j * k..(j + 1) * k]))
+            .collect();
+        let mut y = vec![0f32; rows * n];
+        for r in 0..rows {
+            let row = &x[r * k..(r + 1) * k];
+            let scale = scale_for(max_abs(row));
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let q: Vec<i32> = row
+                .iter()
+                .map(|&v| quantize_value(v, inverse) as i32)
+                .collect();
+            for j in 0..n {
+                let (wq, ws) = &channels[j];
+                let sum: i32 = q.iter().zip(wq).map(|(&a, &b)| a * b as i32).sum();
+                let mut v = sum as f32 * (scale * e.scale * ws);
+                if let Some(bias) = e.bias {
+                    v += bias[j];
+                }
+                v = e.activation.apply(v);
+                if let Some(residual) = e.residual {
+                    v += residual[r * n + j];
+                }
+                y[r * n + j] = v;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_kernel_gives_the_reference_bit_for_bit_on_ragged_shapes() {
+        for &(rows, k, n) in &[
+            (1, 1, 1),
+            (7, 5, 17),
+            (197, 70, 96),
+            (13, 192, 130),
+            (64, 33, 65),
+        ] {
+            let x = values(rows * k, 1);
+            let w = values(n * k, 2);
+            let bias = values(n, 3);
+            let residual = values(rows * n, 4);
+            for epilogue in [
+                Epilogue::none(),
+                Epilogue::dense(Some(&bias), Activation::Gelu),
+                Epilogue {
+                    residual: Some(&residual),
+                    scale: 0.5,
+                    ..Epilogue::dense(Some(&bias), Activation::None)
+                },
+            ] {
+                let expected = reference(&x, &w, (rows, k, n), &epilogue);
+                for kernel in kernels() {
+                    let packed = PackedI8::quantize(kernel, (n, k), |j| &w[j * k..(j + 1) * k]);
+                    let got = linear_int8(&x, &packed, &epilogue);
+                    assert_eq!(got.len(), expected.len());
+                    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            e.to_bits(),
+                            "{kernel:?} {rows}x{k}x{n} at {i}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_quantized_product_is_close_to_the_f32_one() {
+        let (rows, k, n) = (50, 384, 70);
+        let x = values(rows * k, 5);
+        let w = values(n * k, 6);
+        let packed = PackedI8::quantize(Int8Kernel::for_isa(Isa::current()), (n, k), |j| {
+            &w[j * k..(j + 1) * k]
+        });
+        let got = linear_int8(&x, &packed, &Epilogue::none());
+        let mut worst = 0f32;
+        let mut largest = 0f32;
+        for r in 0..rows {
+            for j in 0..n {
+                let exact: f32 = (0..k).map(|p| x[r * k + p] * w[j * k + p]).sum();
+                worst = worst.max((got[r * n + j] - exact).abs());
+                largest = largest.max(exact.abs());
+            }
+        }
+        assert!(
+            worst < 0.02 * largest,
+            "error {worst} against values up to {largest}"
+        );
+    }
+
+    #[test]
+    fn no_rows_give_no_output() {
+        let w = values(8 * 4, 1);
+        let packed = PackedI8::quantize(Int8Kernel::Portable, (8, 4), |j| &w[j * 4..(j + 1) * 4]);
+        assert!(linear_int8(&[], &packed, &Epilogue::none()).is_empty());
+        assert_eq!(packed.dims(), (4, 8));
+    }
+}
