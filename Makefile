@@ -144,6 +144,28 @@ bench-zero-shot: build $(BENCH_CLIP)/config.json
 		--images $(SHARED)/images --threads $(BENCH_THREADS) > $(BENCH_OUT)/zero-shot.jsonl
 	@cat $(BENCH_OUT)/zero-shot.jsonl
 
+# int8-accuracy: the shared DeiT-Tiny in f32 and in int8 (`--dtype int8`, quantized as it
+# loads) over the 500 labelled ImageNet photos of $(SHARED)/datasets/imagenet-sample-500, and
+# in int8 over the shared photos; tests/bench/int8_accuracy.py (standard library only)
+# prints top-1 agreement, each one's accuracy and the strict photos, and fails below the
+# targets (>= 98% agreement, <= 0.5 points lost, every strict photo right).
+INT8_MODEL  ?= $(SHARED)/models/deit-tiny-patch16-224
+INT8_SAMPLE := $(SHARED)/datasets/imagenet-sample-500
+INT8_OUT    := $(BENCH_OUT)/int8-accuracy
+
+.PHONY: int8-accuracy
+int8-accuracy: build
+	@mkdir -p $(INT8_OUT)
+	$(VIT) classify --model $(INT8_MODEL) --device cpu --dtype f32 -k 1 --format jsonl \
+		$(INT8_SAMPLE) > $(INT8_OUT)/sample-f32.jsonl
+	$(VIT) classify --model $(INT8_MODEL) --device cpu --dtype int8 -k 1 --format jsonl \
+		$(INT8_SAMPLE) > $(INT8_OUT)/sample-int8.jsonl
+	$(VIT) classify --model $(INT8_MODEL) --device cpu --dtype int8 -k 1 --format jsonl \
+		$(SHARED)/images > $(INT8_OUT)/photos-int8.jsonl
+	$(PYTHON) tests/bench/int8_accuracy.py --sample-labels $(INT8_SAMPLE)/labels.csv \
+		--sample-f32 $(INT8_OUT)/sample-f32.jsonl --sample-int8 $(INT8_OUT)/sample-int8.jsonl \
+		--photo-labels $(SHARED)/images/labels.csv --photos-int8 $(INT8_OUT)/photos-int8.jsonl
+
 # --- GPU builds ---
 # Checks of the CUDA build that need no GPU and no CUDA toolkit installed (README, "GPU builds").
 # Each uses its own target dir, so the CPU build above is never touched.

@@ -11,7 +11,7 @@ use crate::kernels::epilogue::Activation;
 use crate::kernels::microkernel::MR;
 
 /// How a tile of integer sums becomes the layer's output:
-/// `C = act((sum - compensation) * row_scale * col_scale + bias) + residual`.
+/// `C = act((sum - row_zero_point * column_sum) * row_scale * col_scale + bias) + residual`.
 pub(super) struct TileStore {
     /// The tile's first output value; rows `ldc` apart.
     pub c: *mut f32,
@@ -21,10 +21,12 @@ pub(super) struct TileStore {
     pub cols: usize,
     /// One scale per row (the activation's, times the epilogue's scale).
     pub row_scales: *const f32,
+    /// One zero point per row (the activation's).
+    pub row_zero_points: *const i32,
     /// One scale per column (the weight channel's).
     pub col_scales: *const f32,
-    /// What the unsigned form of A adds to each column's sum (`128 * sum_p W[c][p]`).
-    pub compensation: *const i32,
+    /// Per column, the sum of its weights.
+    pub column_sums: *const i32,
     /// One value per column, or null.
     pub bias: *const f32,
     pub activation: Activation,
@@ -55,20 +57,21 @@ pub(super) fn kernel_for(kernel: super::Int8Kernel) -> Int8KernelFn {
 pub(super) unsafe fn store_tile(tile: &[i32], nr: usize, store: &TileStore) {
     let cols = store.cols;
     let col_scales = std::slice::from_raw_parts(store.col_scales, cols);
-    let compensation = std::slice::from_raw_parts(store.compensation, cols);
+    let column_sums = std::slice::from_raw_parts(store.column_sums, cols);
     for i in 0..store.rows {
         let sums = &tile[i * nr..i * nr + cols];
         let row_scale = *store.row_scales.add(i);
+        let zero_point = *store.row_zero_points.add(i);
         let row = store.c.add(i * store.ldc);
         if store.bias.is_null() {
             for j in 0..cols {
-                let sum = sums[j].wrapping_sub(compensation[j]);
+                let sum = sums[j].wrapping_sub(zero_point.wrapping_mul(column_sums[j]));
                 *row.add(j) = sum as f32 * (row_scale * col_scales[j]);
             }
         } else {
             let bias = std::slice::from_raw_parts(store.bias, cols);
             for j in 0..cols {
-                let sum = sums[j].wrapping_sub(compensation[j]);
+                let sum = sums[j].wrapping_sub(zero_point.wrapping_mul(column_sums[j]));
                 *row.add(j) = sum as f32 * (row_scale * col_scales[j]) + bias[j];
             }
         }

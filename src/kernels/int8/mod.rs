@@ -17,7 +17,7 @@ use super::gemm::Split;
 use super::microkernel::MR;
 use super::{pool, Isa, SendPtr};
 use microkernel::{kernel_for, TileStore};
-use quantize::{max_abs, quantize_value, scale_for};
+use quantize::{activation_params, min_max, quantize_unsigned};
 
 /// An int8 microkernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,10 +68,10 @@ impl Int8Kernel {
 /// of a weight panel is `4 * nr` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Layout {
-    /// A as `q + 128` in u8, 4 depths a step; a panel holds, per step, the 4 int8 weights of
+    /// A as u8, 4 depths a step; a panel holds, per step, the 4 int8 weights of
     /// each of its 64 columns in turn.
     Quads,
-    /// A as i16, 2 depths a step; a panel holds, per step, the 2 weights (as i16) of each of
+    /// A's u8 codes as i16, 2 depths a step; a panel holds, per step, the 2 weights (as i16) of each of
     /// its 16 columns in turn.
     Pairs,
 }
@@ -92,14 +92,6 @@ impl Layout {
             Layout::Pairs => 2,
         }
     }
-
-    /// What the unsigned form of A adds to a sum, per unit of weight.
-    const fn offset(self) -> i32 {
-        match self {
-            Layout::Quads => 128,
-            Layout::Pairs => 0,
-        }
-    }
 }
 
 /// A dense layer's int8 weight `W` (`n` output channels of `k`), packed for one kernel, with
@@ -114,7 +106,8 @@ pub struct PackedI8 {
     panels: Vec<u8>,
     /// Per column, padded to whole panels with zeros.
     scales: Vec<f32>,
-    compensation: Vec<i32>,
+    /// Per column, the sum of its weights (what A's zero point adds to each product).
+    column_sums: Vec<i32>,
 }
 
 impl std::fmt::Debug for PackedI8 {
@@ -173,9 +166,9 @@ impl PackedI8 {
         let padded = panel_count * nr;
         let mut padded_scales = vec![0f32; padded];
         padded_scales[..n].copy_from_slice(scales);
-        let compensation = (0..padded)
+        let column_sums = (0..padded)
             .map(|j| match j < n {
-                true => layout.offset() * row(j).iter().map(|&w| w as i32).sum::<i32>(),
+                true => row(j).iter().map(|&w| w as i32).sum::<i32>(),
                 false => 0,
             })
             .collect();
@@ -186,7 +179,7 @@ impl PackedI8 {
             steps,
             panels,
             scales: padded_scales,
-            compensation,
+            column_sums,
         }
     }
 
@@ -230,11 +223,12 @@ impl PanelsPtr {
 }
 
 /// Rows of A quantized for one kernel: whole tiles of `MR` rows (the padding zero), each row
-/// `lda` bytes, and one scale per row.
+/// `lda` bytes, and one scale and zero point per row.
 struct QuantizedRows {
     data: Vec<u8>,
     lda: usize,
     scales: Vec<f32>,
+    zero_points: Vec<i32>,
 }
 
 impl QuantizedRows {
@@ -242,34 +236,54 @@ impl QuantizedRows {
     fn new(layout: Layout, x: &[f32], rows: usize, k: usize, steps: usize, scale: f32) -> Self {
         let lda = steps * 4;
         let padded_rows = rows.div_ceil(MR) * MR;
-        let zero = match layout {
-            Layout::Quads => 128u8,
-            Layout::Pairs => 0,
-        };
-        let mut data = vec![zero; padded_rows * lda];
+        let mut data = vec![0u8; padded_rows * lda];
         let mut scales = vec![0f32; padded_rows];
+        let mut zero_points = vec![0i32; padded_rows];
         const ROWS_PER_TASK: usize = 8;
         let base = PanelsPtr(data.as_mut_ptr());
         let scale_base = SendPtr(scales.as_mut_ptr());
+        let zero_base = ZeroPointsPtr(zero_points.as_mut_ptr());
         pool::for_each(rows.div_ceil(ROWS_PER_TASK), |t| {
             for r in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(rows) {
-                // SAFETY: row r's bytes and scale are this task's alone.
-                let (out, row_scale) = unsafe {
+                // SAFETY: row r's bytes, scale and zero point are this task's alone.
+                let (out, row_scale, row_zero) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(base.at(r * lda), lda),
                         &mut *scale_base.at(r),
+                        &mut *zero_base.at(r),
                     )
                 };
-                let s = quantize_row(layout, &x[r * k..(r + 1) * k], out);
+                let (s, z) = quantize_row(layout, &x[r * k..(r + 1) * k], out);
                 *row_scale = s * scale;
+                *row_zero = z;
             }
         });
-        Self { data, lda, scales }
+        Self {
+            data,
+            lda,
+            scales,
+            zero_points,
+        }
     }
 }
 
-/// Quantizes one row into `out` in `layout`'s form of A; returns its scale.
-fn quantize_row(layout: Layout, row: &[f32], out: &mut [u8]) -> f32 {
+/// The zero points of A's rows, written by parallel tasks.
+#[derive(Clone, Copy)]
+struct ZeroPointsPtr(*mut i32);
+
+// SAFETY: each task writes its own rows' zero points.
+unsafe impl Send for ZeroPointsPtr {}
+unsafe impl Sync for ZeroPointsPtr {}
+
+impl ZeroPointsPtr {
+    fn at(self, row: usize) -> *mut i32 {
+        // SAFETY: callers pass rows inside the buffer.
+        unsafe { self.0.add(row) }
+    }
+}
+
+/// Quantizes one row into `out` in `layout`'s form of A; returns its scale and zero point.
+fn quantize_row(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
@@ -280,27 +294,29 @@ fn quantize_row(layout: Layout, row: &[f32], out: &mut [u8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(layout: Layout, row: &[f32], out: &mut [u8]) -> f32 {
+unsafe fn quantize_row_avx2(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32, i32) {
     quantize_row_generic(layout, row, out)
 }
 
 #[inline(always)]
-fn quantize_row_generic(layout: Layout, row: &[f32], out: &mut [u8]) -> f32 {
-    let scale = scale_for(max_abs(row));
+fn quantize_row_generic(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let (lo, hi) = min_max(row);
+    let (scale, zero_point) = activation_params(lo, hi);
     let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let zero = zero_point as f32;
     match layout {
         Layout::Quads => {
             for (o, &x) in out.iter_mut().zip(row) {
-                *o = (quantize_value(x, inverse) + 128) as u8;
+                *o = quantize_unsigned(x, inverse, zero) as u8;
             }
         }
         Layout::Pairs => {
             for (o, &x) in out.chunks_exact_mut(2).zip(row) {
-                o.copy_from_slice(&quantize_value(x, inverse).to_le_bytes());
+                o.copy_from_slice(&quantize_unsigned(x, inverse, zero).to_le_bytes());
             }
         }
     }
-    scale
+    (scale, zero_point)
 }
 
 /// `y = epilogue(x W^T)` for `x` of `rows x k` row-major, with `x` quantized per row, on all
@@ -343,8 +359,9 @@ pub fn linear_int8(x: &[f32], weight: &PackedI8, epilogue: &Epilogue) -> Vec<f32
                     rows: MR.min(rows - r),
                     cols,
                     row_scales: a.scales[r..].as_ptr(),
+                    row_zero_points: a.zero_points[r..].as_ptr(),
                     col_scales: weight.scales[col..].as_ptr(),
-                    compensation: weight.compensation[col..].as_ptr(),
+                    column_sums: weight.column_sums[col..].as_ptr(),
                     bias: epilogue
                         .bias
                         .map_or(std::ptr::null(), |b| b[col..].as_ptr()),
@@ -356,7 +373,7 @@ pub fn linear_int8(x: &[f32], weight: &PackedI8, epilogue: &Epilogue) -> Vec<f32
                 };
                 // SAFETY: A's block holds whole tiles of `steps` steps; the panel is
                 // `panel_bytes` of the packed weight; the store's pointers address the
-                // valid corner of this task's own tile of y, the scales, compensation,
+                // valid corner of this task's own tile of y, the scales, column sums,
                 // bias and residual checked above. The kernel is this CPU's.
                 unsafe {
                     kernel(
@@ -409,11 +426,12 @@ mod tests {
         let mut y = vec![0f32; rows * n];
         for r in 0..rows {
             let row = &x[r * k..(r + 1) * k];
-            let scale = scale_for(max_abs(row));
+            let (lo, hi) = quantize::min_max(row);
+            let (scale, zero) = quantize::activation_params(lo, hi);
             let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             let q: Vec<i32> = row
                 .iter()
-                .map(|&v| quantize_value(v, inverse) as i32)
+                .map(|&v| quantize::quantize_unsigned(v, inverse, zero as f32) as i32 - zero)
                 .collect();
             for j in 0..n {
                 let (wq, ws) = &channels[j];

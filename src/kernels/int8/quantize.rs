@@ -1,9 +1,14 @@
-//! Symmetric int8 quantization: weights per output channel, once, when the model loads;
-//! activations per row, as each product starts (dynamic quantization).
+//! int8 quantization: weights symmetric per output channel, once, when the model loads;
+//! activations asymmetric per row, as each product starts (dynamic quantization, as ONNX
+//! Runtime's `quantize_dynamic` does per tensor).
 //!
-//! A value `x` of a row (or channel) whose largest magnitude is `m` becomes `q = round(x / s)`
-//! with `s = m / 127`, so `q` lies in `[-127, 127]` and `x ≈ s q`. A row of zeros has `s =
-//! 0` and `q = 0`.
+//! A weight `w` of a channel whose largest magnitude is `m` becomes `q = round(w / s)` with
+//! `s = m / 127`, so `q` lies in `[-127, 127]` and `w ≈ s q`. An activation `x` of a row
+//! spanning `[lo, hi]` (widened to hold 0) becomes `u = round(x / s) + z` in `[0, 255]` with
+//! `s = (hi - lo) / 255` and the zero point `z = round(-lo / s)`, so `x ≈ s (u - z)` and 0 is
+//! exact: the GELU outputs that feed the MLP's second layer span about `[-0.17, hi]`, where a
+//! symmetric range would leave half of the codes unused. A row (or channel) of zeros has `s =
+//! 0` and codes that stand for 0.
 
 /// The largest quantized magnitude.
 pub const QMAX: f32 = 127.0;
@@ -37,6 +42,39 @@ pub fn max_abs(values: &[f32]) -> f32 {
     }
     let tail = chunks.remainder().iter().fold(0f32, |m, &x| m.max(x.abs()));
     lanes.iter().fold(tail, |m, &x| m.max(x))
+}
+
+/// The smallest and largest of `values`, widened to hold 0 (a NaN counts as none).
+#[inline(always)]
+pub fn min_max(values: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(chunk) {
+            *l = l.min(x);
+            *h = h.max(x);
+        }
+    }
+    let tail = chunks.remainder();
+    let lo = lo.iter().chain(tail).fold(0f32, |m, &x| m.min(x));
+    let hi = hi.iter().chain(tail).fold(0f32, |m, &x| m.max(x));
+    (lo, hi)
+}
+
+/// The scale and zero point of a row spanning `[lo, hi]` (`lo <= 0 <= hi`).
+#[inline(always)]
+pub fn activation_params(lo: f32, hi: f32) -> (f32, i32) {
+    let scale = (hi - lo) / 255.0;
+    if !(scale > 0.0) {
+        return (0.0, 0);
+    }
+    (scale, (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32)
+}
+
+/// `round(x * inverse) + zero_point` (ties to even) clamped to `[0, 255]`.
+#[inline(always)]
+pub fn quantize_unsigned(x: f32, inverse: f32, zero_point: f32) -> i16 {
+    ((x * inverse).round_ties_even() + zero_point).clamp(0.0, 255.0) as i16
 }
 
 /// `round(x * inverse)` (ties to even) clamped to `[-127, 127]`.
@@ -73,5 +111,26 @@ mod tests {
         assert_eq!(quantize_value(1e9, 1.0), 127);
         assert_eq!(quantize_value(-1e9, 1.0), -127);
         assert_eq!(quantize_value(2.5, 1.0), 2);
+    }
+
+    #[test]
+    fn rows_use_all_256_codes_and_zero_is_exact() {
+        let row: Vec<f32> = (0..40).map(|i| i as f32 * 0.25 - 1.0).collect();
+        let (lo, hi) = min_max(&row);
+        assert_eq!((lo, hi), (-1.0, 8.75));
+        let (scale, zero) = activation_params(lo, hi);
+        assert_eq!(scale, 9.75 / 255.0);
+        let codes: Vec<i16> = row
+            .iter()
+            .map(|&x| quantize_unsigned(x, 1.0 / scale, zero as f32))
+            .collect();
+        assert_eq!((codes[0], codes[39]), (0, 255));
+        assert_eq!(codes[4] as i32, zero, "0.0 maps to the zero point");
+        for (&u, &x) in codes.iter().zip(&row) {
+            assert!(((u as i32 - zero) as f32 * scale - x).abs() <= scale / 2.0 + 1e-6);
+        }
+        assert_eq!(min_max(&[2.0, 3.0]), (0.0, 3.0), "0 is always in range");
+        assert_eq!(activation_params(0.0, 0.0), (0.0, 0));
+        assert_eq!(min_max(&[f32::NAN, -1.0]), (-1.0, 0.0));
     }
 }
