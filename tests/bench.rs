@@ -110,6 +110,44 @@ fn layer_products_follow_the_rows_one_per_dense_layer_and_batch() {
 }
 
 #[test]
+fn int8_rows_and_peaks_sit_beside_f32() {
+    let output = bench(&[
+        "--dtype",
+        "f32,int8",
+        "--batch-sizes",
+        "2",
+        "--peak",
+        "--format",
+        "json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    assert_eq!(
+        lines.len(),
+        4 + 2,
+        "two peaks per dtype, then a row per dtype"
+    );
+    let peaks: Vec<(&str, &str)> = lines[..4]
+        .iter()
+        .map(|l| {
+            let peak = &l["matmul_peak"];
+            (
+                peak["dtype"].as_str().unwrap(),
+                peak["kernel"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!((peaks[0].0, peaks[2].0), ("f32", "int8"), "{peaks:?}");
+    assert!(peaks[2].1.starts_with("vit int8 "), "{peaks:?}");
+    let dtypes: Vec<&str> = lines[4..]
+        .iter()
+        .map(|r| r["dtype"].as_str().unwrap())
+        .collect();
+    assert_eq!(dtypes, ["f32", "int8"]);
+    assert!(lines[5]["images_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn dtypes_and_batches_give_one_table() {
     let output = bench(&["--dtype", "f32,bf16", "--batch-sizes", "1,2"]);
     assert!(output.status.success(), "{}", stderr(&output));

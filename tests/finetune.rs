@@ -378,6 +378,10 @@ fn bad_requests_fail_cleanly_without_touching_earlier_outputs() {
         "not a positive multiple of the model's patch size 8",
     );
     assert_clean_failure(
+        &run(&setup.args("never", &["--dtype", "int8"])),
+        "--dtype int8 is for inference; finetune trains in f32, f16 or bf16",
+    );
+    assert_clean_failure(
         &vit(&[
             "finetune",
             "--data",

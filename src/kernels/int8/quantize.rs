@@ -68,7 +68,10 @@ pub fn activation_params(lo: f32, hi: f32) -> (f32, i32) {
     if !(scale > 0.0) {
         return (0.0, 0);
     }
-    (scale, (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32)
+    (
+        scale,
+        (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32,
+    )
 }
 
 /// `round(x * inverse) + zero_point` (ties to even) clamped to `[0, 255]`.
