@@ -65,7 +65,8 @@ pub fn min_max(values: &[f32]) -> (f32, f32) {
 #[inline(always)]
 pub fn activation_params(lo: f32, hi: f32) -> (f32, i32) {
     let scale = (hi - lo) / 255.0;
-    if !(scale > 0.0) {
+    // A NaN span counts as none, as zero does.
+    if scale.is_nan() || scale <= 0.0 {
         return (0.0, 0);
     }
     (
