@@ -61,9 +61,11 @@ clean:
 # random models with HF's own initialisation (written once by bench_infer_torch.py
 # --save-random): ViT-B/16 224 and a DeiT-Tiny-sized ViT (hidden 192, 12 layers, 3 heads, MLP
 # 768, patch 16, 224). Same threads, batch sizes and seconds per row for all three; dtypes
-# BENCH_DTYPES for vit and PyTorch (bf16 possible: BENCH_DTYPES=f32,bf16), f32 only for ORT.
+# BENCH_DTYPES (f32,int8; bf16 possible): f32 and bf16 for PyTorch, f32 and int8 for ORT
+# (int8: the export through quantize_dynamic, per-channel QInt8), all of them for vit.
 # Then tests/bench/machine_peaks.py measures the machine's f32 matrix-product ceiling (numpy's
-# BLAS and torch.mm at 2048^3 and 4096^3, with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, as
+# BLAS and torch.mm at 2048^3 and 4096^3; int8: torch._int_mm and ORT's quantized MatMul;
+# with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, as
 # they slow OpenBLAS down) beside vit's own kernel (`vit bench --peak`, once), and
 # tests/bench/compare.py prints per model and row: each side's img/s and p50, vit's ratio to
 # each peer, and each side's share of that ceiling; then the peaks. All outputs (JSONL, and
@@ -72,7 +74,7 @@ clean:
 
 BENCH_OUT     ?= target/bench
 BENCH_THREADS ?= 2
-BENCH_DTYPES  ?= f32
+BENCH_DTYPES  ?= f32,int8
 BENCH_BATCHES ?= 1,8
 BENCH_SECONDS ?= 10
 BENCH_ROUNDS  ?= 2
@@ -112,7 +114,7 @@ for round in $$(seq $(BENCH_ROUNDS)); do \
 	$(VENV)/bin/python tests/bench/bench_infer_torch.py --model $(1) --attn sdpa \
 		--threads $(BENCH_THREADS) --dtypes $(BENCH_DTYPES) --batch-sizes $(BENCH_BATCHES) \
 		--seconds $(BENCH_SECONDS) >> $(BENCH_OUT)/$(2)-torch.jsonl || exit $$?; \
-	$(VENV)/bin/python tests/bench/bench_infer_onnx.py --model $(1) \
+	$(VENV)/bin/python tests/bench/bench_infer_onnx.py --model $(1) --dtypes $(BENCH_DTYPES) \
 		--threads $(BENCH_THREADS) --batch-sizes $(BENCH_BATCHES) \
 		--seconds $(BENCH_SECONDS) >> $(BENCH_OUT)/$(2)-ort.jsonl || exit $$?; \
 done

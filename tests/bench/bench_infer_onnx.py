@@ -9,6 +9,11 @@
                 pixels, warm-up runs, then as many timed runs as fit in --seconds (at least 3).
                 Prints one JSON line per batch with the fields of bench_infer_torch.py's rows.
 
+  --dtypes f32,int8   int8 is the same export through onnxruntime.quantization.quantize_dynamic
+                (per-channel int8 weights, QInt8; activations quantized per call, ORT's
+                default), written once to DIR/model.int8.onnx; its logits' distance to
+                PyTorch's goes to stderr (quantization moves them: not checked).
+
 Before timing, ORT's logits are checked once against PyTorch's on the same input (batch 2, so
 that the dynamic batch axis is exercised): the max abs difference goes to stderr, and the
 script fails above 1e-3 (a stale DIR/model.onnx from other weights fails here: delete it).
@@ -101,6 +106,31 @@ def session(path, threads):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def quantized(path):
+    """DIR/model.int8.onnx from DIR/model.onnx (temp file, then rename), once."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = os.path.splitext(path)[0] + ".int8.onnx"
+    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(path):
+        return out
+    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{os.getpid()}.tmp.onnx")
+    try:
+        quantize_dynamic(path, tmp, per_channel=True, weight_type=QuantType.QInt8)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
+
+
+def logits_distance(sess, model, image_size):
+    pixels = np.random.default_rng(1).standard_normal((2, 3, image_size, image_size), dtype=np.float32)
+    (ours,) = sess.run(["logits"], {"pixel_values": pixels})
+    with torch.inference_mode():
+        theirs = model(pixel_values=torch.from_numpy(pixels)).logits.numpy()
+    return float(np.max(np.abs(ours - theirs)))
+
+
 def check(sess, model, image_size):
     pixels = np.random.default_rng(1).standard_normal((2, 3, image_size, image_size), dtype=np.float32)
     (ours,) = sess.run(["logits"], {"pixel_values": pixels})
@@ -117,6 +147,7 @@ def main():
     parser.add_argument("--model", metavar="DIR", required=True)
     parser.add_argument("--onnx", metavar="PATH", help="the ONNX file (default DIR/model.onnx)")
     parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--dtypes", default="f32", help="f32 and/or int8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -130,11 +161,26 @@ def main():
         start = time.perf_counter()
         method = export(model, path, size)
         print(f"exported {path} with {method} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    sess = session(path, args.threads)
-    method = sess.get_modelmeta().custom_metadata_map.get("exporter", "unknown")
-    check(sess, model, size)
+    sessions = []
+    for dtype in args.dtypes.split(","):
+        if dtype == "f32":
+            sess = session(path, args.threads)
+            check(sess, model, size)
+        elif dtype == "int8":
+            sess = session(quantized(path), args.threads)
+            distance = logits_distance(sess, model, size)
+            print(f"onnxruntime int8 vs torch f32 logits (batch 2): max abs diff {distance:.2e}", file=sys.stderr, flush=True)
+        else:
+            print(f"bench_infer_onnx: no {dtype} row for ONNX Runtime (f32 and int8 only)", file=sys.stderr)
+            continue
+        sessions.append((dtype, sess))
     del model
+    for dtype, sess in sessions:
+        time_session(sess, dtype, size, args)
 
+
+def time_session(sess, dtype, size, args):
+    method = sess.get_modelmeta().custom_metadata_map.get("exporter", "unknown")
     rng = np.random.default_rng(0)
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         feed = {"pixel_values": rng.standard_normal((batch, 3, size, size), dtype=np.float32)}
@@ -153,7 +199,8 @@ def main():
             "provider": "CPUExecutionProvider",
             "export": method,
             "threads": args.threads,
-            "dtype": "f32",
+            "dtype": dtype,
+            "quantization": "quantize_dynamic per-channel QInt8" if dtype == "int8" else None,
             "batch": batch,
             "iters": len(latencies),
             "images_per_sec": batch / mean,

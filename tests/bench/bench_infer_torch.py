@@ -16,12 +16,25 @@ Two jobs:
 import argparse
 import json
 import math
+import sys
 import time
 
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def float_dtypes(names):
+    """The float dtypes of a comma-separated list; others (int8, whose peer in
+    `make bench-compare` is ONNX Runtime's dynamic quantization) are skipped with a note."""
+    chosen = []
+    for name in names.split(","):
+        if name in DTYPES:
+            chosen.append(name)
+        else:
+            print(f"bench_infer_torch: no {name} row for PyTorch", file=sys.stderr)
+    return chosen
 
 
 def percentile(sorted_values, q):
@@ -47,7 +60,7 @@ def time_rows(args):
     model = ViTForImageClassification.from_pretrained(args.model, attn_implementation=args.attn)
     model.eval()
     size = model.config.image_size
-    for name in args.dtypes.split(","):
+    for name in float_dtypes(args.dtypes):
         dtype = DTYPES[name]
         model = model.to(dtype)
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
@@ -82,7 +95,7 @@ def time_rows(args):
 
 def time_peak(dtypes):
     n = 2048
-    for name in dtypes.split(","):
+    for name in float_dtypes(dtypes):
         a = torch.randn(n, n).to(DTYPES[name])
         b = torch.randn(n, n).to(DTYPES[name])
         torch.mm(a, b)

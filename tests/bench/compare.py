@@ -10,8 +10,9 @@ peaks behind that ceiling (machine_peaks.py, and vit's own kernel from `vit benc
 The achieved GFLOP/s of a row is images/s x the model's GFLOP per image (as `vit bench`
 counts it: the same for all three, as they run the same weights); the ceiling is the best f32
 product at 2048^3 or 4096^3 among vit's kernel, numpy's BLAS and torch.mm on this machine and
-thread count. bf16 rows are measured against the same f32 ceiling; ONNX Runtime has no bf16
-row (n/a). Only the standard library.
+thread count. bf16 rows are measured against the same f32 ceiling, int8 rows against the
+int8 one (torch._int_mm, ONNX Runtime's quantized MatMul and vit's int8 product); ONNX Runtime
+has no bf16 row and PyTorch no int8 row (n/a). Only the standard library.
 """
 
 import argparse
@@ -101,6 +102,10 @@ def main():
     f32 = {k: v for k, v in best.items() if k[1] == "f32" and k[2] in (2048, 4096)}
     ceiling_key = max(f32, key=f32.get) if f32 else None
     ceiling = f32[ceiling_key] if ceiling_key else None
+    int8 = {k: v for k, v in best.items() if k[1] == "int8" and k[2] in (2048, 4096)}
+    int8_key = max(int8, key=int8.get) if int8 else None
+    # int8 rows are measured against the int8 ceiling, the others against f32's.
+    ceilings = {"int8": int8[int8_key] if int8_key else None}
 
     threads = sorted({r["threads"] for _, _, t, o in models for r in list(t.values()) + list(o.values())}
                      | ({cpu["threads"]} if "threads" in cpu else set()))
@@ -110,6 +115,9 @@ def main():
     if ceiling:
         label, _, size = ceiling_key
         print(f"f32 ceiling: {ceiling:.1f} GFLOP/s ({label}, {size}^3); %ceil = achieved GFLOP/s / ceiling")
+    if int8_key:
+        label, _, size = int8_key
+        print(f"int8 ceiling: {int8[int8_key]:.1f} GOP/s ({label}, {size}^3), for the int8 rows' %ceil")
 
     header = ("dtype", "batch", "vit img/s", "torch img/s", "ort img/s", "vit/torch", "vit/ort",
               "vit p50 ms", "torch p50", "ort p50", "vit %ceil", "torch %ceil", "ort %ceil")
@@ -137,14 +145,15 @@ def main():
             ips = [s["images_per_sec"] if s else None for s in sides]
             p50 = [s["latency_ms"]["p50"] if s else None for s in sides]
             ratio = [ips[0] / other if other else None for other in ips[1:]]
-            share = [100 * v * gflop / ceiling if v is not None and ceiling else None for v in ips]
+            row_ceiling = ceilings.get(dtype, ceiling)
+            share = [100 * v * gflop / row_ceiling if v is not None and row_ceiling else None for v in ips]
             print(line_format.format(
                 dtype, batch, *(fmt(v, ".3f") for v in ips), *(fmt(r, ".2f") + ("x" if r else "") for r in ratio),
                 *(fmt(v, ".1f") for v in p50), *(fmt(s, ".0f") + ("%" if s is not None else "") for s in share)))
 
     if best:
         sizes = sorted({k[2] for k in best})
-        print("\nmatrix products, GFLOP/s (best call):")
+        print("\nmatrix products, GFLOP/s (GOP/s for int8; best call):")
         width = max(len(k[0]) for k in best)
         print(f"{'dtype':<5}  {'product':<{width}}" + "".join(f" {f'{n}^3':>8}" for n in sizes))
         for label, dtype in sorted({(k[0], k[1]) for k in best}, key=lambda k: (k[1] != "f32", k[1], not k[0].startswith("vit"), k[0])):
@@ -159,6 +168,12 @@ def main():
                   f"2048^3 ({top[0]}, {libraries[top]:.1f} GFLOP/s)")
         elif not ours:
             print("our kernel at 2048^3: not measured (no `vit bench --peak` line)")
+        ours8 = max((v for k, v in int8.items() if k[0].startswith("vit") and k[2] == 2048), default=None)
+        libraries8 = {k: v for k, v in int8.items() if not k[0].startswith("vit") and k[2] == 2048}
+        if ours8 and libraries8:
+            top = max(libraries8, key=libraries8.get)
+            print(f"our int8 kernel at 2048^3 = {100 * ours8 / libraries8[top]:.0f}% of the best library int8 product "
+                  f"at 2048^3 ({top[0]}, {libraries8[top]:.1f} GOP/s)")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""The machine's f32 matrix-product ceiling, for `make bench-compare`.
+"""The machine's f32 and int8 matrix-product ceilings, for `make bench-compare`.
 
 Prints JSON lines:
 
   {"cpu": "<lscpu Model name>", "flags": "avx2 fma ...", "threads": N}
   {"matmul_peak": "f32", "library": "numpy 2.x (OpenBLAS 0.3.x, <core>)", "size": 2048, "gflops": X, ...}
 
-one peak line per library (numpy's BLAS, torch.mm) and size (2048 and 4096): GFLOP/s of an
-n x n by n x n f32 product with N threads, the best call of those that fit in --seconds after a
+one peak line per library (f32: numpy's BLAS, torch.mm; int8 ("matmul_peak": "int8", GOP/s):
+torch._int_mm, and ONNX Runtime's quantize_dynamic MatMul) and size (2048 and 4096): GFLOP/s of
+an n x n by n x n product with N threads, the best call of those that fit in --seconds after a
 warm-up call (best, as `vit bench --peak` reports its own kernel; the mean is there too). Each
 library runs in its own process, with OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and
 MKL_NUM_THREADS set to N before it is imported, so that neither's idle threads spin beside the
@@ -128,12 +129,65 @@ def run_torch(sizes, seconds, threads):
         yield library, n, time_product(torch.mm, a, b, seconds)
 
 
+def run_torch_int8(sizes, seconds, threads):
+    """torch._int_mm: int8 x int8 -> int32, both operands given (no quantization timed)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    library = f"torch {torch.__version__.split('+')[0]} _int_mm"
+    for n in sizes:
+        a = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+        b = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+        yield library, n, time_product(torch._int_mm, a, b, seconds)
+
+
+def run_ort_int8(sizes, seconds, threads):
+    """ONNX Runtime's int8 product as its dynamically quantized models run it: one f32 MatMul
+    of an n x n input by an n x n weight, through quantize_dynamic (per-channel int8 weight;
+    the activation quantized in each call, as in `vit`'s int8 product)."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    library = f"onnxruntime {ort.__version__} (quantize_dynamic MatMul)"
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        weight = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "w")
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])], "peak",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [weight])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        with tempfile.TemporaryDirectory() as tmp:
+            f32_path, int8_path = os.path.join(tmp, "f32.onnx"), os.path.join(tmp, "int8.onnx")
+            onnx.save(model, f32_path)
+            quantize_dynamic(f32_path, int8_path, per_channel=True, weight_type=QuantType.QInt8)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            sess = ort.InferenceSession(int8_path, options, providers=["CPUExecutionProvider"])
+        x = rng.standard_normal((n, n), dtype=np.float32)
+        yield library, n, time_product(lambda a, _: sess.run(["y"], {"x": a}), x, None, seconds)
+
+
+RUNNERS = {
+    "numpy": ("f32", lambda sizes, seconds, threads: run_numpy(sizes, seconds)),
+    "torch": ("f32", run_torch),
+    "torch-int8": ("int8", run_torch_int8),
+    "onnxruntime-int8": ("int8", run_ort_int8),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", default="2048,4096")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per (library, size)")
-    parser.add_argument("--library", choices=["numpy", "torch"], help="time only this one, in this process")
+    parser.add_argument("--library", choices=list(RUNNERS), help="time only this one, in this process")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -146,7 +200,7 @@ def main():
         env = dict(os.environ)
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(args.threads)
-        for library in ("numpy", "torch"):
+        for library in RUNNERS:
             subprocess.run([sys.executable, os.path.abspath(__file__), "--library", library,
                             "--threads", str(args.threads), "--sizes", args.sizes,
                             "--seconds", str(args.seconds)], env=env, check=True)
@@ -154,10 +208,10 @@ def main():
 
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy or torch is imported
-    rows = run_numpy(sizes, args.seconds) if args.library == "numpy" else run_torch(sizes, args.seconds, args.threads)
-    for library, n, (best, mean, runs) in rows:
+    dtype, runner = RUNNERS[args.library]
+    for library, n, (best, mean, runs) in runner(sizes, args.seconds, args.threads):
         flop = 2 * n**3
-        print(json.dumps({"matmul_peak": "f32", "library": library, "size": n, "threads": args.threads,
+        print(json.dumps({"matmul_peak": dtype, "library": library, "size": n, "threads": args.threads,
                           "gflops": flop / best / 1e9, "gflops_mean": flop / mean / 1e9, "runs": runs}), flush=True)
 
 
