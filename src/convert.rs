@@ -66,6 +66,9 @@ pub struct ConvertOptions {
     pub layout: Option<Layout>,
     /// The dtype of the written tensors; `None` keeps each tensor's own.
     pub dtype: Option<DType>,
+    /// Write an int8 folder ([`crate::quantize`]): the encoder's dense weights as int8 with
+    /// per-channel scales, every other tensor in f32 (`dtype` is then ignored).
+    pub int8: bool,
     /// Largest shard in bytes; a bigger model is split into several files with an index.
     pub max_shard_size: u64,
     /// Attention heads for a checkpoint without an HF `config.json`.
@@ -99,8 +102,11 @@ pub struct Summary {
     pub config: String,
     /// Where `preprocessor_config.json` came from.
     pub preprocessor: String,
-    /// Largest absolute change of any element made by the dtype cast (0 when exact).
+    /// Largest absolute change of any element made by the dtype cast or the int8
+    /// quantization (0 when exact).
     pub max_cast_change: f64,
+    /// What the int8 quantization wrote, for an int8 folder.
+    pub int8: Option<crate::quantize::Quantized>,
     /// Warnings and notes for stderr (dropped tensors, assumed head count, ...).
     pub notes: Vec<String>,
 }
@@ -108,7 +114,10 @@ pub struct Summary {
 impl Summary {
     /// The written dtypes, e.g. `bf16` or `f16+f32`.
     pub fn dtype_label(&self) -> String {
-        let names: Vec<&str> = self.dtypes.iter().map(DType::as_str).collect();
+        let mut names: Vec<&str> = self.dtypes.iter().map(DType::as_str).collect();
+        if self.int8.is_some() {
+            names.insert(0, "int8");
+        }
         names.join("+")
     }
 
@@ -126,6 +135,7 @@ impl Summary {
             "config": self.config,
             "preprocessor": self.preprocessor,
             "max_cast_change": self.max_cast_change,
+            "int8_tensors": self.int8.as_ref().map_or(0, |q| q.tensors),
             "verified": true,
         })
     }
@@ -160,8 +170,12 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
     let plan = plan(files, source, options)?;
     notes.extend(plan.notes);
     let mut tensors = plan.tensors;
+    let cast = match options.int8 {
+        true => Some(DType::F32),
+        false => options.dtype,
+    };
     for (name, tensor) in tensors.iter_mut() {
-        if let Some(dtype) = options.dtype.filter(|d| *d != tensor.dtype()) {
+        if let Some(dtype) = cast.filter(|d| *d != tensor.dtype()) {
             *tensor = tensor
                 .to_dtype(dtype)
                 .with_context(|| format!("tensor {name}: cannot cast to {}", dtype.as_str()))?;
@@ -200,7 +214,7 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
         &plan.config,
         plan.config_source,
         uniform,
-        options.dtype.is_some(),
+        cast.is_some(),
     )?;
     let preprocessor = write_preprocessor(staged.path(), &plan.preprocessor)?;
     match_permissions(staged.path(), shards.len())?;
@@ -215,14 +229,25 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
         &bar,
     )
     .with_context(|| format!("{}: verification failed", output.display()))?;
+    let int8 = match options.int8 {
+        false => None,
+        true => Some(
+            quantize_staged(staged.path(), &shards, &tensors, target)
+                .with_context(|| format!("{}: int8 quantization failed", output.display()))?,
+        ),
+    };
     bar.finish_and_clear();
     let output = staged.commit()?;
+    let (bytes, max_cast_change) = match &int8 {
+        Some(q) => (q.bytes, max_cast_change.max(q.max_change)),
+        None => (bytes, max_cast_change),
+    };
 
     Ok(Summary {
         output,
         layout: plan.layout,
         source_tensors: plan.source_tensors,
-        tensors: tensors.len(),
+        tensors: tensors.len() + int8.as_ref().map_or(0, |q| q.tensors),
         parameters: tensors.values().map(Tensor::elem_count).sum(),
         bytes,
         dtypes,
@@ -230,8 +255,58 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
         config,
         preprocessor,
         max_cast_change,
+        int8,
         notes,
     })
+}
+
+/// Rewrites the verified f32 folder `dir` as an int8 folder: each weights file quantized
+/// ([`crate::quantize::quantize_file`]), the index's total size and `config.json`'s
+/// `quantization` entry updated; then reads the weights back (dequantized, as `vit` loads
+/// them) and checks them against `tensors`, the f32 weights by canonical name.
+fn quantize_staged(
+    dir: &Path,
+    shards: &[Vec<String>],
+    tensors: &StateDict,
+    target: ModelLayout,
+) -> Result<crate::quantize::Quantized> {
+    use crate::quantize::{config_entry, is_quantized_weight, quantize_file, verify_dequantized};
+    let mut total = crate::quantize::Quantized::default();
+    for index in 0..shards.len() {
+        let report = quantize_file(&dir.join(shard_file(index, shards.len())))?;
+        total.tensors += report.tensors;
+        total.elements += report.elements;
+        total.bytes += report.bytes;
+        total.max_change = total.max_change.max(report.max_change);
+    }
+    if shards.len() > 1 {
+        let path = dir.join("model.safetensors.index.json");
+        let mut index = read_json(&path)?;
+        index["metadata"]["total_size"] = Value::from(total.bytes);
+        write_json(&path, &index)?;
+    }
+    let config_path = dir.join("config.json");
+    let mut config = read_json(&config_path)?;
+    config["quantization"] = config_entry();
+    write_json(&config_path, &config)?;
+    match_permissions(dir, shards.len())?;
+
+    let files = ModelFiles::local(dir)?;
+    let mapped =
+        crate::model::formats::mapped::MappedSafetensors::open(&files.weights, Some(target))?;
+    let mut quantized = 0;
+    for (name, tensor) in tensors {
+        let read = mapped.tensor(name, DType::F32, &candle_core::Device::Cpu)?;
+        let is_int8 = is_quantized_weight(name, tensor.dims());
+        quantized += usize::from(is_int8);
+        verify_dequantized(name, tensor, &read, is_int8)?;
+    }
+    ensure!(
+        quantized == total.tensors && mapped.has_int8() == (quantized > 0),
+        "{} int8 tensors written, {quantized} expected",
+        total.tensors
+    );
+    Ok(total)
 }
 
 /// The default output folder: beside a local input, named after it with `-hf`
@@ -1058,6 +1133,7 @@ mod tests {
         let options = ConvertOptions {
             layout: None,
             dtype: None,
+            int8: false,
             max_shard_size: 1 << 30,
             num_heads: Some(1),
             overwrite: false,

@@ -36,6 +36,7 @@ pub mod inputs;
 pub mod kernels;
 pub mod model;
 pub mod preprocess;
+pub mod quantize;
 pub mod tokenizer;
 pub mod train;
 pub mod zero_shot;

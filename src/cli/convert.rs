@@ -58,6 +58,9 @@ enum DTypeArg {
     F32,
     F16,
     Bf16,
+    /// The encoder's dense weights as int8 with one f32 scale per output channel, the rest
+    /// f32 (README, "int8 model folders").
+    Int8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,11 +98,12 @@ pub fn run(args: ConvertArgs) -> Result<Outcome> {
             FromArg::Timm => Some(Layout::Timm),
         },
         dtype: match args.dtype {
-            DTypeArg::Keep => None,
+            DTypeArg::Keep | DTypeArg::Int8 => None,
             DTypeArg::F32 => Some(DType::F32),
             DTypeArg::F16 => Some(DType::F16),
             DTypeArg::Bf16 => Some(DType::BF16),
         },
+        int8: matches!(args.dtype, DTypeArg::Int8),
         max_shard_size: args.max_shard_size,
         num_heads: args.num_heads,
         overwrite: args.force,
@@ -126,9 +130,14 @@ pub fn run(args: ConvertArgs) -> Result<Outcome> {
 }
 
 fn text_summary(input: &str, summary: &Summary) -> String {
-    let verified = match summary.max_cast_change {
-        0.0 => "every tensor equal to the source".to_string(),
-        change => format!(
+    let verified = match (summary.max_cast_change, &summary.int8) {
+        (change, Some(int8)) => format!(
+            "every tensor equal to the source in f32, the {} int8 weights to its per-channel \
+             quantization (largest change {change:.2e})",
+            int8.tensors
+        ),
+        (0.0, None) => "every tensor equal to the source".to_string(),
+        (change, None) => format!(
             "every tensor equal to the source rounded to {} (largest change {change:.2e})",
             summary.dtype_label()
         ),

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::{ModelSpec, DEFAULT_MODEL};
 use vit::inputs::{collect_inputs, read_file_list, Input, Shard};
-use vit::model::{AttentionKernel, LoadOptions, LoadedModel, ModelOptions};
+use vit::model::{AttentionKernel, Int8Weights, LoadOptions, LoadedModel, ModelOptions};
 
 /// Run, measure, convert and fine-tune Vision Transformers (HF ViT, DeiT, DINOv2, CLIP and
 /// SigLIP checkpoints) on Candle, without Python.
@@ -162,12 +162,25 @@ impl ModelArgs {
             (0, None) => "no head".to_string(),
             (n, None) => format!("{n} labels"),
         };
+        if loaded.int8 == Int8Weights::Dequantized {
+            eprintln!(
+                "vit: {}: int8 weights dequantized to {} on {} (int8 products run on the CPU in \
+                 f32)",
+                files.weights.display(),
+                dtype.as_str(),
+                device_name(&device)
+            );
+        }
+        let runs_int8 = matches!(
+            loaded.int8,
+            Int8Weights::Stored | Int8Weights::QuantizedAtLoad
+        );
         eprintln!(
             "vit: model {} ({}, {head}) on {} {}",
             spec.describe(),
             loaded.layout.name(),
             device_name(&device),
-            if int8 { "int8" } else { dtype.as_str() }
+            if runs_int8 { "int8" } else { dtype.as_str() }
         );
         Ok(ReadyModel { loaded, device })
     }

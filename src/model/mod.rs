@@ -50,6 +50,22 @@ pub struct LoadedModel {
     pub layout: Layout,
     /// The text tower of an image-text model (CLIP).
     pub text: Option<TextTower>,
+    /// How its weights are stored and run: see [`Int8Weights`].
+    pub int8: Int8Weights,
+}
+
+/// Whether a model's dense layers are int8, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Weights {
+    /// Float weights, run in the requested dtype.
+    No,
+    /// Quantized to int8 as the model loaded (`ModelOptions::int8`).
+    QuantizedAtLoad,
+    /// An int8 folder ([`crate::quantize`]), run as int8 on the CPU.
+    Stored,
+    /// An int8 folder whose weights were dequantized to the requested dtype: on a GPU, in
+    /// half precision, or for training, where the int8 products do not run.
+    Dequantized,
 }
 
 /// The text side of an image-text model: its tower, its tokenizer and the scale and bias of
@@ -97,6 +113,7 @@ impl LoadedModel {
             Some(json) => Some(Layout::of_config(json).with_context(in_config)?),
             None => None,
         };
+        let mut model_options = options.model;
         let (layout, weights) = match weights::is_safetensors(&files.weights) {
             true => {
                 let mapped = mapped::MappedSafetensors::open(&files.weights, layout)?;
@@ -105,6 +122,21 @@ impl LoadedModel {
             false => {
                 let (layout, state) = weights::read_weights_in(&files.weights, layout)?;
                 (layout, Weights::Loaded(state))
+            }
+        };
+        let stored_int8 = matches!(&weights, Weights::Mapped(mapped) if mapped.has_int8());
+        let int8 = match (stored_int8, options.model.int8) {
+            (false, false) => Int8Weights::No,
+            (false, true) => Int8Weights::QuantizedAtLoad,
+            (true, _) => {
+                let runnable = options.device.is_cpu()
+                    && options.dtype == DType::F32
+                    && !options.model.differentiable;
+                model_options.int8 = runnable;
+                match runnable {
+                    true => Int8Weights::Stored,
+                    false => Int8Weights::Dequantized,
+                }
             }
         };
         let shapes: &dyn weights::TensorShapes = match &weights {
@@ -159,7 +191,7 @@ impl LoadedModel {
             ),
             None => None,
         };
-        let model = VisionTransformer::new(vb, &config, options.model).with_context(in_weights)?;
+        let model = VisionTransformer::new(vb, &config, model_options).with_context(in_weights)?;
         Ok(Self {
             model,
             config,
@@ -167,6 +199,7 @@ impl LoadedModel {
             unused_tensors,
             layout,
             text,
+            int8,
         })
     }
 }

@@ -19,10 +19,13 @@ struct Entry {
     shard: usize,
     /// The name in the file (before [`normalized_names`]).
     stored_name: String,
+    /// The dtype of the values (f32 for int8 codes, which are dequantized as they are read).
     dtype: DType,
     shape: Vec<usize>,
     /// Byte range in the shard's map.
     bytes: std::ops::Range<usize>,
+    /// For an int8 tensor, its scales (one per row): see [`crate::quantize`].
+    scale: Option<Box<Entry>>,
 }
 
 impl Entry {
@@ -40,9 +43,14 @@ impl Entry {
         let start = self.bytes.start + part * bytes_per_part;
         let mut shape = self.shape.clone();
         shape[0] = rows / count;
+        let scale = match &self.scale {
+            Some(scale) => Some(Box::new(scale.rows(part, count)?)),
+            None => None,
+        };
         Ok(Self {
             shape,
             bytes: start..start + bytes_per_part,
+            scale,
             ..self.clone()
         })
     }
@@ -88,8 +96,14 @@ impl MappedSafetensors {
                 .with_context(|| format!("{}: not a valid safetensors file", file.display()))?;
             let start = 8 + header;
             for (stored_name, info) in metadata.tensors() {
-                let dtype = candle_dtype(info.dtype)
-                    .with_context(|| format!("{}: tensor {stored_name}", file.display()))?;
+                let (dtype, int8) = match info.dtype {
+                    Dtype::I8 => (DType::F32, true),
+                    other => (
+                        candle_dtype(other)
+                            .with_context(|| format!("{}: tensor {stored_name}", file.display()))?,
+                        false,
+                    ),
+                };
                 let (begin, end) = info.data_offsets;
                 stored.push(Entry {
                     shard,
@@ -97,6 +111,8 @@ impl MappedSafetensors {
                     dtype,
                     shape: info.shape.clone(),
                     bytes: start + begin..start + end,
+                    // Marks an int8 tensor until its scales are attached below.
+                    scale: int8.then(|| Box::new(placeholder_scale())),
                 });
             }
             shards.push((file, map));
@@ -105,6 +121,7 @@ impl MappedSafetensors {
             let names: HashSet<&str> = stored.iter().map(|e| e.stored_name.as_str()).collect();
             index.check(path, |name| names.contains(name))?;
         }
+        let stored = attach_scales(stored, |shard| shards[shard].0.as_path())?;
         let (layout, renamed) =
             normalized_names(stored.iter().map(|e| e.stored_name.clone()), layout);
         let by_name: HashMap<String, Entry> = stored
@@ -149,15 +166,19 @@ impl MappedSafetensors {
             .get(name)
             .with_context(|| format!("missing tensor {name}"))?;
         let (file, map) = &self.shards[entry.shard];
-        let tensor = Tensor::from_raw_buffer(
-            &map[entry.bytes.clone()],
-            entry.dtype,
-            &entry.shape,
-            &Device::Cpu,
-        )
-        .and_then(|t| t.to_dtype(dtype))
-        .and_then(|t| t.to_device(device))
-        .with_context(|| format!("{}: tensor {}", file.display(), entry.stored_name))?;
+        let values = match &entry.scale {
+            None => Tensor::from_raw_buffer(
+                &map[entry.bytes.clone()],
+                entry.dtype,
+                &entry.shape,
+                &Device::Cpu,
+            ),
+            Some(scale) => self.dequantized(entry, scale),
+        };
+        let tensor = values
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_device(device))
+            .with_context(|| format!("{}: tensor {}", file.display(), entry.stored_name))?;
         // SAFETY: DONTNEED on a read-only file map drops our mapping of those pages; a later
         // read maps them again from the file, so no data the map shows can change.
         unsafe {
@@ -168,6 +189,92 @@ impl MappedSafetensors {
             );
         }
         Ok(tensor)
+    }
+}
+
+impl MappedSafetensors {
+    /// Whether any tensor is stored as int8 (an int8 folder).
+    pub fn has_int8(&self) -> bool {
+        self.tensors.values().any(|e| e.scale.is_some())
+    }
+
+    /// An int8 tensor's values: each code times its row's scale, in f32.
+    fn dequantized(&self, entry: &Entry, scale: &Entry) -> candle_core::Result<Tensor> {
+        let codes = &self.shards[entry.shard].1[entry.bytes.clone()];
+        let scales = Tensor::from_raw_buffer(
+            &self.shards[scale.shard].1[scale.bytes.clone()],
+            scale.dtype,
+            &scale.shape,
+            &Device::Cpu,
+        )?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+        let rows = scales.len().max(1);
+        let cols = codes.len() / rows;
+        let values: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| q as i8 as f32 * scales[i / cols.max(1)])
+            .collect();
+        Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu)
+    }
+}
+
+/// Attaches to each int8 tensor `NAME` its scales `NAME_scale` (dropped from the tensors):
+/// one f32 (or other float) value per row. A missing or misshapen scale is an error naming
+/// the tensor and its file (`file_of` a shard).
+fn attach_scales<'a>(
+    stored: Vec<Entry>,
+    file_of: impl Fn(usize) -> &'a Path,
+) -> Result<Vec<Entry>> {
+    let suffix = crate::quantize::SCALE_SUFFIX;
+    let mut scales: HashMap<String, Entry> = HashMap::new();
+    let int8: HashSet<String> = stored
+        .iter()
+        .filter(|e| e.scale.is_some())
+        .map(|e| e.stored_name.clone())
+        .collect();
+    let mut rest = Vec::with_capacity(stored.len());
+    for entry in stored {
+        match entry.stored_name.strip_suffix(suffix) {
+            Some(base) if int8.contains(base) => {
+                scales.insert(base.to_string(), entry);
+            }
+            _ => rest.push(entry),
+        }
+    }
+    for entry in rest.iter_mut().filter(|e| e.scale.is_some()) {
+        let file = file_of(entry.shard).display();
+        let name = &entry.stored_name;
+        let Some(scale) = scales.remove(name) else {
+            bail!(
+                "{file}: tensor {name} is int8 but {name}{suffix} (one scale per row) is missing"
+            );
+        };
+        let rows = entry.shape.first().copied().unwrap_or(1);
+        if entry.shape.len() != 2 || scale.shape != [rows] || !scale.dtype.is_float() {
+            bail!(
+                "{file}: tensor {name}{suffix} is {} {:?}; the int8 tensor {name} {:?} needs one \
+                 float scale per row ({rows})",
+                scale.dtype.as_str(),
+                scale.shape,
+                entry.shape
+            );
+        }
+        entry.scale = Some(Box::new(scale));
+    }
+    Ok(rest)
+}
+
+/// What marks an entry as int8 before its scales are found.
+fn placeholder_scale() -> Entry {
+    Entry {
+        shard: 0,
+        stored_name: String::new(),
+        dtype: DType::F32,
+        shape: Vec::new(),
+        bytes: 0..0,
+        scale: None,
     }
 }
 
