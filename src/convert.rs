@@ -283,6 +283,19 @@ fn quantize_staged(
         let path = dir.join("model.safetensors.index.json");
         let mut index = read_json(&path)?;
         index["metadata"]["total_size"] = Value::from(total.bytes);
+        // The scales are new tensors: the weight map is rebuilt from the files.
+        let mut weight_map = serde_json::Map::new();
+        for index in 0..shards.len() {
+            let file = shard_file(index, shards.len());
+            let bytes = std::fs::read(dir.join(&file))
+                .with_context(|| format!("{file}: cannot read"))?;
+            let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+                .with_context(|| format!("{file}: not a valid safetensors file"))?;
+            for (name, _) in metadata.tensors() {
+                weight_map.insert(name, Value::from(file.as_str()));
+            }
+        }
+        index["weight_map"] = Value::Object(weight_map);
         write_json(&path, &index)?;
     }
     let config_path = dir.join("config.json");

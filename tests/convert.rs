@@ -789,3 +789,173 @@ fn image_text_models_are_refused_before_their_weights_are_read() {
         assert!(!target.exists(), "{dir}: nothing written");
     }
 }
+
+/// Loads `dir` in f32 on the CPU with `int8` quantization at load (or not).
+fn load_with_int8(dir: &Path, int8: bool) -> LoadedModel {
+    let options = LoadOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+        num_heads: None,
+        model: ModelOptions {
+            int8,
+            ..ModelOptions::default()
+        },
+    };
+    LoadedModel::load(&ModelFiles::local(dir).unwrap(), &options)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
+}
+
+/// Every tensor of the safetensors files of `dir`: (dtype, shape) by name.
+fn stored_tensors(dir: &Path) -> HashMap<String, (safetensors::Dtype, Vec<usize>)> {
+    let mut found = HashMap::new();
+    for name in file_names(dir) {
+        if !name.ends_with(".safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(dir.join(&name)).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (tensor, view) in file.tensors() {
+            found.insert(tensor, (view.dtype(), view.shape().to_vec()));
+        }
+    }
+    found
+}
+
+#[test]
+fn int8_folders_store_int8_weights_with_scales_and_run_as_load_time_int8() {
+    let input = fixture("hf/p8_s32_gelu_sharded");
+    let io = input.join("io.safetensors");
+    let pixels = &candle_core::safetensors::load(&io, &Device::Cpu).unwrap()["pixel_values"];
+    let quantized_at_load =
+        f32_values(&load_with_int8(&input, true).model.forward(pixels).unwrap());
+    let root = tempfile::tempdir().unwrap();
+    for (name, extra) in [
+        ("single", &[][..]),
+        ("sharded", &["--max-shard-size", "8KiB"][..]),
+    ] {
+        let out = root.path().join(name);
+        let mut args = vec![s(&input), "-o", s(&out), "--dtype", "int8"];
+        args.extend_from_slice(extra);
+        let summary = convert_ok(&args);
+        assert_eq!(summary["dtype"], "int8+f32", "{summary}");
+        let int8 = summary["int8_tensors"].as_u64().unwrap();
+        let stored = stored_tensors(&out);
+        assert_eq!(stored.len() as u64, summary["tensors"].as_u64().unwrap());
+        let mut seen = 0;
+        for (tensor, (dtype, shape)) in &stored {
+            let dense = tensor.contains("encoder.layer.")
+                && tensor.ends_with(".weight")
+                && shape.len() == 2;
+            if dense {
+                seen += 1;
+                assert_eq!(*dtype, safetensors::Dtype::I8, "{tensor}");
+                let scale = &stored[&format!("{tensor}_scale")];
+                assert_eq!(
+                    scale,
+                    &(safetensors::Dtype::F32, vec![shape[0]]),
+                    "{tensor}"
+                );
+            } else {
+                assert_eq!(*dtype, safetensors::Dtype::F32, "{tensor}");
+            }
+        }
+        assert_eq!(seen, int8);
+        assert!(int8 >= 6, "{summary}");
+        let config = read_json(&out.join("config.json"));
+        assert_eq!(config["quantization"]["quant_method"], "int8");
+        assert_eq!(config["quantization"]["scale_suffix"], "_scale");
+        if name == "sharded" {
+            let index = read_json(&out.join("model.safetensors.index.json"));
+            assert_eq!(index["metadata"]["total_size"], summary["bytes"]);
+            assert_eq!(index["weight_map"].as_object().unwrap().len(), stored.len());
+        }
+        let loaded = load_with_int8(&out, false);
+        assert_eq!(loaded.int8, vit::model::Int8Weights::Stored);
+        assert!(
+            loaded.unused_tensors.is_empty(),
+            "{:?}",
+            loaded.unused_tensors
+        );
+        let logits = f32_values(&loaded.model.forward(pixels).unwrap());
+        let diff = max_abs_diff(&logits, &quantized_at_load);
+        assert!(
+            diff < 1e-5,
+            "{name}: {diff} from the same model quantized as it loads"
+        );
+        let reference = f32_values(&io_logits(&io));
+        let largest = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let f32_diff = max_abs_diff(&logits, &reference);
+        assert!(
+            f32_diff < 0.05 * largest,
+            "{name}: {f32_diff} from HF's f32 logits (up to {largest})"
+        );
+    }
+}
+
+fn io_logits(io: &Path) -> Tensor {
+    candle_core::safetensors::load(io, &Device::Cpu).unwrap()["logits"].clone()
+}
+
+#[test]
+fn int8_folders_with_a_missing_or_misshapen_scale_are_refused_naming_the_tensor() {
+    let input = fixture("hf/p8_s32_gelu_sharded");
+    let root = tempfile::tempdir().unwrap();
+    let good = root.path().join("good");
+    convert_ok(&[s(&input), "-o", s(&good), "--dtype", "int8"]);
+    let bytes = std::fs::read(good.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let victim = "vit.encoder.layer.0.intermediate.dense.weight";
+    let scale = format!("{victim}_scale");
+    let rows = file.tensor(victim).unwrap().shape()[0];
+    let wrong_scale: Vec<u8> = vec![0; 4 * (rows - 1)];
+    for (case, message) in [
+        (
+            "missing",
+            format!("tensor {victim} is int8 but {scale} (one scale per row) is missing"),
+        ),
+        (
+            "misshapen",
+            format!(
+                "tensor {scale} is f32 [{}]; the int8 tensor {victim}",
+                rows - 1
+            ),
+        ),
+    ] {
+        let dir = root.path().join(case);
+        std::fs::create_dir(&dir).unwrap();
+        for other in ["config.json", "preprocessor_config.json"] {
+            std::fs::copy(good.join(other), dir.join(other)).unwrap();
+        }
+        let mut kept: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
+        for (name, view) in file.tensors() {
+            if name == scale {
+                if case == "misshapen" {
+                    let view = safetensors::tensor::TensorView::new(
+                        safetensors::Dtype::F32,
+                        vec![rows - 1],
+                        &wrong_scale,
+                    )
+                    .unwrap();
+                    kept.push((name, view));
+                }
+                continue;
+            }
+            kept.push((name, view));
+        }
+        safetensors::serialize_to_file(kept, None, &dir.join("model.safetensors")).unwrap();
+        let output = vit(&[
+            "classify",
+            "-m",
+            s(&dir),
+            "--device",
+            "cpu",
+            s(&fixture("preprocess/images/rgba_120x90.png")),
+        ]);
+        assert_fails(&output, &message);
+        assert!(
+            stderr(&output).contains("model.safetensors"),
+            "{}",
+            stderr(&output)
+        );
+    }
+}
