@@ -292,10 +292,74 @@ fn quantize_row(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32, i32) {
     quantize_row_generic(layout, row, out)
 }
 
+/// [`quantize_row_generic`] on AVX2, 32 values a step (the same operations in the same
+/// order, so the same codes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32, i32) {
-    quantize_row_generic(layout, row, out)
+    use std::arch::x86_64::*;
+    const STEP: usize = 32;
+    let body = row.len() / STEP * STEP;
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for i in (0..body).step_by(8) {
+        let v = _mm256_loadu_ps(row.as_ptr().add(i));
+        // With a NaN in `v`, min and max return their second operand: NaN counts as none.
+        lo = _mm256_min_ps(v, lo);
+        hi = _mm256_max_ps(v, hi);
+    }
+    let (mut lows, mut highs) = ([0f32; 8], [0f32; 8]);
+    _mm256_storeu_ps(lows.as_mut_ptr(), lo);
+    _mm256_storeu_ps(highs.as_mut_ptr(), hi);
+    let (tail_lo, tail_hi) = min_max(&row[body..]);
+    let lo = lows.iter().fold(tail_lo, |m, &x| m.min(x));
+    let hi = highs.iter().fold(tail_hi, |m, &x| m.max(x));
+    let (scale, zero_point) = activation_params(lo, hi);
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let zero = zero_point as f32;
+    let (inv, z, floor, ceiling) = (
+        _mm256_set1_ps(inverse),
+        _mm256_set1_ps(zero),
+        _mm256_setzero_ps(),
+        _mm256_set1_ps(255.0),
+    );
+    let codes = |at: usize| {
+        let v = _mm256_loadu_ps(row.as_ptr().add(at));
+        let q = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(v, inv),
+        );
+        let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), floor), ceiling);
+        _mm256_cvtps_epi32(q)
+    };
+    for i in (0..body).step_by(STEP) {
+        let [c0, c1, c2, c3] = [codes(i), codes(i + 8), codes(i + 16), codes(i + 24)];
+        match layout {
+            Layout::Quads => {
+                // packus works within 128-bit lanes: the bytes come out as 4-value groups
+                // (c0 lo, c1 lo, c2 lo, c3 lo, c0 hi, ...), put back in order by a permute.
+                let bytes = _mm256_packus_epi16(
+                    _mm256_packus_epi32(c0, c1),
+                    _mm256_packus_epi32(c2, c3),
+                );
+                let ordered =
+                    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), ordered);
+            }
+            Layout::Pairs => {
+                for (half, (a, b)) in [(c0, c1), (c2, c3)].into_iter().enumerate() {
+                    let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+                    _mm256_storeu_si256(out.as_mut_ptr().add(2 * (i + 16 * half)).cast(), words);
+                }
+            }
+        }
+    }
+    for (i, &x) in row.iter().enumerate().skip(body) {
+        let code = quantize_unsigned(x, inverse, zero);
+        match layout {
+            Layout::Quads => out[i] = code as u8,
+            Layout::Pairs => out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes()),
+        }
+    }
+    (scale, zero_point)
 }
 
 #[inline(always)]
