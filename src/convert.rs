@@ -287,8 +287,8 @@ fn quantize_staged(
         let mut weight_map = serde_json::Map::new();
         for index in 0..shards.len() {
             let file = shard_file(index, shards.len());
-            let bytes = std::fs::read(dir.join(&file))
-                .with_context(|| format!("{file}: cannot read"))?;
+            let bytes =
+                std::fs::read(dir.join(&file)).with_context(|| format!("{file}: cannot read"))?;
             let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
                 .with_context(|| format!("{file}: not a valid safetensors file"))?;
             for (name, _) in metadata.tensors() {

@@ -869,6 +869,29 @@ fn int8_folders_store_int8_weights_with_scales_and_run_as_load_time_int8() {
             assert_eq!(index["metadata"]["total_size"], summary["bytes"]);
             assert_eq!(index["weight_map"].as_object().unwrap().len(), stored.len());
         }
+        let bench = vit(&[
+            "bench",
+            "--model",
+            s(&out),
+            "--device",
+            "cpu",
+            "--dtype",
+            "f32",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--batch-sizes",
+            "1",
+            "--format",
+            "json",
+        ]);
+        assert!(bench.status.success(), "{}", stderr(&bench));
+        let row: Value = serde_json::from_str(stdout(&bench).trim()).unwrap();
+        assert_eq!(
+            row["dtype"], "int8",
+            "an int8 folder runs (and is reported) as int8"
+        );
         let loaded = load_with_int8(&out, false);
         assert_eq!(loaded.int8, vit::model::Int8Weights::Stored);
         assert!(

@@ -19,7 +19,8 @@ use vit::device::{device_name, DTypeRequest, DeviceRequest, Precision};
 use vit::hub::ModelSpec;
 use vit::inputs::{collect_inputs, Input};
 use vit::model::{
-    self, AttentionKernel, LoadOptions, LoadedModel, ModelOptions, ViTConfig, VisionTransformer,
+    self, AttentionKernel, Int8Weights, LoadOptions, LoadedModel, ModelOptions, ViTConfig,
+    VisionTransformer,
 };
 use vit::preprocess::{load_rgb, PreprocessConfig};
 
@@ -243,6 +244,8 @@ struct Built {
     /// and is fed 224), else the config's image size.
     input_size: usize,
     load_seconds: f64,
+    /// What it runs in: int8 for an int8 folder on the CPU, whatever the dtype asked.
+    precision: Precision,
 }
 
 fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<Built> {
@@ -258,6 +261,7 @@ fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<B
         },
     };
     let start = Instant::now();
+    let mut runs_in = precision;
     let (model, config, preprocess, name, input_size) = match &plan.source {
         Source::Preset(name) => {
             let config = preset_config(name)?;
@@ -280,6 +284,9 @@ fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<B
                 (Some(_), (height, width)) if height == width => height as usize,
                 _ => loaded.config.image_size,
             };
+            if loaded.int8 == Int8Weights::Stored {
+                runs_in.int8 = true;
+            }
             (
                 loaded.model,
                 loaded.config,
@@ -296,6 +303,7 @@ fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<B
         name,
         input_size,
         load_seconds: start.elapsed().as_secs_f64(),
+        precision: runs_in,
     })
 }
 
@@ -349,6 +357,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         };
         for &kernel in &plan.kernels {
             let built = build(&plan, dtype, kernel)?;
+            let dtype = built.precision;
             let size = plan.image_size.unwrap_or(built.input_size);
             if let Some(reference) = reference
                 .as_ref()

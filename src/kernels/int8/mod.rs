@@ -156,7 +156,7 @@ impl PackedI8 {
                 }
             }
         };
-        let base = PanelsPtr(panels.as_mut_ptr());
+        let base = BytesPtr(panels.as_mut_ptr());
         pool::for_each(panel_count, |p| {
             // SAFETY: panel p is its own `panel_bytes` of the buffer.
             let panel =
@@ -207,15 +207,15 @@ impl PackedI8 {
     }
 }
 
-/// Disjoint panels of one buffer, written by parallel tasks.
+/// Disjoint parts of one byte buffer (weight panels, rows of A), written by parallel tasks.
 #[derive(Clone, Copy)]
-struct PanelsPtr(*mut u8);
+struct BytesPtr(*mut u8);
 
-// SAFETY: each task writes its own panel.
-unsafe impl Send for PanelsPtr {}
-unsafe impl Sync for PanelsPtr {}
+// SAFETY: each task writes its own part.
+unsafe impl Send for BytesPtr {}
+unsafe impl Sync for BytesPtr {}
 
-impl PanelsPtr {
+impl BytesPtr {
     fn at(self, offset: usize) -> *mut u8 {
         // SAFETY: callers pass offsets inside the buffer.
         unsafe { self.0.add(offset) }
@@ -240,7 +240,7 @@ impl QuantizedRows {
         let mut scales = vec![0f32; padded_rows];
         let mut zero_points = vec![0i32; padded_rows];
         const ROWS_PER_TASK: usize = 8;
-        let base = PanelsPtr(data.as_mut_ptr());
+        let base = BytesPtr(data.as_mut_ptr());
         let scale_base = SendPtr(scales.as_mut_ptr());
         let zero_base = ZeroPointsPtr(zero_points.as_mut_ptr());
         pool::for_each(rows.div_ceil(ROWS_PER_TASK), |t| {
@@ -336,10 +336,8 @@ unsafe fn quantize_row_avx2(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32
             Layout::Quads => {
                 // packus works within 128-bit lanes: the bytes come out as 4-value groups
                 // (c0 lo, c1 lo, c2 lo, c3 lo, c0 hi, ...), put back in order by a permute.
-                let bytes = _mm256_packus_epi16(
-                    _mm256_packus_epi32(c0, c1),
-                    _mm256_packus_epi32(c2, c3),
-                );
+                let bytes =
+                    _mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3));
                 let ordered =
                     _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
                 _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), ordered);
