@@ -170,7 +170,7 @@ pub fn fill(
 ) -> Vec<f32> {
     let chunk_len = chunk_len.max(1);
     let mut values = Vec::with_capacity(len);
-    let base = super::SendPtr(values.spare_capacity_mut().as_mut_ptr().cast());
+    let base: super::SendPtr = super::SendPtr(values.spare_capacity_mut().as_mut_ptr().cast());
     for_each(len.div_ceil(chunk_len), |i| {
         let start = i * chunk_len;
         // SAFETY: chunk i is `start..start + chunk_len` clipped to the capacity, disjoint

@@ -156,7 +156,7 @@ impl PackedI8 {
                 }
             }
         };
-        let base = BytesPtr(panels.as_mut_ptr());
+        let base = SendPtr(panels.as_mut_ptr());
         pool::for_each(panel_count, |p| {
             // SAFETY: panel p is its own `panel_bytes` of the buffer.
             let panel =
@@ -207,21 +207,6 @@ impl PackedI8 {
     }
 }
 
-/// Disjoint parts of one byte buffer (weight panels, rows of A), written by parallel tasks.
-#[derive(Clone, Copy)]
-struct BytesPtr(*mut u8);
-
-// SAFETY: each task writes its own part.
-unsafe impl Send for BytesPtr {}
-unsafe impl Sync for BytesPtr {}
-
-impl BytesPtr {
-    fn at(self, offset: usize) -> *mut u8 {
-        // SAFETY: callers pass offsets inside the buffer.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 /// Rows of A quantized for one kernel: whole tiles of `MR` rows (the padding zero), each row
 /// `lda` bytes, and one scale and zero point per row.
 struct QuantizedRows {
@@ -240,9 +225,9 @@ impl QuantizedRows {
         let mut scales = vec![0f32; padded_rows];
         let mut zero_points = vec![0i32; padded_rows];
         const ROWS_PER_TASK: usize = 8;
-        let base = BytesPtr(data.as_mut_ptr());
+        let base = SendPtr(data.as_mut_ptr());
         let scale_base = SendPtr(scales.as_mut_ptr());
-        let zero_base = ZeroPointsPtr(zero_points.as_mut_ptr());
+        let zero_base = SendPtr(zero_points.as_mut_ptr());
         pool::for_each(rows.div_ceil(ROWS_PER_TASK), |t| {
             for r in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(rows) {
                 // SAFETY: row r's bytes, scale and zero point are this task's alone.
@@ -264,21 +249,6 @@ impl QuantizedRows {
             scales,
             zero_points,
         }
-    }
-}
-
-/// The zero points of A's rows, written by parallel tasks.
-#[derive(Clone, Copy)]
-struct ZeroPointsPtr(*mut i32);
-
-// SAFETY: each task writes its own rows' zero points.
-unsafe impl Send for ZeroPointsPtr {}
-unsafe impl Sync for ZeroPointsPtr {}
-
-impl ZeroPointsPtr {
-    fn at(self, row: usize) -> *mut i32 {
-        // SAFETY: callers pass rows inside the buffer.
-        unsafe { self.0.add(row) }
     }
 }
 
