@@ -85,6 +85,7 @@ impl MappedSafetensors {
         };
         let mut shards = Vec::new();
         let mut stored = Vec::new();
+        let mut int8 = HashSet::new();
         for (shard, file) in files.into_iter().enumerate() {
             let handle = std::fs::File::open(&file)
                 .with_context(|| format!("{}: cannot open", file.display()))?;
@@ -96,13 +97,13 @@ impl MappedSafetensors {
                 .with_context(|| format!("{}: not a valid safetensors file", file.display()))?;
             let start = 8 + header;
             for (stored_name, info) in metadata.tensors() {
-                let (dtype, int8) = match info.dtype {
-                    Dtype::I8 => (DType::F32, true),
-                    other => (
-                        candle_dtype(other)
-                            .with_context(|| format!("{}: tensor {stored_name}", file.display()))?,
-                        false,
-                    ),
+                let dtype = match info.dtype {
+                    Dtype::I8 => {
+                        int8.insert(stored_name.clone());
+                        DType::F32
+                    }
+                    other => candle_dtype(other)
+                        .with_context(|| format!("{}: tensor {stored_name}", file.display()))?,
                 };
                 let (begin, end) = info.data_offsets;
                 stored.push(Entry {
@@ -111,8 +112,7 @@ impl MappedSafetensors {
                     dtype,
                     shape: info.shape.clone(),
                     bytes: start + begin..start + end,
-                    // Marks an int8 tensor until its scales are attached below.
-                    scale: int8.then(|| Box::new(placeholder_scale())),
+                    scale: None,
                 });
             }
             shards.push((file, map));
@@ -121,7 +121,7 @@ impl MappedSafetensors {
             let names: HashSet<&str> = stored.iter().map(|e| e.stored_name.as_str()).collect();
             index.check(path, |name| names.contains(name))?;
         }
-        let stored = attach_scales(stored, |shard| shards[shard].0.as_path())?;
+        let stored = attach_scales(stored, &int8, |shard| shards[shard].0.as_path())?;
         let (layout, renamed) =
             normalized_names(stored.iter().map(|e| e.stored_name.clone()), layout);
         let by_name: HashMap<String, Entry> = stored
@@ -220,20 +220,16 @@ impl MappedSafetensors {
     }
 }
 
-/// Attaches to each int8 tensor `NAME` its scales `NAME_scale` (dropped from the tensors):
-/// one f32 (or other float) value per row. A missing or misshapen scale is an error naming
-/// the tensor and its file (`file_of` a shard).
+/// Attaches to each int8 tensor `NAME` (the names in `int8`) its scales `NAME_scale`
+/// (dropped from the tensors): one f32 (or other float) value per row. A missing or
+/// misshapen scale is an error naming the tensor and its file (`file_of` a shard).
 fn attach_scales<'a>(
     stored: Vec<Entry>,
+    int8: &HashSet<String>,
     file_of: impl Fn(usize) -> &'a Path,
 ) -> Result<Vec<Entry>> {
     let suffix = crate::quantize::SCALE_SUFFIX;
     let mut scales: HashMap<String, Entry> = HashMap::new();
-    let int8: HashSet<String> = stored
-        .iter()
-        .filter(|e| e.scale.is_some())
-        .map(|e| e.stored_name.clone())
-        .collect();
     let mut rest = Vec::with_capacity(stored.len());
     for entry in stored {
         match entry.stored_name.strip_suffix(suffix) {
@@ -243,7 +239,7 @@ fn attach_scales<'a>(
             _ => rest.push(entry),
         }
     }
-    for entry in rest.iter_mut().filter(|e| e.scale.is_some()) {
+    for entry in rest.iter_mut().filter(|e| int8.contains(&e.stored_name)) {
         let file = file_of(entry.shard).display();
         let name = &entry.stored_name;
         let Some(scale) = scales.remove(name) else {
@@ -264,18 +260,6 @@ fn attach_scales<'a>(
         entry.scale = Some(Box::new(scale));
     }
     Ok(rest)
-}
-
-/// What marks an entry as int8 before its scales are found.
-fn placeholder_scale() -> Entry {
-    Entry {
-        shard: 0,
-        stored_name: String::new(),
-        dtype: DType::F32,
-        shape: Vec::new(),
-        bytes: 0..0,
-        scale: None,
-    }
 }
 
 impl TensorShapes for MappedSafetensors {
