@@ -272,29 +272,23 @@ fn quantize_staged(
 ) -> Result<crate::quantize::Quantized> {
     use crate::quantize::{config_entry, is_quantized_weight, quantize_file, verify_dequantized};
     let mut total = crate::quantize::Quantized::default();
+    // The scales are new tensors: the index's weight map is rebuilt from what each file holds.
+    let mut weight_map = serde_json::Map::new();
     for index in 0..shards.len() {
-        let report = quantize_file(&dir.join(shard_file(index, shards.len())))?;
+        let file = shard_file(index, shards.len());
+        let report = quantize_file(&dir.join(&file))?;
         total.tensors += report.tensors;
         total.elements += report.elements;
         total.bytes += report.bytes;
         total.max_change = total.max_change.max(report.max_change);
+        for name in report.names {
+            weight_map.insert(name, Value::from(file.as_str()));
+        }
     }
     if shards.len() > 1 {
         let path = dir.join("model.safetensors.index.json");
         let mut index = read_json(&path)?;
         index["metadata"]["total_size"] = Value::from(total.bytes);
-        // The scales are new tensors: the weight map is rebuilt from the files.
-        let mut weight_map = serde_json::Map::new();
-        for index in 0..shards.len() {
-            let file = shard_file(index, shards.len());
-            let bytes =
-                std::fs::read(dir.join(&file)).with_context(|| format!("{file}: cannot read"))?;
-            let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
-                .with_context(|| format!("{file}: not a valid safetensors file"))?;
-            for (name, _) in metadata.tensors() {
-                weight_map.insert(name, Value::from(file.as_str()));
-            }
-        }
         index["weight_map"] = Value::Object(weight_map);
         write_json(&path, &index)?;
     }

@@ -89,6 +89,8 @@ pub struct Quantized {
     pub bytes: u64,
     /// The largest `|scale * code - weight|` of any element.
     pub max_change: f64,
+    /// The names of the tensors now in the file (the scales among them).
+    pub names: Vec<String>,
 }
 
 /// Rewrites the safetensors file `path` with its encoder dense weights as int8 and their
@@ -146,6 +148,7 @@ pub fn quantize_file(path: &Path) -> Result<Quantized> {
     .with_context(|| format!("{}: cannot write safetensors", staging.display()))?;
     std::fs::rename(&staging, path)
         .with_context(|| format!("{}: cannot replace", path.display()))?;
+    report.names = written.into_keys().collect();
     Ok(report)
 }
 
