@@ -75,6 +75,18 @@ def library_peaks(lines, default_label):
     return peaks
 
 
+def share_of_best_library(products, kind="", unit="GFLOP/s"):
+    """Our best 2048^3 product among `products` ((label, dtype, size) -> rate), and its share
+    of the best library's, as text (None without both)."""
+    ours = max((v for k, v in products.items() if k[0].startswith("vit") and k[2] == 2048), default=None)
+    libraries = {k: v for k, v in products.items() if not k[0].startswith("vit") and k[2] == 2048}
+    if not (ours and libraries):
+        return ours, None
+    top = max(libraries, key=libraries.get)
+    return ours, (f"{100 * ours / libraries[top]:.0f}% of the best library{kind} product at 2048^3 "
+                  f"({top[0]}, {libraries[top]:.1f} {unit})")
+
+
 def fmt(value, spec, missing="n/a"):
     return missing if value is None else format(value, spec)
 
@@ -160,20 +172,14 @@ def main():
             cells = "".join(" " + fmt(best.get((label, dtype, n)), "8.1f", "-".rjust(8)) for n in sizes)
             mark = "  <- ceiling" if ceiling_key and (label, dtype) == ceiling_key[:2] else ""
             print(f"{dtype:<5}  {label:<{width}}{cells}{mark}")
-        ours = max((v for k, v in f32.items() if k[0].startswith("vit") and k[2] == 2048), default=None)
-        libraries = {k: v for k, v in f32.items() if not k[0].startswith("vit") and k[2] == 2048}
-        if ours and libraries:
-            top = max(libraries, key=libraries.get)
-            print(f"our kernel at 2048^3 = {100 * ours / libraries[top]:.0f}% of the best library product at "
-                  f"2048^3 ({top[0]}, {libraries[top]:.1f} GFLOP/s)")
+        ours, share = share_of_best_library(f32)
+        if share:
+            print(f"our kernel at 2048^3 = {share}")
         elif not ours:
             print("our kernel at 2048^3: not measured (no `vit bench --peak` line)")
-        ours8 = max((v for k, v in int8.items() if k[0].startswith("vit") and k[2] == 2048), default=None)
-        libraries8 = {k: v for k, v in int8.items() if not k[0].startswith("vit") and k[2] == 2048}
-        if ours8 and libraries8:
-            top = max(libraries8, key=libraries8.get)
-            print(f"our int8 kernel at 2048^3 = {100 * ours8 / libraries8[top]:.0f}% of the best library int8 product "
-                  f"at 2048^3 ({top[0]}, {libraries8[top]:.1f} GOP/s)")
+        _, share = share_of_best_library(int8, " int8", "GOP/s")
+        if share:
+            print(f"our int8 kernel at 2048^3 = {share}")
 
 
 if __name__ == "__main__":
