@@ -88,6 +88,43 @@ fn photo_references(shared: &std::path::Path) -> HashMap<String, PhotoReference>
     serde_json::from_str(&text).unwrap()
 }
 
+/// One photo of `shared/images/labels.csv`: its file, the classes accepted as its top-1,
+/// and whether it is `strict` (must be top-1 correct).
+struct LabelledPhoto {
+    file: String,
+    accepted: Vec<usize>,
+    strict: bool,
+}
+
+fn labelled_photos(shared: &std::path::Path) -> Vec<LabelledPhoto> {
+    let labels_csv = std::fs::read_to_string(shared.join("images/labels.csv")).unwrap();
+    labels_csv
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            LabelledPhoto {
+                file: fields[0].to_string(),
+                // Out-of-distribution photos accept no class.
+                accepted: fields[1]
+                    .split(';')
+                    .filter(|i| !i.is_empty())
+                    .map(|i| i.parse().unwrap())
+                    .collect(),
+                strict: fields[2] == "strict",
+            }
+        })
+        .collect()
+}
+
+/// The logits of one shared photo through the whole pipeline.
+fn photo_logits(classifier: &Classifier, shared: &std::path::Path, file: &str) -> Vec<f32> {
+    let pixels = classifier
+        .pixel_values(&shared.join("images").join(file))
+        .unwrap();
+    classifier.logits(&[&pixels]).unwrap().remove(0)
+}
+
 #[test]
 fn every_photo_has_the_reference_top5_and_strict_photos_are_top1_correct() {
     let Some(shared) = shared_dir() else { return };
@@ -95,16 +132,11 @@ fn every_photo_has_the_reference_top5_and_strict_photos_are_top1_correct() {
     let references = photo_references(&shared);
     let hf = hf_logits();
     assert_eq!(references.len(), 26);
-    let labels_csv = std::fs::read_to_string(shared.join("images/labels.csv")).unwrap();
     let mut strict = 0;
     let mut worst = 0f32;
-    for line in labels_csv.lines().skip(1) {
-        let fields: Vec<&str> = line.split(',').collect();
-        let (file, accepted, category) = (fields[0], fields[1], fields[2]);
-        let pixels = classifier
-            .pixel_values(&shared.join("images").join(file))
-            .unwrap();
-        let logits = &classifier.logits(&[&pixels]).unwrap()[0];
+    for photo in labelled_photos(&shared) {
+        let (file, accepted) = (photo.file.as_str(), &photo.accepted);
+        let logits = &photo_logits(&classifier, &shared, file);
         let reference = &references[file];
         let top5: Vec<usize> = top_k(logits, &classifier.config.id2label, 5)
             .iter()
@@ -125,9 +157,8 @@ fn every_photo_has_the_reference_top5_and_strict_photos_are_top1_correct() {
             );
         }
         worst = worst.max(diff);
-        if category == "strict" {
+        if photo.strict {
             strict += 1;
-            let accepted: Vec<usize> = accepted.split(';').map(|i| i.parse().unwrap()).collect();
             assert!(
                 accepted.contains(&top5[0]),
                 "{file}: top-1 {} not in {accepted:?}",
@@ -169,7 +200,7 @@ fn bf16_keeps_the_top1_of_strict_photos() {
 fn int8_is_the_same_on_every_kernel_and_keeps_strict_photos_right() {
     let Some(shared) = shared_dir() else { return };
     let references = photo_references(&shared);
-    let labels_csv = std::fs::read_to_string(shared.join("images/labels.csv")).unwrap();
+    let photos = labelled_photos(&shared);
     let mut first: Option<Vec<Vec<f32>>> = None;
     for isa in vit::kernels::Isa::supported() {
         let options = ModelOptions {
@@ -180,20 +211,14 @@ fn int8_is_the_same_on_every_kernel_and_keeps_strict_photos_right() {
         let classifier = classifier_with(&shared, DType::F32, options);
         let mut all = Vec::new();
         let mut worst = 0f32;
-        for line in labels_csv.lines().skip(1) {
-            let fields: Vec<&str> = line.split(',').collect();
-            let (file, accepted, category) = (fields[0], fields[1], fields[2]);
-            let pixels = classifier
-                .pixel_values(&shared.join("images").join(file))
-                .unwrap();
-            let logits = classifier.logits(&[&pixels]).unwrap().remove(0);
+        for photo in &photos {
+            let file = photo.file.as_str();
+            let logits = photo_logits(&classifier, &shared, file);
             worst = worst.max(max_abs_diff(&logits, &references[file].logits));
-            if category == "strict" {
+            if photo.strict {
                 let best = top_k(&logits, &classifier.config.id2label, 1)[0].index;
-                let accepted: Vec<usize> =
-                    accepted.split(';').map(|i| i.parse().unwrap()).collect();
                 assert!(
-                    accepted.contains(&best),
+                    photo.accepted.contains(&best),
                     "{file} ({}): top-1 {best}",
                     isa.name()
                 );
