@@ -19,8 +19,7 @@ use vit::device::{device_name, DTypeRequest, DeviceRequest, Precision};
 use vit::hub::ModelSpec;
 use vit::inputs::{collect_inputs, Input};
 use vit::model::{
-    self, AttentionKernel, Int8Weights, LoadOptions, LoadedModel, ModelOptions, ViTConfig,
-    VisionTransformer,
+    self, AttentionKernel, LoadOptions, LoadedModel, ModelOptions, ViTConfig, VisionTransformer,
 };
 use vit::preprocess::{load_rgb, PreprocessConfig};
 
@@ -284,9 +283,7 @@ fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<B
                 (Some(_), (height, width)) if height == width => height as usize,
                 _ => loaded.config.image_size,
             };
-            if loaded.int8 == Int8Weights::Stored {
-                runs_in.int8 = true;
-            }
+            runs_in.int8 = loaded.int8.runs_int8();
             (
                 loaded.model,
                 loaded.config,

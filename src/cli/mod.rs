@@ -171,16 +171,16 @@ impl ModelArgs {
                 device_name(&device)
             );
         }
-        let runs_int8 = matches!(
-            loaded.int8,
-            Int8Weights::Stored | Int8Weights::QuantizedAtLoad
-        );
         eprintln!(
             "vit: model {} ({}, {head}) on {} {}",
             spec.describe(),
             loaded.layout.name(),
             device_name(&device),
-            if runs_int8 { "int8" } else { dtype.as_str() }
+            if loaded.int8.runs_int8() {
+                "int8"
+            } else {
+                dtype.as_str()
+            }
         );
         Ok(ReadyModel { loaded, device })
     }

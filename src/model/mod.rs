@@ -68,6 +68,13 @@ pub enum Int8Weights {
     Dequantized,
 }
 
+impl Int8Weights {
+    /// Whether the dense layers run as int8 products.
+    pub fn runs_int8(self) -> bool {
+        matches!(self, Self::QuantizedAtLoad | Self::Stored)
+    }
+}
+
 /// The text side of an image-text model: its tower, its tokenizer and the scale and bias of
 /// its image-text logits.
 pub struct TextTower {
