@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::cache::{Blocking, CacheSizes};
 use super::epilogue::Epilogue;
-use super::microkernel::{self, finish_partial, APanel, Microkernel, Store, MAX_TILE};
+use super::microkernel::{self, APanel, Microkernel, Store};
 use super::pack::{pack_panels, pack_rows, AlignedBuf, PackedB};
 use super::{Isa, SendPtr, View};
 
@@ -245,6 +245,8 @@ unsafe fn blocked(
                         let tile_rows = mr.min(m - r0);
                         let c_tile = c.at(r0 * ldc + j0);
                         let store = Store {
+                            rows: tile_rows,
+                            cols,
                             scale: epilogue.scale,
                             accumulate: k0 > 0 || epilogue.accumulate,
                             bias: match epilogue.bias {
@@ -261,14 +263,7 @@ unsafe fn blocked(
                             },
                             ld_residual: n,
                         };
-                        if tile_rows == mr && cols == nr {
-                            (kernel.run)(depth, a_panel(p), b_panel, c_tile, ldc, &store);
-                        } else {
-                            let mut tile = [0f32; MAX_TILE];
-                            let raw = tile.as_mut_ptr();
-                            (kernel.run)(depth, a_panel(p), b_panel, raw, nr, &Store::RAW);
-                            finish_partial(&tile, nr, c_tile, ldc, (tile_rows, cols), &store);
-                        }
+                        (kernel.run)(depth, a_panel(p), b_panel, c_tile, ldc, &store);
                     }
                 }
             }

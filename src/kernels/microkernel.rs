@@ -10,30 +10,21 @@
 
 use super::epilogue::Activation;
 
-/// How a microkernel writes its full `MR x NR` tile: `C = act(scale * acc + [C] + bias) +
-/// residual`.
+/// How a microkernel writes its tile: `C = act(scale * acc + [C] + bias) + residual`, over
+/// the tile's first `rows x cols` values (a tile at the matrix's edge is partial: the kernel
+/// computes all `MR x NR`, stores that corner with masks, and reads nothing past it).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Store {
+    pub rows: usize,
+    pub cols: usize,
     pub scale: f32,
     pub accumulate: bool,
-    /// `NR` values for the tile's columns, or null.
+    /// `cols` values for the tile's columns, or null.
     pub bias: *const f32,
     pub activation: Activation,
     /// The residual of the tile's first value, rows `ld_residual` apart, or null.
     pub residual: *const f32,
     pub ld_residual: usize,
-}
-
-impl Store {
-    /// The raw product, for tiles finished by [`finish_partial`].
-    pub(crate) const RAW: Store = Store {
-        scale: 1.0,
-        accumulate: false,
-        bias: std::ptr::null(),
-        activation: Activation::None,
-        residual: std::ptr::null(),
-        ld_residual: 0,
-    };
 }
 
 /// Where a microkernel reads A: element `(r, p)` at `ptr + r * rs + p * cs`.
@@ -59,42 +50,6 @@ pub(crate) struct Microkernel {
 
 /// The rows of every microkernel's tile (and of A's panels).
 pub(crate) const MR: usize = 6;
-
-/// The largest tile of any microkernel (a partial tile is computed into a buffer this big).
-pub(crate) const MAX_TILE: usize = MR * 64;
-
-/// Applies `store` to the `rows x cols` corner of a raw `tile` (rows `nr` apart), writing
-/// into `c`.
-///
-/// # Safety
-/// `c` must address `rows` rows of `cols` values `ldc` apart; `store`'s pointers, where not
-/// null, `cols` values (bias) and `rows x cols` values `ld_residual` apart (residual).
-pub(crate) unsafe fn finish_partial(
-    tile: &[f32],
-    nr: usize,
-    c: *mut f32,
-    ldc: usize,
-    (rows, cols): (usize, usize),
-    store: &Store,
-) {
-    for i in 0..rows {
-        let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
-        for (j, value) in row.iter_mut().enumerate() {
-            let mut v = store.scale * tile[i * nr + j];
-            if store.accumulate {
-                v += *value;
-            }
-            if !store.bias.is_null() {
-                v += *store.bias.add(j);
-            }
-            v = store.activation.apply(v);
-            if !store.residual.is_null() {
-                v += *store.residual.add(i * store.ld_residual + j);
-            }
-            *value = v;
-        }
-    }
-}
 
 /// The microkernel of `isa`, if it has one.
 pub(crate) fn for_isa(isa: super::Isa) -> Option<Microkernel> {
@@ -137,47 +92,105 @@ mod x86 {
         }
     }
 
-    /// Writes one row of a tile: `vectors` registers of `lanes` values, combined with C, the
-    /// bias and the residual as `store` says, then the activation over the row in place.
+    /// Writes row `$i` of a tile: its registers of `$lanes` values, combined with C, the bias
+    /// and the residual as `store` says, then the activation over the row in place. Of a
+    /// partial row, the vector that crosses its end is read and written through a mask
+    /// (`$mask(count)` for its first `count` lanes), and later vectors are skipped.
     macro_rules! store_row {
-        ($store:ident, $c:ident, $ldc:ident, $i:expr, $acc:expr, $lanes:expr, $nr:expr,
-         $mul:ident, $add:ident, $load:ident, $storeu:ident, $set1:ident) => {{
+        ($store:ident, $c:ident, $ldc:ident, $i:expr, $acc:expr, $lanes:expr,
+         $mul:ident, $add:ident, $set1:ident, $load:ident, $storeu:ident,
+         $mask:expr, $mload:ident, $mstore:ident) => {{
             let row = $c.add($i * $ldc);
             let scale = $set1($store.scale);
             let residual_here = $store.activation == Activation::None && !$store.residual.is_null();
             for (j, acc) in $acc.iter().enumerate() {
+                let count = $store.cols.saturating_sub(j * $lanes).min($lanes);
+                if count == 0 {
+                    break;
+                }
+                let mask = $mask(count);
+                macro_rules! load {
+                    ($p:expr) => {
+                        match count {
+                            $lanes => $load($p),
+                            _ => $mload($p, mask),
+                        }
+                    };
+                }
                 let mut v = if $store.scale == 1.0 {
                     *acc
                 } else {
                     $mul(*acc, scale)
                 };
                 if $store.accumulate {
-                    v = $add(v, $load(row.add(j * $lanes)));
+                    v = $add(v, load!(row.add(j * $lanes)));
                 }
                 if !$store.bias.is_null() {
-                    v = $add(v, $load($store.bias.add(j * $lanes)));
+                    v = $add(v, load!($store.bias.add(j * $lanes)));
                 }
                 if residual_here {
                     let r = $store.residual.add($i * $store.ld_residual + j * $lanes);
-                    v = $add(v, $load(r));
+                    v = $add(v, load!(r));
                 }
-                $storeu(row.add(j * $lanes), v);
+                match count {
+                    $lanes => $storeu(row.add(j * $lanes), v),
+                    _ => $mstore(row.add(j * $lanes), mask, v),
+                }
             }
             if $store.activation != Activation::None {
-                let values = std::slice::from_raw_parts_mut(row, $nr);
+                let values = std::slice::from_raw_parts_mut(row, $store.cols);
                 let residual = (!$store.residual.is_null()).then(|| {
-                    std::slice::from_raw_parts($store.residual.add($i * $store.ld_residual), $nr)
+                    std::slice::from_raw_parts(
+                        $store.residual.add($i * $store.ld_residual),
+                        $store.cols,
+                    )
                 });
                 $store.activation.apply_row(values, residual);
             }
         }};
     }
 
+    /// The first `count` lanes of a 16-lane vector.
+    #[inline(always)]
+    fn mask16(count: usize) -> __mmask16 {
+        ((1u32 << count) - 1) as __mmask16
+    }
+
+    /// The first `count` lanes of an 8-lane vector (a lane is on when its sign bit is set).
+    #[inline(always)]
+    unsafe fn mask8(count: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(count as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn maskload16(p: *const f32, mask: __mmask16) -> __m512 {
+        _mm512_maskz_loadu_ps(mask, p)
+    }
+
+    #[inline(always)]
+    unsafe fn maskstore16(p: *mut f32, mask: __mmask16, v: __m512) {
+        _mm512_mask_storeu_ps(p, mask, v)
+    }
+
+    #[inline(always)]
+    unsafe fn maskload8(p: *const f32, mask: __m256i) -> __m256 {
+        _mm256_maskload_ps(p, mask)
+    }
+
+    #[inline(always)]
+    unsafe fn maskstore8(p: *mut f32, mask: __m256i, v: __m256) {
+        _mm256_maskstore_ps(p, mask, v)
+    }
+
     /// 6 x 64 on AVX-512: 24 accumulators, 4 loads of B and 6 broadcasts of A per step.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `a` addresses 6 rows of `kc` values, `b` holds `kc x 64`, `c` 6
-    /// rows of 64 `ldc` apart; `store`'s pointers as [`Store`] says.
+    /// The CPU has AVX-512F; `a` addresses 6 rows of `kc` values, `b` holds `kc x 64`, `c`
+    /// `store.rows` rows of `store.cols` values `ldc` apart; `store`'s pointers as [`Store`]
+    /// says.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn kernel_6x64_avx512(
         kc: usize,
@@ -188,9 +201,9 @@ mod x86 {
         store: &Store,
     ) {
         const NV: usize = 4;
-        prefetch_tile(c, ldc, MR, NV * 16);
+        prefetch_tile(c, ldc, store.rows, store.cols);
         if !store.residual.is_null() {
-            prefetch_tile(store.residual, store.ld_residual, MR, NV * 16);
+            prefetch_tile(store.residual, store.ld_residual, store.rows, store.cols);
         }
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let rows: [isize; MR] = std::array::from_fn(|r| r as isize * a.rs);
@@ -211,7 +224,7 @@ mod x86 {
             ap = ap.offset(a.cs);
             b = b.add(NV * 16);
         }
-        for (i, row) in acc.iter().enumerate() {
+        for (i, row) in acc.iter().enumerate().take(store.rows) {
             store_row!(
                 store,
                 c,
@@ -219,12 +232,14 @@ mod x86 {
                 i,
                 row,
                 16,
-                64,
                 _mm512_mul_ps,
                 _mm512_add_ps,
+                _mm512_set1_ps,
                 _mm512_loadu_ps,
                 _mm512_storeu_ps,
-                _mm512_set1_ps
+                mask16,
+                maskload16,
+                maskstore16
             );
         }
     }
@@ -233,7 +248,8 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `a` addresses 6 rows of `kc` values, `b` holds `kc x 16`,
-    /// `c` 6 rows of 16 `ldc` apart; `store`'s pointers as [`Store`] says.
+    /// `c` `store.rows` rows of `store.cols` values `ldc` apart; `store`'s pointers as
+    /// [`Store`] says.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_6x16_avx2(
         kc: usize,
@@ -279,16 +295,16 @@ mod x86 {
         // A packed in panels has constant offsets: the compiler then keeps no chain of six
         // dependent address additions per step (on Zen 3, one thread, operands in L1:
         // 56-63 GFLOP/s with the chain, 77-80 without, in separate runs of a noisy machine).
-        prefetch_tile(c, ldc, MR, NV * 8);
+        prefetch_tile(c, ldc, store.rows, store.cols);
         if !store.residual.is_null() {
-            prefetch_tile(store.residual, store.ld_residual, MR, NV * 8);
+            prefetch_tile(store.residual, store.ld_residual, store.rows, store.cols);
         }
         let acc = if a.rs == 1 && a.cs == MR as isize {
             steps(kc, (a.ptr, 1, MR as isize), b)
         } else {
             steps(kc, (a.ptr, a.rs, a.cs), b)
         };
-        for (i, row) in acc.iter().enumerate() {
+        for (i, row) in acc.iter().enumerate().take(store.rows) {
             store_row!(
                 store,
                 c,
@@ -296,12 +312,14 @@ mod x86 {
                 i,
                 row,
                 8,
-                16,
                 _mm256_mul_ps,
                 _mm256_add_ps,
+                _mm256_set1_ps,
                 _mm256_loadu_ps,
                 _mm256_storeu_ps,
-                _mm256_set1_ps
+                mask8,
+                maskload8,
+                maskstore8
             );
         }
     }
