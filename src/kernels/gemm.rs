@@ -96,7 +96,7 @@ pub(crate) struct Split {
 impl Split {
     /// The split whose busiest thread has the fewest tiles (`mr x nr` each), counting tasks
     /// as dealt out in turn; among equals, the fewest tasks (each task packs its block of A
-    /// again). Blocks of A stay within `max_mc` rows (half of L2).
+    /// again). Blocks of A stay within `max_mc` rows (see [`Blocking`]).
     fn new(kernel: Microkernel, m: usize, panels: usize, threads: usize) -> Self {
         let max_mc = Blocking::for_kernel(CacheSizes::current(), kernel.mr, kernel.nr).mc;
         Self::for_tiles(kernel.mr, max_mc, m, panels, threads)
