@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::cache::{Blocking, CacheSizes};
 use super::epilogue::Epilogue;
-use super::microkernel::{self, APanel, Microkernel, Store};
+use super::microkernel::{self, APanel, Microkernel, Store, PREFETCH_STEPS};
 use super::pack::{pack_panels, pack_rows, AlignedBuf, PackedB};
 use super::{Isa, SendPtr, View};
 
@@ -238,10 +238,21 @@ unsafe fn blocked(
                 let last = k0 + depth == k;
                 for q in panels_here.clone() {
                     let b_panel = b.panel(k0, q);
+                    // The panel this task reads next, prefetched a stretch per tile.
+                    let (next_panel, next_lines) = if q + 1 < panels_here.end {
+                        (b.panel(k0, q + 1), depth * nr / 16)
+                    } else if !last {
+                        let next_depth = kc.min(k - k0 - kc);
+                        (b.panel(k0 + kc, panels_here.start), next_depth * nr / 16)
+                    } else {
+                        (std::ptr::null(), 0)
+                    };
+                    let lines_per_tile = depth.div_ceil(PREFETCH_STEPS);
                     let j0 = q * nr;
                     let cols = nr.min(n - j0);
                     for p in 0..row_panels {
                         let r0 = i0 + p * mr;
+                        let first_line = (p * lines_per_tile).min(next_lines);
                         let tile_rows = mr.min(m - r0);
                         let c_tile = c.at(r0 * ldc + j0);
                         let store = Store {
@@ -262,6 +273,8 @@ unsafe fn blocked(
                                 _ => std::ptr::null(),
                             },
                             ld_residual: n,
+                            prefetch: next_panel.wrapping_add(first_line * 16),
+                            prefetch_lines: lines_per_tile.min(next_lines - first_line),
                         };
                         (kernel.run)(depth, a_panel(p), b_panel, c_tile, ldc, &store);
                     }

@@ -25,7 +25,15 @@ pub(crate) struct Store {
     /// The residual of the tile's first value, rows `ld_residual` apart, or null.
     pub residual: *const f32,
     pub ld_residual: usize,
+    /// Cache lines (of 16 values) from here to bring into L2 while the tile is computed, one
+    /// every [`PREFETCH_STEPS`] steps of depth: a stretch of the next B panel, which
+    /// otherwise comes from memory as the next tile waits for it.
+    pub prefetch: *const f32,
+    pub prefetch_lines: usize,
 }
+
+/// Steps of depth per cache line a microkernel prefetches (see [`Store::prefetch`]).
+pub(crate) const PREFETCH_STEPS: usize = 8;
 
 /// Where a microkernel reads A: element `(r, p)` at `ptr + r * rs + p * cs`.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +82,7 @@ pub(crate) fn for_isa(isa: super::Isa) -> Option<Microkernel> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{APanel, Store, MR};
+    use super::{APanel, Store, MR, PREFETCH_STEPS};
     use crate::kernels::epilogue::Activation;
     use std::arch::x86_64::*;
 
@@ -312,7 +320,11 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let rows: [isize; MR] = std::array::from_fn(|r| r as isize * a.rs);
         let (mut ap, mut b) = (a.ptr, b);
-        for _ in 0..kc {
+        for step in 0..kc {
+            if step % PREFETCH_STEPS == 0 && step / PREFETCH_STEPS < store.prefetch_lines {
+                let line = store.prefetch.add(step / PREFETCH_STEPS * 16);
+                _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+            }
             let bv = [
                 _mm512_loadu_ps(b),
                 _mm512_loadu_ps(b.add(16)),
@@ -371,6 +383,7 @@ mod x86 {
             kc: usize,
             (mut ap, rs, cs): (*const f32, isize, isize),
             mut b: *const f32,
+            (prefetch, prefetch_lines): (*const f32, usize),
         ) -> [[__m256; NV]; MR] {
             let mut acc = [[_mm256_setzero_ps(); NV]; MR];
             // One step of depth, unrolled by four below: less loop overhead per FMA (Zen 3, two
@@ -386,7 +399,12 @@ mod x86 {
                 ap = ap.offset(cs);
                 b = b.add(NV * 8);
             };
-            for _ in 0..kc / 4 {
+            for quad in 0..kc / 4 {
+                if quad % (PREFETCH_STEPS / 4) == 0 && quad / (PREFETCH_STEPS / 4) < prefetch_lines
+                {
+                    let line = prefetch.add(quad / (PREFETCH_STEPS / 4) * 16);
+                    _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+                }
                 step(&mut acc);
                 step(&mut acc);
                 step(&mut acc);
@@ -404,10 +422,11 @@ mod x86 {
         if !store.residual.is_null() {
             prefetch_tile(store.residual, store.ld_residual, store.rows, store.cols);
         }
+        let prefetch = (store.prefetch, store.prefetch_lines);
         let acc = if a.rs == 1 && a.cs == MR as isize {
-            steps(kc, (a.ptr, 1, MR as isize), b)
+            steps(kc, (a.ptr, 1, MR as isize), b, prefetch)
         } else {
-            steps(kc, (a.ptr, a.rs, a.cs), b)
+            steps(kc, (a.ptr, a.rs, a.cs), b, prefetch)
         };
         for (i, row) in acc.iter().enumerate().take(store.rows) {
             store_row!(
