@@ -170,6 +170,13 @@ pub(crate) unsafe fn pack_panels(
                     *panel.get_unchecked_mut(d * width + r) = *row.add(d);
                 }
             }
+        } else if src.row_stride == 1 {
+            // Each depth's values are contiguous (B row-major, as attention's V): a copy each.
+            for d in 0..depth {
+                let column = src.ptr.offset(d as isize * src.col_stride + first as isize);
+                let out = &mut panel[d * width..d * width + count];
+                out.copy_from_slice(std::slice::from_raw_parts(column, count));
+            }
         } else {
             for d in 0..depth {
                 let column = src.ptr.offset(d as isize * src.col_stride);

@@ -265,14 +265,21 @@ pub(crate) fn squared_deviations(values: &[f32], mean: f32) -> f32 {
     lanes.iter().fold(rest, |acc, lane| acc + lane)
 }
 
-/// Softmax of each row of `cols` values of `data`, in place.
-pub(crate) fn softmax_rows(data: &mut [f32], cols: usize) {
+/// Softmax of each row of `cols` values of `data`, rows `ld` apart, in place. The `ld -
+/// cols` values after each row are padding, left as zeros (their exponentials): with `ld` a
+/// multiple of the vector width every pass is whole vectors, where 197 scores (ViT at 224)
+/// left a scalar tail in each, half of the softmax's time.
+pub(crate) fn softmax_rows(data: &mut [f32], cols: usize, ld: usize) {
     vectorized(
         #[inline(always)]
         || {
-            for row in data.chunks_mut(cols) {
+            for row in data.chunks_mut(ld) {
+                let padding = cols.min(row.len());
+                row[padding..].fill(f32::NEG_INFINITY);
                 let max = max(row);
                 row.iter_mut().for_each(|x| *x = exp(*x - max));
+                // exp's clamp leaves about 1e-38 there, subnormal once scaled (slow).
+                row[padding..].fill(0.0);
                 let inverse = 1.0 / sum(row);
                 row.iter_mut().for_each(|x| *x *= inverse);
             }
@@ -374,6 +381,12 @@ pub(crate) fn attention_rows(
 ) -> (Vec<f32>, Vec<f32>) {
     let hidden = heads * head_dim;
     let stride = 3 * hidden;
+    // Rows of scores `ld` apart (a whole number of vectors: see softmax_rows), unless the
+    // caller keeps them as probabilities, `seq` apart.
+    let ld = match keep_probs {
+        true => seq,
+        false => seq.next_multiple_of(16),
+    };
     let scale = 1.0 / (head_dim as f32).sqrt();
     // Every (image, head, query row) slot of the context is written by one task below.
     let mut context = Vec::with_capacity(batch * seq * hidden);
@@ -394,7 +407,7 @@ pub(crate) fn attention_rows(
         let (b, h) = (pair / heads, pair % heads);
         let first = block * block_rows;
         let rows = block_rows.min(seq - first);
-        let scores = &mut scores[..rows * seq];
+        let scores = &mut scores[..rows * ld];
         let base = b * seq * stride + h * head_dim;
         let view = |offset: usize, from: usize, count: usize| {
             View::strided(qkv, base + offset + from * stride, count, head_dim, stride)
@@ -418,17 +431,17 @@ pub(crate) fn attention_rows(
                 q,
                 k.transposed(),
                 scores.as_mut_ptr(),
-                seq,
+                ld,
                 &scaled,
                 false,
             );
         }
-        softmax_rows(scores, seq);
+        softmax_rows(scores, seq, ld);
         unsafe {
             kernels::gemm(
                 isa,
                 (rows, head_dim, seq),
-                View::of(scores, rows, seq),
+                View::strided(scores, 0, rows, seq, ld),
                 v,
                 out.at((b * seq + first) * hidden + h * head_dim),
                 hidden,
@@ -458,7 +471,7 @@ pub(crate) fn attention_rows(
         false => {
             pool::for_each(tasks, |t| {
                 SCORES.with_borrow_mut(|scores| {
-                    scores.resize(block_rows * seq, 0.0);
+                    scores.resize(block_rows * ld, 0.0);
                     task(t, scores)
                 })
             });
