@@ -171,10 +171,8 @@ unsafe fn blocked(
     };
     let split = Split::new(kernel, m, panels, threads);
     let c = SendPtr(c);
-    // Each block of A is copied into a contiguous buffer (in place, rows a power-of-two
-    // stride apart, fc2's 3072 inputs, would fall into a few cache sets and evict each
-    // other). For the AVX-512 kernel, row-major A is copied row by row (a copy of each row's
-    // stretch; the kernel reads the rows `depth` apart; measured on Zen 5); otherwise A is
+    // The AVX-512 kernel reads row-major A in place, rows apart by A's own stride, and only
+    // a last, partial row panel is copied (row by row); otherwise each block of A is
     // interleaved by panel, whose constant offsets spare the AVX2 kernel a chain of address
     // additions per step (see `kernel_6x16_avx2`).
     let row_major = a.col_stride == 1 && kernel.a_by_rows;
@@ -195,14 +193,11 @@ unsafe fn blocked(
                         .offset(i0 as isize * a.row_stride + k0 as isize * a.col_stride),
                     ..a
                 };
-                // A block of whole rows of a row-major A already has the copy's layout: the
-                // kernel reads its full row panels in place (unless its rows are 4 KiB
-                // apart, in the same cache sets) and only a last, partial panel, which the
-                // kernel reads whole, is copied (zero-padded).
-                let in_place = row_major
-                    && depth == k
-                    && a.row_stride > 0
-                    && !(a.row_stride as usize).is_multiple_of(1024);
+                // Full row panels of a row-major A are read in place, also for a block of a
+                // deeper A and rows 4 KiB apart (paired runs on Zen 5 with kc 768: the
+                // copy cost fc2's product, 3072 deep, 4-5%); a last, partial panel, which
+                // the kernel reads whole, is copied (zero-padded).
+                let in_place = row_major && a.row_stride > 0;
                 let full_panels = if in_place { rows / mr } else { 0 };
                 let copied = row_panels - full_panels;
                 let dst = &mut packed_a.as_mut_slice()[..copied * mr * depth];
@@ -451,12 +446,14 @@ mod tests {
 
     #[test]
     fn packed_products_match_a_reference_on_every_isa() {
-        // Tails in every direction, k past one block, m past one row block.
+        // Tails in every direction, k past one block (read in place, rows 2304 values
+        // apart, and copied), m past one row block.
         let shapes = [
             (1, 1, 1),
             (7, 13, 5),
             (197, 70, 96),
             (13, 130, 700),
+            (40, 70, 2304),
             (1200, 64, 33),
         ];
         for isa in Isa::supported() {
