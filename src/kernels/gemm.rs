@@ -231,6 +231,7 @@ unsafe fn blocked(
                     },
                 };
                 let last = k0 + depth == k;
+                let lines_per_tile = depth.div_ceil(PREFETCH_STEPS);
                 for q in panels_here.clone() {
                     let b_panel = b.panel(k0, q);
                     // The panel this task reads next, prefetched a stretch per tile.
@@ -242,7 +243,6 @@ unsafe fn blocked(
                     } else {
                         (std::ptr::null(), 0)
                     };
-                    let lines_per_tile = depth.div_ceil(PREFETCH_STEPS);
                     let j0 = q * nr;
                     let cols = nr.min(n - j0);
                     for p in 0..row_panels {

@@ -178,24 +178,11 @@ mod x86 {
         )
     }
 
+    /// `_mm512_maskz_loadu_ps` with the address first, as `store_row!` calls every masked
+    /// load and store (the other three intrinsics take theirs so already).
     #[inline(always)]
     unsafe fn maskload16(p: *const f32, mask: __mmask16) -> __m512 {
         _mm512_maskz_loadu_ps(mask, p)
-    }
-
-    #[inline(always)]
-    unsafe fn maskstore16(p: *mut f32, mask: __mmask16, v: __m512) {
-        _mm512_mask_storeu_ps(p, mask, v)
-    }
-
-    #[inline(always)]
-    unsafe fn maskload8(p: *const f32, mask: __m256i) -> __m256 {
-        _mm256_maskload_ps(p, mask)
-    }
-
-    #[inline(always)]
-    unsafe fn maskstore8(p: *mut f32, mask: __m256i, v: __m256) {
-        _mm256_maskstore_ps(p, mask, v)
     }
 
     /// Exact GELU of each lane, `0.5 x (1 + erf(x / sqrt 2))`, by the same steps as
@@ -355,7 +342,7 @@ mod x86 {
                 _mm512_storeu_ps,
                 mask16,
                 maskload16,
-                maskstore16,
+                _mm512_mask_storeu_ps,
                 gelu_avx512
             );
         }
@@ -442,8 +429,8 @@ mod x86 {
                 _mm256_loadu_ps,
                 _mm256_storeu_ps,
                 mask8,
-                maskload8,
-                maskstore8,
+                _mm256_maskload_ps,
+                _mm256_maskstore_ps,
                 gelu_avx2
             );
         }
