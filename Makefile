@@ -39,8 +39,18 @@ demo: build samples
 	echo "demo: model $$model ($$why)" >&2; \
 	$(VIT) classify --model "$$model" --top-k 3 $(SAMPLES)
 
+# The kernels' tests run again under forced cache sizes (VIT_CACHE_SIZES=L1D_KIB,L2_KIB): a
+# small CPU's, a Zen 3's and a Zen 5's blocking, so every machine and CI checks the orders of
+# summation the others use (the first run has this CPU's).
+KERNEL_BLOCKINGS ?= 32,256 32,512 48,1024
+KERNEL_TESTS     := kernels:: model::cpu_kernels model::attention train::cpu_step
+
 test:
 	$(CARGO) test --release --all-targets
+	@for sizes in $(KERNEL_BLOCKINGS); do \
+		echo "test: the kernels' tests with VIT_CACHE_SIZES=$$sizes" >&2; \
+		VIT_CACHE_SIZES=$$sizes $(CARGO) test --release --lib -- $(KERNEL_TESTS) || exit $$?; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

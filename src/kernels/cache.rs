@@ -17,12 +17,60 @@ impl CacheSizes {
         l2: 512 * 1024,
     };
 
-    /// This CPU's, read once (CPUID's deterministic cache parameters on x86-64).
+    /// The sizes the engine blocks for, read once per process: `VIT_CACHE_SIZES` when set
+    /// (see [`CacheSizes::parse`]), else this CPU's (CPUID's deterministic cache parameters
+    /// on x86-64). A malformed `VIT_CACHE_SIZES` is reported on stderr and ignored.
     pub fn current() -> Self {
         static SIZES: OnceLock<CacheSizes> = OnceLock::new();
-        *SIZES.get_or_init(|| detect().unwrap_or(Self::FALLBACK))
+        *SIZES.get_or_init(|| {
+            let detected = || detect().unwrap_or(Self::FALLBACK);
+            match std::env::var(ENV) {
+                Ok(text) if !text.trim().is_empty() => match Self::parse(&text) {
+                    Ok(sizes) => sizes,
+                    Err(message) => {
+                        let detected = detected();
+                        eprintln!(
+                            "vit: {ENV}={text}: {message}; using this CPU's ({})",
+                            detected.kib()
+                        );
+                        detected
+                    }
+                },
+                _ => detected(),
+            }
+        })
+    }
+
+    /// Reads `L1D_KIB,L2_KIB` (for example `32,256`): the sizes of one core's L1 data cache
+    /// and L2 in KiB, each from 4 KiB to 64 MiB, so that any blocking can be run (by tests,
+    /// or by a user comparing blockings on a slow CPU).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let expected = "expected L1D_KIB,L2_KIB (for example 32,256)";
+        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+        let [l1d, l2] = fields[..] else {
+            return Err(expected.into());
+        };
+        let kib = |field: &str, name: &str| match field.parse::<usize>() {
+            Ok(n) if (4..=64 * 1024).contains(&n) => Ok(n * 1024),
+            Ok(n) => Err(format!("{name} of {n} KiB is outside 4 to 65536")),
+            Err(_) => Err(format!(
+                "{name} {field:?} is not a whole number of KiB; {expected}"
+            )),
+        };
+        Ok(Self {
+            l1d: kib(l1d, "L1D")?,
+            l2: kib(l2, "L2")?,
+        })
+    }
+
+    /// `L1D_KIB,L2_KIB`, as [`CacheSizes::parse`] reads it.
+    pub fn kib(&self) -> String {
+        format!("{},{}", self.l1d / 1024, self.l2 / 1024)
     }
 }
+
+/// The variable that overrides the detected cache sizes.
+pub const ENV: &str = "VIT_CACHE_SIZES";
 
 /// CPUID leaf 4 (Intel) or 0x8000001D (AMD): one sub-leaf per cache, with its level, type,
 /// ways, partitions, line size and sets.
@@ -91,7 +139,9 @@ mod tests {
 
     #[test]
     fn this_cpu_reports_plausible_caches() {
-        let caches = CacheSizes::current();
+        let Some(caches) = detect() else {
+            return; // not x86-64, or a CPU whose CPUID leaves report no caches
+        };
         assert!((8 * 1024..=1024 * 1024).contains(&caches.l1d), "{caches:?}");
         assert!(
             (64 * 1024..=64 * 1024 * 1024).contains(&caches.l2),
@@ -100,14 +150,50 @@ mod tests {
     }
 
     #[test]
+    fn overrides_are_read_as_kib_and_bad_ones_refused() {
+        let sizes = CacheSizes::parse(" 32, 256 ").unwrap();
+        assert_eq!(
+            sizes,
+            CacheSizes {
+                l1d: 32 * 1024,
+                l2: 256 * 1024
+            }
+        );
+        assert_eq!(sizes.kib(), "32,256");
+        for bad in [
+            "",
+            "32",
+            "32,256,1024",
+            "32,x",
+            "0,256",
+            "32,100000",
+            "-1,256",
+        ] {
+            assert!(CacheSizes::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn blocks_fit_their_caches() {
-        let caches = CacheSizes {
+        let zen5 = CacheSizes {
             l1d: 48 * 1024,
             l2: 1024 * 1024,
         };
-        let blocking = Blocking::for_kernel(caches, 6, 64);
+        let blocking = Blocking::for_kernel(zen5, 6, 64);
         assert_eq!((blocking.kc, blocking.mc), (768, 210));
-        assert!(blocking.kc * 64 * 4 <= caches.l2 / 5);
-        assert!(blocking.mc * blocking.kc * 4 <= caches.l2 * 5 / 8);
+        // A small CPU, a Zen 3 and a Zen 5, for the AVX2 (6x16) and AVX-512 (6x64) kernels.
+        for caches in ["32,256", "32,512", "48,1024"].map(|s| CacheSizes::parse(s).unwrap()) {
+            for (mr, nr) in [(6, 16), (6, 64)] {
+                let blocking = Blocking::for_kernel(caches, mr, nr);
+                let what = format!("{} {mr}x{nr}: {blocking:?}", caches.kib());
+                assert!((256..=1024).contains(&blocking.kc), "{what}");
+                assert!(
+                    blocking.kc * nr * 4 <= caches.l2 / 5 || blocking.kc == 256,
+                    "{what}"
+                );
+                assert!(blocking.mc * blocking.kc * 4 <= caches.l2 * 5 / 8, "{what}");
+                assert_eq!(blocking.mc % mr, 0, "{what}");
+            }
+        }
     }
 }

@@ -387,7 +387,7 @@ unsafe fn finish_rows_of_zero_product(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::Activation;
+    use crate::kernels::{bounds, Activation};
 
     /// Values in [-1, 1) from a small linear congruential generator.
     fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -404,44 +404,44 @@ mod tests {
             .collect()
     }
 
-    /// The epilogue of a product, in f64 element by element.
+    /// The product with its epilogue, element by element: the dot products in f64, the
+    /// epilogue in f32 as the kernels apply it, and the bound of each value's error
+    /// ([`bounds`]): the products' `γ(k) Σ|a b|`, scaled, carried through the activation,
+    /// plus a few roundings of every value the epilogue adds or makes.
     fn reference(
         (m, n, k): (usize, usize, usize),
         a: &[f32],
         w: &[f32],
         c_before: &[f32],
         epilogue: &Epilogue,
-    ) -> Vec<f32> {
-        let mut out = vec![0f32; m * n];
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (mut out, mut bound) = (vec![0f64; m * n], vec![0f64; m * n]);
         for i in 0..m {
             for j in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|p| a[i * k + p] as f64 * w[j * k + p] as f64)
-                    .sum();
-                let mut v = epilogue.scale * dot as f32;
+                let dot = bounds::Dot::of(&a[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+                let scaled = epilogue.scale * dot.value as f32;
+                let mut v = scaled;
+                let mut touched = vec![scaled as f64];
                 if epilogue.accumulate {
                     v += c_before[i * n + j];
+                    touched.extend([c_before[i * n + j] as f64, v as f64]);
                 }
                 if let Some(bias) = epilogue.bias {
                     v += bias[j];
+                    touched.extend([bias[j] as f64, v as f64]);
                 }
                 v = epilogue.activation.apply(v);
+                touched.push(v as f64);
                 if let Some(residual) = epilogue.residual {
                     v += residual[i * n + j];
+                    touched.extend([residual[i * n + j] as f64, v as f64]);
                 }
-                out[i * n + j] = v;
+                out[i * n + j] = v as f64;
+                let carried = epilogue.scale.abs() as f64 * dot.bound;
+                bound[i * n + j] = bounds::after_epilogue(carried, 8, &touched);
             }
         }
-        out
-    }
-
-    fn assert_close(got: &[f32], expected: &[f32], what: &str) {
-        for (index, (g, e)) in got.iter().zip(expected).enumerate() {
-            assert!(
-                (g - e).abs() <= 2e-5 * (1.0 + e.abs()),
-                "{what}: [{index}] {g} vs {e}"
-            );
-        }
+        (out, bound)
     }
 
     #[test]
@@ -493,12 +493,12 @@ mod tests {
                                 parallel,
                             )
                         };
-                        let expected = reference((m, n, k), &a, &w, &before, epilogue);
+                        let (expected, bound) = reference((m, n, k), &a, &w, &before, epilogue);
                         let what = format!(
                             "{} {m}x{n}x{k} epilogue {e} parallel {parallel}",
                             isa.name()
                         );
-                        assert_close(&c, &expected, &what);
+                        bounds::assert_within(&c, &expected, &bound, &what);
                     }
                 }
             }
@@ -533,11 +533,12 @@ mod tests {
                         true,
                     )
                 };
-                let expected = reference((m, n, k), &a, &w, &[], &epilogue);
+                let (expected, bound) = reference((m, n, k), &a, &w, &[], &epilogue);
                 for i in 0..m {
-                    assert_close(
+                    bounds::assert_within(
                         &c[i * ldc..i * ldc + n],
                         &expected[i * n..(i + 1) * n],
+                        &bound[i * n..(i + 1) * n],
                         isa.name(),
                     );
                     assert_eq!(
@@ -558,16 +559,19 @@ mod tests {
             run: |_, _, _, _, _, _| {},
             a_by_rows: true,
         };
+        // Blocks of A as a Zen 5's L2 (1 MiB) allows: 210 rows.
+        let max_mc = Blocking::for_kernel(CacheSizes::parse("48,1024").unwrap(), 6, 64).mc;
+        let split = |m, panels, threads| Split::for_tiles(kernel.mr, max_mc, m, panels, threads);
         // One image of ViT-B (197 rows, 33 row panels) by 768 columns (12 panels): two
         // chunks of 6 panels, 198 tiles each.
-        let split = Split::new(kernel, 197, 12, 2);
-        assert_eq!((split.row_blocks, split.chunks, split.chunk), (1, 2, 6));
+        let vit_b = split(197, 12, 2);
+        assert_eq!((vit_b.row_blocks, vit_b.chunks, vit_b.chunk), (1, 2, 6));
         // DeiT-Tiny's 192 columns are 3 panels: split the rows instead (17 + 16 panels).
-        let split = Split::new(kernel, 197, 3, 2);
-        assert_eq!((split.row_blocks, split.chunks, split.mc), (2, 1, 102));
+        let deit = split(197, 3, 2);
+        assert_eq!((deit.row_blocks, deit.chunks, deit.mc), (2, 1, 102));
         // One thread: one task per block of A.
-        let split = Split::new(kernel, 197, 12, 1);
-        assert_eq!((split.row_blocks, split.chunks), (1, 1));
+        let one_thread = split(197, 12, 1);
+        assert_eq!((one_thread.row_blocks, one_thread.chunks), (1, 1));
     }
 
     #[test]

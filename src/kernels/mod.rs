@@ -4,13 +4,15 @@
 //!   ([`Isa`]); other CPUs use the `gemm` crate.
 //! - [`pack`]: the panel layout the kernels read; weights ([`PackedB`]) are packed once,
 //!   when the model loads.
-//! - [`cache`]: block sizes from the caches the CPU reports.
+//! - [`cache`]: block sizes from the caches the CPU reports (or `VIT_CACHE_SIZES`).
 //! - [`gemm`](mod@gemm): the loop nest and the split over threads.
 //! - [`epilogue`]: bias, activation and residual applied as each tile is stored.
 //! - [`pool`]: the threads that run the parallel steps of a forward pass.
 //! - [`int8`]: int8 dense layers (per-channel weights, activations quantized per row) on
 //!   the same split and threads.
 
+#[cfg(test)]
+pub(crate) mod bounds;
 pub mod cache;
 pub mod epilogue;
 pub mod gemm;

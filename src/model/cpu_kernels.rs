@@ -503,6 +503,7 @@ pub fn attention(qkv: &Tensor, isa: Isa) -> Result<Option<Tensor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bounds;
     use candle_core::Device;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -559,30 +560,71 @@ mod tests {
             Tensor::randn(1f32, 0.5, 24, &dev)?,
             Tensor::randn(0f32, 0.5, 24, &dev)?,
         );
+        // Rows centred near 100, where the mean's rounding shows.
         let shifted = (&xs + 100.0)?;
-        let reference =
-            crate::model::layers::layer_norm_differentiable(&shifted, &gamma, &beta, 1e-6)?;
         let fused = layer_norm(&shifted, &gamma, &beta, 1e-6)?.expect("applies to CPU f32");
-        let diff = max_diff(&fused, &reference);
-        // Rows centred near 100: summation order moves the f32 result by a few ulps of 4.
-        assert!(diff < 5e-5, "layer norm: {diff}");
+        let (expected, bound) = layer_norm_reference(
+            &shifted.flatten_all()?.to_vec1()?,
+            &gamma.to_vec1()?,
+            &beta.to_vec1()?,
+            1e-6,
+        );
+        bounds::assert_within(
+            &fused.flatten_all()?.to_vec1()?,
+            &expected,
+            &bound,
+            "layer norm",
+        );
 
         let qkv = Tensor::randn(0f32, 1., (2, 13, 3, 4, 8), &dev)?;
         let fused = attention(&qkv, Isa::current())?.expect("applies to CPU f32");
-        let part = |i: usize| {
-            qkv.narrow(2, i, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores = (q.matmul(&k.t()?)? / 8f64.sqrt())?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let reference = probs.matmul(&v)?.transpose(1, 2)?;
-        let diff = max_diff(&fused, &reference);
-        // Rows centred near 100: summation order moves the f32 result by a few ulps of 4.
-        assert!(diff < 5e-5, "layer norm: {diff}");
+        let (expected, bound) = bounds::attention(&qkv.flatten_all()?.to_vec1()?, (2, 13, 4, 8));
+        bounds::assert_within(
+            &fused.flatten_all()?.to_vec1()?,
+            &expected,
+            &bound,
+            "attention",
+        );
         Ok(())
+    }
+
+    /// Layer norm of rows of `weight.len()` values in f64, beside the bound of the f32
+    /// kernel's error: the mean off by `e_m <= γ(n+1) mean|x|`, each deviation by `e_m` and
+    /// a rounding, the variance (of deviations from the rounded mean, which adds `e_m^2`)
+    /// by `γ(n+4)` of itself, the inverse standard deviation by half the variance's relative
+    /// error and three roundings, the scale and shift by three more.
+    fn layer_norm_reference(
+        xs: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        eps: f32,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let n = weight.len();
+        let (mut out, mut bound) = (Vec::new(), Vec::new());
+        for row in xs.chunks(n) {
+            let row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+            let mean = row.iter().sum::<f64>() / n as f64;
+            let variance = row.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            let mean_error =
+                bounds::gamma(n + 1) * row.iter().map(|x| x.abs()).sum::<f64>() / n as f64;
+            let variance_error =
+                mean_error.powi(2) + bounds::gamma(n + 4) * (variance + mean_error.powi(2));
+            let inverse_std = 1.0 / (variance + eps as f64).sqrt();
+            let std_relative = 0.5 * variance_error / (variance + eps as f64) + bounds::gamma(3);
+            for ((x, &w), &b) in row.iter().zip(weight).zip(bias) {
+                let (w, b) = (w as f64, b as f64);
+                let deviation = x - mean;
+                let y = deviation * inverse_std * w + b;
+                let deviation_error = mean_error + bounds::UNIT_ROUNDOFF * deviation.abs();
+                out.push(y);
+                bound.push(
+                    w.abs() * inverse_std * (deviation_error + deviation.abs() * std_relative)
+                        + bounds::gamma(3)
+                            * ((deviation * inverse_std * w).abs() + b.abs() + y.abs()),
+                );
+            }
+        }
+        (out, bound)
     }
 
     #[test]

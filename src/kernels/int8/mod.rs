@@ -427,6 +427,7 @@ pub fn linear_int8(x: &[f32], weight: &PackedI8, epilogue: &Epilogue) -> Vec<f32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bounds;
     use crate::kernels::epilogue::Activation;
 
     /// The kernels this CPU runs.
@@ -521,28 +522,54 @@ mod tests {
         }
     }
 
+    /// The quantized product is within the bound its rounding allows of the exact one: a
+    /// weight of a channel whose step is `s_w` (its largest magnitude / 127) moves by at most
+    /// `s_w / 2`, an activation of a row whose step is `s_x` (its span / 255) by at most
+    /// `s_x` (half a step, and half another where the zero point's rounding pushes a code
+    /// past 255), so each output moves by at most `Σ (|x| s_w / 2 + |w| s_x + s_x s_w / 2)`;
+    /// the f32 scaling of the exact integer sum adds three roundings.
     #[test]
     fn the_quantized_product_is_close_to_the_f32_one() {
         let (rows, k, n) = (50, 384, 70);
         let x = values(rows * k, 5);
         let w = values(n * k, 6);
-        let packed = PackedI8::quantize(Int8Kernel::for_isa(Isa::current()), (n, k), |j| {
-            &w[j * k..(j + 1) * k]
-        });
-        let got = linear_int8(&x, &packed, &Epilogue::none());
-        let mut worst = 0f32;
-        let mut largest = 0f32;
-        for r in 0..rows {
-            for j in 0..n {
-                let exact: f32 = (0..k).map(|p| x[r * k + p] * w[j * k + p]).sum();
-                worst = worst.max((got[r * n + j] - exact).abs());
-                largest = largest.max(exact.abs());
+        for kernel in kernels() {
+            let packed = PackedI8::quantize(kernel, (n, k), |j| &w[j * k..(j + 1) * k]);
+            let got = linear_int8(&x, &packed, &Epilogue::none());
+            let (mut expected, mut bound) = (Vec::new(), Vec::new());
+            for r in 0..rows {
+                let row = &x[r * k..(r + 1) * k];
+                let (lo, hi) = quantize::min_max(row);
+                let step_x = ((hi - lo) / 255.0) as f64;
+                for j in 0..n {
+                    let channel = &w[j * k..(j + 1) * k];
+                    let step_w = quantize::max_abs(channel) as f64 / 127.0;
+                    let exact = bounds::Dot::of(row, channel);
+                    let rounding: f64 = row
+                        .iter()
+                        .zip(channel)
+                        .map(|(&a, &b)| {
+                            (a as f64).abs() * step_w / 2.0
+                                + (b as f64).abs() * step_x
+                                + step_x * step_w / 2.0
+                        })
+                        .sum();
+                    expected.push(exact.value);
+                    bound.push(
+                        exact.bound
+                            + rounding * (1.0 + bounds::gamma(3))
+                            + bounds::gamma(3) * exact.value.abs(),
+                    );
+                }
             }
+            bounds::assert_within(&got, &expected, &bound, &format!("{kernel:?}"));
+            // Not vacuous: the bound stays a small share of the values.
+            let largest = expected.iter().fold(0f64, |m, v| m.max(v.abs()));
+            assert!(
+                bound.iter().all(|&b| b < 0.25 * largest),
+                "bounds {bound:?}"
+            );
         }
-        assert!(
-            worst < 0.02 * largest,
-            "error {worst} against values up to {largest}"
-        );
     }
 
     #[test]
