@@ -27,7 +27,7 @@ use crate::model::weights::{
     canonical_state_dict, check_state_dict, expected_tensors, infer_config, read_weights,
     read_weights_as, ModelFiles, StateDict,
 };
-use crate::preprocess::{CropOffset, PreprocessConfig};
+use crate::preprocess::{ImageBackend, PreprocessConfig};
 
 /// Files at least this large get progress bars (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: u64 = 256 << 20;
@@ -560,7 +560,8 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
         }
         (None, Layout::Timm) => {
             let pretrained = timm_config.as_ref().and_then(|c| c.get("pretrained_cfg"));
-            let (made, how) = timm_preprocess(pretrained, config.image_size, CropOffset::Floor)?;
+            let (made, how) =
+                timm_preprocess(pretrained, config.image_size, ImageBackend::HfTorchvision)?;
             Preprocessor::Made(made, how)
         }
         (None, Layout::Hf) => Preprocessor::Made(

@@ -519,3 +519,71 @@ fn an_absurd_layer_count_fails_at_once_naming_the_first_missing_tensor() {
         started.elapsed()
     );
 }
+
+/// `--image-backend` picks HF's backend for HF models (torchvision by default), keeps timm's
+/// transform for timm checkpoints and refuses torchvision there; the log line says which
+/// ran; the two HF backends give the pixel values each HF backend gives (checked in
+/// tests/hf_parity.rs), so their scores differ a little here.
+#[test]
+fn image_backends_are_chosen_logged_and_refused_where_meaningless() {
+    let image = sample_image("odd_301x157.jpg");
+    let tiny_model_path = tiny_model();
+    let scores = |args: &[&str]| -> (Vec<f64>, String) {
+        let mut all = vec!["classify", "-m", &tiny_model_path, "-f", "json", &image];
+        all.extend(args);
+        let output = vit(&all);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let results: Value = serde_json::from_str(&stdout(&output)).unwrap();
+        let scores = results[0]["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["score"].as_f64().unwrap())
+            .collect();
+        (scores, stderr(&output))
+    };
+    let (default, log) = scores(&[]);
+    assert!(
+        log.contains("images preprocessed as HF's torchvision backend"),
+        "{log}"
+    );
+    let (torchvision, _) = scores(&["--image-backend", "torchvision"]);
+    assert_eq!(default, torchvision);
+    let (pil, log) = scores(&["--image-backend", "pil"]);
+    assert!(
+        log.contains("images preprocessed as HF's PIL backend"),
+        "{log}"
+    );
+    assert_ne!(default, pil, "the backends resize differently");
+
+    let timm = fixture("timm_family/vit_token").display().to_string();
+    let output = vit(&["classify", "-m", &timm, &image, "--image-backend", "pil"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("timm's transform"),
+        "{}",
+        stderr(&output)
+    );
+    let err = data_error(&vit(&[
+        "classify",
+        "-m",
+        &timm,
+        &image,
+        "--image-backend",
+        "torchvision",
+    ]));
+    assert!(
+        err.contains("--image-backend torchvision") && err.contains("timm"),
+        "{err}"
+    );
+    assert_one_line(&err);
+    let output = vit(&[
+        "classify",
+        "-m",
+        &tiny_model_path,
+        &image,
+        "--image-backend",
+        "x",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}

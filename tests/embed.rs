@@ -49,6 +49,8 @@ fn jsonl(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The shared DINOv2 on every photo, on both of HF's image backends: torchvision (the
+/// default) and PIL (`--image-backend pil`).
 #[test]
 fn shared_dinov2_embeddings_match_hf_transformers_on_every_photo() {
     let Some(shared) = shared_dir() else { return };
@@ -59,50 +61,68 @@ fn shared_dinov2_embeddings_match_hf_transformers_on_every_photo() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for (pool, format) in [("cls", "npy"), ("mean", "safetensors")] {
-        let out = dir.path().join(format!("{pool}.{format}"));
-        let output = vit(&[
-            "embed",
-            "-m",
-            model.to_str().unwrap(),
-            shared.join("images").to_str().unwrap(),
-            "--pool",
-            pool,
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        assert!(stdout(&output).is_empty(), "results go to the file");
-        let (shape, values, files) = match format {
-            "npy" => {
-                let (shape, values) = read_npy(&out);
-                let list = std::fs::read_to_string(format!("{}.files.txt", out.display())).unwrap();
-                let files: Vec<String> = list.lines().map(str::to_string).collect();
-                (shape, values, files)
+    let images = shared.join("images");
+    for (backend, suffix, logged) in [
+        (None, "_torchvision", "HF's torchvision backend"),
+        (Some("pil"), "", "HF's PIL backend"),
+    ] {
+        for (pool, format) in [("cls", "npy"), ("mean", "safetensors")] {
+            let out = dir.path().join(format!("{pool}{suffix}.{format}"));
+            let mut args = vec![
+                "embed",
+                "-m",
+                model.to_str().unwrap(),
+                images.to_str().unwrap(),
+                "--pool",
+                pool,
+                "-o",
+                out.to_str().unwrap(),
+            ];
+            args.extend(
+                backend
+                    .map(|b| ["--image-backend", b])
+                    .into_iter()
+                    .flatten(),
+            );
+            let output = vit(&args);
+            assert!(output.status.success(), "{}", stderr(&output));
+            assert!(stdout(&output).is_empty(), "results go to the file");
+            assert!(stderr(&output).contains(logged), "{}", stderr(&output));
+            let (shape, values, files) = match format {
+                "npy" => {
+                    let (shape, values) = read_npy(&out);
+                    let list =
+                        std::fs::read_to_string(format!("{}.files.txt", out.display())).unwrap();
+                    let files: Vec<String> = list.lines().map(str::to_string).collect();
+                    (shape, values, files)
+                }
+                _ => {
+                    let bytes = std::fs::read(&out).unwrap();
+                    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+                    let meta = metadata.metadata().clone().unwrap();
+                    let files: Vec<String> = serde_json::from_str(&meta["files"]).unwrap();
+                    assert_eq!(meta["failed"], "[]");
+                    let tensors =
+                        candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+                    let t = &tensors["embeddings"];
+                    (t.dims().to_vec(), common::f32_values(t), files)
+                }
+            };
+            assert_eq!(shape, [26, 384], "{pool}");
+            assert_eq!(files.len(), 26);
+            let mut worst = 0f32;
+            for (row, file) in values.chunks(384).zip(&files) {
+                let name = Path::new(file).file_name().unwrap().to_str().unwrap();
+                let expected = common::f32_values(&reference[&format!("{pool}{suffix}.{name}")]);
+                let diff = max_abs_diff(row, &expected);
+                assert!(
+                    diff < 1e-4,
+                    "{pool}{suffix} {name}: max |diff| {diff} vs HF"
+                );
+                worst = worst.max(diff);
             }
-            _ => {
-                let bytes = std::fs::read(&out).unwrap();
-                let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-                let meta = metadata.metadata().clone().unwrap();
-                let files: Vec<String> = serde_json::from_str(&meta["files"]).unwrap();
-                assert_eq!(meta["failed"], "[]");
-                let tensors =
-                    candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
-                let t = &tensors["embeddings"];
-                (t.dims().to_vec(), common::f32_values(t), files)
-            }
-        };
-        assert_eq!(shape, [26, 384], "{pool}");
-        assert_eq!(files.len(), 26);
-        let mut worst = 0f32;
-        for (row, file) in values.chunks(384).zip(&files) {
-            let name = Path::new(file).file_name().unwrap().to_str().unwrap();
-            let expected = common::f32_values(&reference[&format!("{pool}.{name}")]);
-            let diff = max_abs_diff(row, &expected);
-            assert!(diff < 1e-4, "{pool} {name}: max |diff| {diff} vs HF");
-            worst = worst.max(diff);
+            eprintln!("{pool}{suffix}: worst |diff| vs HF {worst:.2e}");
         }
-        eprintln!("{pool}: worst |diff| vs HF {worst:.2e}");
     }
 }
 

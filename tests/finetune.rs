@@ -284,13 +284,28 @@ fn killed_after_an_epoch_a_resumed_run_ends_with_identical_weights() {
 #[test]
 fn matching_labels_keep_the_head_and_a_frozen_backbone_stays_put() {
     let setup = Setup::new(4, 2, &["plain", "stripes", "disk"]);
-    let output = run(&setup.args("out", &["--epochs", "1", "--freeze-backbone"]));
+    let output = run(&setup.args(
+        "out",
+        &[
+            "--epochs",
+            "1",
+            "--freeze-backbone",
+            "--image-backend",
+            "pil",
+        ],
+    ));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("head kept, rows reordered"),
         "{}",
         stderr(&output)
     );
+    // The backend asked for is a setting of the run, kept for --resume.
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(setup.path("out/last/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["settings"]["image_backend"], "pil", "{state}");
     let base = read_weights(&setup.path("base/model.safetensors")).unwrap();
     let trained = read_weights(&setup.path("out/model.safetensors")).unwrap();
     let same = |name: &str, rows: Option<&[u32]>| {

@@ -5,7 +5,8 @@
 //! image tower, padded bidirectional text tower, logit bias): `logits_per_image` and the
 //! image and text features within 1e-4, the pipeline's zero-shot scores; the image-only
 //! `CLIPVisionModelWithProjection` and `SiglipVisionModel`, and
-//! `SiglipForImageClassification`.
+//! `SiglipForImageClassification`; each on both of HF's image backends (torchvision, its
+//! default, and PIL).
 
 mod common;
 
@@ -16,7 +17,7 @@ use common::{f32_values, fixture, max_abs_diff, shared_dir};
 use serde_json::Value;
 use vit::classifier::Classifier;
 use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
-use vit::preprocess::PixelValues;
+use vit::preprocess::{ImageBackend, PixelValues};
 use vit::zero_shot::label_texts;
 
 fn manifest(family: &str) -> Value {
@@ -45,6 +46,20 @@ fn strings(value: &Value) -> Vec<String> {
 fn load(dir: &str) -> LoadedModel {
     let files = ModelFiles::local(&fixture(dir)).unwrap();
     LoadedModel::load(&files, &options()).unwrap_or_else(|e| panic!("{dir}: {e:#}"))
+}
+
+/// HF's image backends, with the suffix of the fixtures' tensors and pipeline scores each
+/// made.
+const BACKENDS: [(ImageBackend, &str); 2] = [
+    (ImageBackend::HfTorchvision, "_torchvision"),
+    (ImageBackend::HfPil, ""),
+];
+
+/// The model of `dir` preprocessing images as `backend` does.
+fn load_on(dir: &str, backend: ImageBackend) -> LoadedModel {
+    let mut loaded = load(dir);
+    loaded.preprocess = loaded.preprocess.with_backend(backend);
+    loaded
 }
 
 /// The case's shared photos, preprocessed as `classifier`'s model asks.
@@ -107,37 +122,41 @@ fn check_image_text(family: &str) {
         let diff = max_abs_diff(&f32_values(&text_embeds), &f32_values(&io["text_features"]));
         assert!(diff < 1e-4, "{name}: max |text_features diff| {diff}");
 
-        let classifier =
-            Classifier::zero_shot(loaded, Device::Cpu, None, labels.clone(), template).unwrap();
-        let photos = strings(&case["photos"]);
-        let pixels = photo_pixels(&classifier, &shared, case);
-        let batch: Vec<_> = pixels.iter().collect();
-        let image_embeds = classifier
-            .model
-            .embed(
-                &classifier.batch_tensor(&batch).unwrap(),
-                EmbeddingKind::Auto,
-            )
-            .unwrap();
-        let diff = max_abs_diff(
-            &f32_values(&image_embeds),
-            &f32_values(&io["image_features"]),
-        );
-        assert!(diff < 1e-4, "{name}: max |image_features diff| {diff}");
-        let logits = classifier.logits(&batch).unwrap();
-        let flat: Vec<f32> = logits.iter().flatten().copied().collect();
-        let diff = max_abs_diff(&flat, &f32_values(&io["logits_per_image"]));
-        assert!(diff < 1e-4, "{name}: max |logits_per_image diff| {diff}");
+        for (backend, suffix) in BACKENDS {
+            let loaded = load_on(dir, backend);
+            let name = format!("{name} ({})", backend.describe());
+            let classifier =
+                Classifier::zero_shot(loaded, Device::Cpu, None, labels.clone(), template).unwrap();
+            let photos = strings(&case["photos"]);
+            let pixels = photo_pixels(&classifier, &shared, case);
+            let batch: Vec<_> = pixels.iter().collect();
+            let image_embeds = classifier
+                .model
+                .embed(
+                    &classifier.batch_tensor(&batch).unwrap(),
+                    EmbeddingKind::Auto,
+                )
+                .unwrap();
+            let expected = &io[&format!("image_features{suffix}")];
+            let diff = max_abs_diff(&f32_values(&image_embeds), &f32_values(expected));
+            assert!(diff < 1e-4, "{name}: max |image_features diff| {diff}");
+            let logits = classifier.logits(&batch).unwrap();
+            let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+            let expected = &io[&format!("logits_per_image{suffix}")];
+            let diff = max_abs_diff(&flat, &f32_values(expected));
+            assert!(diff < 1e-4, "{name}: max |logits_per_image diff| {diff}");
 
-        let function = classifier.zero_shot.as_ref().unwrap().score_function();
-        for (photo, row) in photos.iter().zip(&logits) {
-            let scores = function.apply(row);
-            for (label, score) in labels.iter().zip(scores) {
-                let hf = case["pipeline_scores"][photo][label].as_f64().unwrap() as f32;
-                assert!(
-                    (score - hf).abs() < 1e-5,
-                    "{name} {photo} {label}: {score} vs {hf}"
-                );
+            let function = classifier.zero_shot.as_ref().unwrap().score_function();
+            let pipeline = &case[format!("pipeline_scores{suffix}")];
+            for (photo, row) in photos.iter().zip(&logits) {
+                let scores = function.apply(row);
+                for (label, score) in labels.iter().zip(scores) {
+                    let hf = pipeline[photo][label].as_f64().unwrap() as f32;
+                    assert!(
+                        (score - hf).abs() < 1e-5,
+                        "{name} {photo} {label}: {score} vs {hf}"
+                    );
+                }
             }
         }
     }
@@ -168,13 +187,16 @@ fn check_vision(family: &str) {
             loaded.unused_tensors
         );
         let io = read_io(dir);
-        let classifier = Classifier::new(loaded, Device::Cpu, None).unwrap();
-        let pixels = photo_pixels(&classifier, &shared, case);
-        let batch: Vec<_> = pixels.iter().collect();
-        let (ours, shape) = classifier.embeddings(&batch, EmbeddingKind::Auto).unwrap();
-        assert_eq!(shape, io["image_embeds"].dims());
-        let diff = max_abs_diff(&ours, &f32_values(&io["image_embeds"]));
-        assert!(diff < 1e-4, "{dir}: max |image_embeds diff| {diff}");
+        for (backend, suffix) in BACKENDS {
+            let classifier = Classifier::new(load_on(dir, backend), Device::Cpu, None).unwrap();
+            let pixels = photo_pixels(&classifier, &shared, case);
+            let batch: Vec<_> = pixels.iter().collect();
+            let (ours, shape) = classifier.embeddings(&batch, EmbeddingKind::Auto).unwrap();
+            let expected = &io[&format!("image_embeds{suffix}")];
+            assert_eq!(shape, expected.dims());
+            let diff = max_abs_diff(&ours, &f32_values(expected));
+            assert!(diff < 1e-4, "{dir}{suffix}: max |image_embeds diff| {diff}");
+        }
     }
 }
 
@@ -193,13 +215,15 @@ fn siglip_for_image_classification_matches_hf() {
             loaded.unused_tensors
         );
         let io = read_io(dir);
-        let classifier = Classifier::new(loaded, Device::Cpu, None).unwrap();
-        let pixels = photo_pixels(&classifier, &shared, case);
-        let batch: Vec<_> = pixels.iter().collect();
-        let logits = classifier.logits(&batch).unwrap();
-        let flat: Vec<f32> = logits.iter().flatten().copied().collect();
-        let diff = max_abs_diff(&flat, &f32_values(&io["logits"]));
-        assert!(diff < 1e-4, "{dir}: max |logits diff| {diff}");
+        for (backend, suffix) in BACKENDS {
+            let classifier = Classifier::new(load_on(dir, backend), Device::Cpu, None).unwrap();
+            let pixels = photo_pixels(&classifier, &shared, case);
+            let batch: Vec<_> = pixels.iter().collect();
+            let logits = classifier.logits(&batch).unwrap();
+            let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+            let diff = max_abs_diff(&flat, &f32_values(&io[&format!("logits{suffix}")]));
+            assert!(diff < 1e-4, "{dir}{suffix}: max |logits diff| {diff}");
+        }
     }
 }
 

@@ -8,12 +8,20 @@ use candle_core::{DType, Device};
 use common::{deit_tiny, max_abs_diff, shared_dir};
 use vit::classifier::{top_k, Classifier, ScoreFunction};
 use vit::model::{LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+use vit::preprocess::ImageBackend;
 
+/// The shared DeiT-Tiny preprocessing as HF's PIL backend does, as the independent
+/// references in `shared/reference` were made.
 fn classifier(shared: &std::path::Path, dtype: DType) -> Classifier {
-    classifier_with(shared, dtype, ModelOptions::default())
+    classifier_with(shared, dtype, ModelOptions::default(), ImageBackend::HfPil)
 }
 
-fn classifier_with(shared: &std::path::Path, dtype: DType, model: ModelOptions) -> Classifier {
+fn classifier_with(
+    shared: &std::path::Path,
+    dtype: DType,
+    model: ModelOptions,
+    backend: ImageBackend,
+) -> Classifier {
     let files = ModelFiles::local(&deit_tiny(shared)).unwrap();
     let options = LoadOptions {
         device: Device::Cpu,
@@ -21,12 +29,9 @@ fn classifier_with(shared: &std::path::Path, dtype: DType, model: ModelOptions) 
         num_heads: None,
         model,
     };
-    Classifier::new(
-        LoadedModel::load(&files, &options).unwrap(),
-        Device::Cpu,
-        None,
-    )
-    .unwrap()
+    let mut loaded = LoadedModel::load(&files, &options).unwrap();
+    loaded.preprocess = loaded.preprocess.with_backend(backend);
+    Classifier::new(loaded, Device::Cpu, None).unwrap()
 }
 
 /// HF transformers' logits for the shared model, made by `tests/fixtures/generate.py`.
@@ -125,50 +130,61 @@ fn photo_logits(classifier: &Classifier, shared: &std::path::Path, file: &str) -
     classifier.logits(&[&pixels]).unwrap().remove(0)
 }
 
+/// Every shared photo through the whole pipeline, on HF's PIL backend (against the
+/// independent NumPy reference, made with PIL's preprocessing, and HF's logits) and on its
+/// torchvision backend (against HF's logits): the same top-5, logits within 1e-4 of HF's
+/// for lossless photos, and every strict photo top-1 correct.
 #[test]
 fn every_photo_has_the_reference_top5_and_strict_photos_are_top1_correct() {
     let Some(shared) = shared_dir() else { return };
-    let classifier = classifier(&shared, DType::F32);
     let references = photo_references(&shared);
     let hf = hf_logits();
     assert_eq!(references.len(), 26);
-    let mut strict = 0;
-    let mut worst = 0f32;
-    for photo in labelled_photos(&shared) {
-        let (file, accepted) = (photo.file.as_str(), &photo.accepted);
-        let logits = &photo_logits(&classifier, &shared, file);
-        let reference = &references[file];
-        let top5: Vec<usize> = top_k(logits, &classifier.config.id2label, 5)
-            .iter()
-            .map(|p| p.index)
-            .collect();
-        assert_eq!(
-            top5,
-            reference.top5(),
-            "{file}: top-5 differs from the reference"
-        );
-        let diff = max_abs_diff(logits, &reference.logits);
-        let hf_diff = max_abs_diff(logits, &hf[&format!("photo.{file}")]);
-        if file.ends_with(".png") {
-            // Lossless input: decoding is exact, so only resampling and the network remain.
-            assert!(
-                hf_diff < 1e-4,
-                "{file}: max |logit diff| {hf_diff} vs HF's pipeline"
-            );
+    for (backend, prefix) in [
+        (ImageBackend::HfPil, "photo"),
+        (ImageBackend::HfTorchvision, "photo_torchvision"),
+    ] {
+        let classifier = classifier_with(&shared, DType::F32, ModelOptions::default(), backend);
+        let mut strict = 0;
+        let mut worst = 0f32;
+        for photo in labelled_photos(&shared) {
+            let (file, accepted) = (photo.file.as_str(), &photo.accepted);
+            let what = format!("{file} ({})", backend.describe());
+            let logits = &photo_logits(&classifier, &shared, file);
+            let hf_logits = &hf[&format!("{prefix}.{file}")];
+            let top5 = |logits: &[f32]| -> Vec<usize> {
+                top_k(logits, &classifier.config.id2label, 5)
+                    .iter()
+                    .map(|p| p.index)
+                    .collect()
+            };
+            let (expected_top5, expected_logits) = match backend {
+                ImageBackend::HfPil => (references[file].top5(), &references[file].logits),
+                _ => (top5(hf_logits), hf_logits),
+            };
+            assert_eq!(top5(logits), expected_top5, "{what}: top-5 differs");
+            let hf_diff = max_abs_diff(logits, hf_logits);
+            if file.ends_with(".png") {
+                // Lossless input: decoding is exact, so only resampling and the network remain.
+                assert!(
+                    hf_diff < 1e-4,
+                    "{what}: max |logit diff| {hf_diff} vs HF's pipeline"
+                );
+            }
+            worst = worst.max(max_abs_diff(logits, expected_logits));
+            if photo.strict {
+                strict += 1;
+                let best = top5(logits)[0];
+                assert!(
+                    accepted.contains(&best),
+                    "{what}: top-1 {best} not in {accepted:?}"
+                );
+            }
         }
-        worst = worst.max(diff);
-        if photo.strict {
-            strict += 1;
-            assert!(
-                accepted.contains(&top5[0]),
-                "{file}: top-1 {} not in {accepted:?}",
-                top5[0]
-            );
-        }
+        assert_eq!(strict, 16, "labels.csv lists 16 strict photos");
+        // JPEG decoders differ from libjpeg-turbo by a step here and there; logits stay close.
+        assert!(worst < 0.05, "max |logit diff| over all photos {worst}");
     }
-    assert_eq!(strict, 16, "labels.csv lists 16 strict photos");
-    // JPEG decoders differ from libjpeg-turbo by a step here and there; logits stay close.
-    assert!(worst < 0.05, "max |logit diff| over all photos {worst}");
 }
 
 #[test]
@@ -208,7 +224,7 @@ fn int8_is_the_same_on_every_kernel_and_keeps_strict_photos_right() {
             isa,
             ..ModelOptions::default()
         };
-        let classifier = classifier_with(&shared, DType::F32, options);
+        let classifier = classifier_with(&shared, DType::F32, options, ImageBackend::HfPil);
         let mut all = Vec::new();
         let mut worst = 0f32;
         for photo in &photos {

@@ -39,56 +39,69 @@ fn classify_with_labels_gives_the_pipelines_scores() {
         let inline = labels[..labels.len() - 1].join(",");
         let photo = case["photos"][0].as_str().unwrap();
         let image = shared.join("images").join(photo);
-        let output = vit(&[
-            "classify",
-            "-m",
-            model.to_str().unwrap(),
-            "--labels",
-            &inline,
-            "--labels-file",
-            labels_file.path().to_str().unwrap(),
-            "-k",
-            "100",
-            "-f",
-            "json",
-            "--stats",
-            image.to_str().unwrap(),
-        ]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        let stats = stderr(&output);
-        let stats = stats
-            .lines()
-            .find_map(|l| l.strip_prefix("vit: stats: "))
-            .unwrap();
-        let stats: Value = serde_json::from_str(stats).unwrap();
-        assert_eq!(stats["images"], 1);
-        assert!(stats["classify_seconds"].as_f64().unwrap() > 0.0);
-        let results: Value = serde_json::from_str(&stdout(&output)).unwrap();
-        let predictions = results[0]["predictions"].as_array().unwrap();
-        assert_eq!(
-            predictions.len(),
-            labels.len(),
-            "top-k is capped at the labels"
-        );
-        for prediction in predictions {
-            let label = prediction["label"].as_str().unwrap();
-            let score = prediction["score"].as_f64().unwrap();
-            let hf = case["pipeline_scores"][photo][label].as_f64().unwrap();
-            assert!(
-                (score - hf).abs() < 1e-5,
-                "{family} {index} {label}: {score} vs HF {hf}"
+        // HF's default pipeline (its torchvision backend), then its PIL backend.
+        for (backend, scores) in [
+            (None, "pipeline_scores_torchvision"),
+            (Some("pil"), "pipeline_scores"),
+        ] {
+            let mut args = vec![
+                "classify",
+                "-m",
+                model.to_str().unwrap(),
+                "--labels",
+                &inline,
+                "--labels-file",
+                labels_file.path().to_str().unwrap(),
+                "-k",
+                "100",
+                "-f",
+                "json",
+                "--stats",
+                image.to_str().unwrap(),
+            ];
+            args.extend(
+                backend
+                    .map(|b| ["--image-backend", b])
+                    .into_iter()
+                    .flatten(),
+            );
+            let output = vit(&args);
+            assert!(output.status.success(), "{}", stderr(&output));
+            let stats = stderr(&output);
+            let stats = stats
+                .lines()
+                .find_map(|l| l.strip_prefix("vit: stats: "))
+                .unwrap();
+            let stats: Value = serde_json::from_str(stats).unwrap();
+            assert_eq!(stats["images"], 1);
+            assert!(stats["classify_seconds"].as_f64().unwrap() > 0.0);
+            let results: Value = serde_json::from_str(&stdout(&output)).unwrap();
+            let predictions = results[0]["predictions"].as_array().unwrap();
+            assert_eq!(
+                predictions.len(),
+                labels.len(),
+                "top-k is capped at the labels"
+            );
+            for prediction in predictions {
+                let label = prediction["label"].as_str().unwrap();
+                let score = prediction["score"].as_f64().unwrap();
+                let hf = case[scores][photo][label].as_f64().unwrap();
+                assert!(
+                    (score - hf).abs() < 1e-5,
+                    "{family} {index} {scores} {label}: {score} vs HF {hf}"
+                );
+            }
+            // the softmax of CLIP sums to one over the labels; SigLIP's sigmoids do not
+            let total: f64 = predictions
+                .iter()
+                .map(|p| p["score"].as_f64().unwrap())
+                .sum();
+            assert_eq!(
+                (total - 1.0).abs() < 1e-4,
+                family == "clip",
+                "{family}: {total}"
             );
         }
-        // the softmax of CLIP sums to one over the labels; SigLIP's sigmoids do not
-        let total: f64 = predictions
-            .iter()
-            .map(|p| p["score"].as_f64().unwrap())
-            .sum();
-        assert_eq!(
-            (total - 1.0).abs() < 1e-4,
-            family == "clip",
-            "{family}: {total}"
-        );
     }
 }
 

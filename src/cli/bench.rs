@@ -23,7 +23,7 @@ use vit::model::{
 };
 use vit::preprocess::{load_rgb, PreprocessConfig};
 
-use super::Outcome;
+use super::{ImageBackendArgs, Outcome};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -70,6 +70,8 @@ pub struct BenchArgs {
     /// Time the whole classify path (decode, resize, forward) on the images of this folder.
     #[arg(long, value_name = "DIR")]
     images: Option<PathBuf>,
+    #[command(flatten)]
+    image_backend: ImageBackendArgs,
     /// Also measure vit's own matrix-product peak (GFLOP/s of 2048^3 and 4096^3 products per
     /// dtype): the ceiling of our kernel, not the machine's (`make bench-compare` measures
     /// the libraries' too).
@@ -113,6 +115,7 @@ struct Plan {
     images: Option<Vec<PathBuf>>,
     format: Format,
     num_heads: Option<usize>,
+    image_backend: ImageBackendArgs,
     peak: bool,
     layers: bool,
 }
@@ -219,6 +222,7 @@ fn plan(args: BenchArgs) -> Result<Plan> {
         images,
         format: args.format,
         num_heads: args.num_heads,
+        image_backend: args.image_backend,
         peak: args.peak,
         layers: args.layers,
     })
@@ -270,7 +274,7 @@ fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<B
             (
                 model,
                 config,
-                PreprocessConfig::default(),
+                plan.image_backend.apply(&PreprocessConfig::default())?,
                 name.clone(),
                 size,
             )
@@ -287,7 +291,7 @@ fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<B
             (
                 loaded.model,
                 loaded.config,
-                loaded.preprocess,
+                plan.image_backend.apply(&loaded.preprocess)?,
                 spec.describe(),
                 size,
             )

@@ -18,11 +18,11 @@ use vit::train::{
     eval_preprocess, EpochMetrics, Observer, Settings, Start, StepReport, Summary, Trainer,
 };
 
-use super::Outcome;
+use super::{ImageBackendArgs, Outcome};
 
 /// Options that define a run; a resumed run keeps its saved ones, so these conflict with
 /// `--resume`.
-const RUN_OPTIONS: [&str; 18] = [
+const RUN_OPTIONS: [&str; 19] = [
     "model",
     "preset",
     "revision",
@@ -41,6 +41,7 @@ const RUN_OPTIONS: [&str; 18] = [
     "val_split",
     "seed",
     "save_steps",
+    "image_backend",
 ];
 
 #[derive(Args)]
@@ -111,6 +112,8 @@ pub struct FinetuneArgs {
     /// resized bicubically [default: the model's].
     #[arg(long, value_name = "PIXELS")]
     image_size: Option<usize>,
+    #[command(flatten)]
+    image_backend: ImageBackendArgs,
     /// Smallest area of the training augmentation's random resized crop, as a fraction of
     /// the image (raise it for small images) [default: 0.08, torchvision's].
     #[arg(long, value_name = "FRACTION")]
@@ -257,6 +260,7 @@ fn plan(args: &FinetuneArgs) -> Result<Plan> {
         seed: args.seed.unwrap_or(0),
         save_steps: args.save_steps.unwrap_or(0),
         dtype: dtype.into(),
+        image_backend: args.image_backend.request(),
     };
     Ok(Plan::New {
         settings,
@@ -415,7 +419,10 @@ fn start_new(
         }
     };
     settings.image_size = config.image_size;
-    let preprocess = eval_preprocess(&preprocess, config.image_size as u32);
+    let preprocess = eval_preprocess(
+        &preprocess.on_backend(settings.image_backend)?,
+        config.image_size as u32,
+    );
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create output folder", out.display()))?;
     if args.force {

@@ -16,6 +16,7 @@ use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::{ModelSpec, DEFAULT_MODEL};
 use vit::inputs::{collect_inputs, read_file_list, Input, Shard};
 use vit::model::{AttentionKernel, Int8Weights, LoadOptions, LoadedModel, ModelOptions};
+use vit::preprocess::{BackendRequest, PreprocessConfig};
 
 /// Run, measure, convert and fine-tune Vision Transformers (HF ViT, DeiT, DINOv2, CLIP and
 /// SigLIP checkpoints) on Candle, without Python.
@@ -73,6 +74,40 @@ pub struct ModelArgs {
     /// Attention heads, for a weights file without config.json [default: hidden size / 64].
     #[arg(long, value_name = "N")]
     pub num_heads: Option<usize>,
+    #[command(flatten)]
+    pub image_backend: ImageBackendArgs,
+}
+
+/// Whose image preprocessing to reproduce.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ImageBackendArgs {
+    /// Preprocess images as HF's torchvision backend (transformers 5's default where
+    /// torchvision is installed) or its PIL backend does, bit for bit [default: torchvision
+    /// for HF models (PIL for a Lanczos, box or Hamming resize, as HF keeps those on PIL);
+    /// for timm checkpoints, timm's transform, which runs on PIL images].
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub image_backend: Option<ImageBackendArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageBackendArg {
+    Torchvision,
+    Pil,
+}
+
+impl ImageBackendArgs {
+    /// The request as the library takes it.
+    pub fn request(&self) -> Option<BackendRequest> {
+        self.image_backend.map(|arg| match arg {
+            ImageBackendArg::Torchvision => BackendRequest::Torchvision,
+            ImageBackendArg::Pil => BackendRequest::Pil,
+        })
+    }
+
+    /// The model's preprocessing on the requested backend.
+    pub fn apply(&self, preprocess: &PreprocessConfig) -> Result<PreprocessConfig> {
+        preprocess.on_backend(self.request())
+    }
 }
 
 /// The images a subcommand processes.
@@ -149,8 +184,9 @@ impl ModelArgs {
                 ..ModelOptions::default()
             },
         };
-        let loaded = LoadedModel::load(&files, &options)
+        let mut loaded = LoadedModel::load(&files, &options)
             .with_context(|| format!("cannot load model {}", spec.describe()))?;
+        loaded.preprocess = self.image_backend.apply(&loaded.preprocess)?;
         for name in &loaded.unused_tensors {
             eprintln!(
                 "vit: warning: {}: ignoring unused tensor {name}",
@@ -172,7 +208,7 @@ impl ModelArgs {
             );
         }
         eprintln!(
-            "vit: model {} ({}, {head}) on {} {}",
+            "vit: model {} ({}, {head}) on {} {}, images preprocessed as {}",
             spec.describe(),
             loaded.layout.name(),
             device_name(&device),
@@ -180,7 +216,8 @@ impl ModelArgs {
                 "int8"
             } else {
                 dtype.as_str()
-            }
+            },
+            loaded.preprocess.backend.describe()
         );
         Ok(ReadyModel { loaded, device })
     }

@@ -1,5 +1,7 @@
-//! Image decoding and preprocessing as HF's PIL-based `ViTImageProcessor` and
-//! `DeiTImageProcessor` do: load as RGB, resize, centre-crop, rescale, normalize.
+//! Image decoding and preprocessing as HF's image processors (`ViTImageProcessor`,
+//! `DeiTImageProcessor`, `BitImageProcessor`, `CLIPImageProcessor`,
+//! `SiglipImageProcessor`) and timm's eval transform do: load as RGB, resize, centre-crop,
+//! rescale, normalize, bit for bit with either of HF's backends ([`ImageBackend`]).
 
 mod resize;
 
@@ -10,7 +12,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub use resize::{resize_rgb8, Resample};
+pub use resize::{resize_rgb8, resize_rgb8_torch, Resample, TorchFilter, TorchResize};
 
 /// One preprocessed image: `(3, height, width)` values, channel-first.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,14 +31,91 @@ pub enum ResizeTarget {
     ShortestEdge(u32),
 }
 
-/// How the centre crop's offset is rounded when the margin is odd.
+/// Whose preprocessing a pipeline reproduces. transformers 5 runs an image processor on
+/// its torchvision backend wherever torchvision is installed (`pip install
+/// transformers[vision]` installs it) and on its PIL backend otherwise (or with
+/// `backend="pil"`); the two differ by up to a few 8-bit steps per pixel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CropOffset {
-    /// HF's image processors: `(size - crop) // 2`.
-    Floor,
-    /// torchvision's `CenterCrop` (timm's eval transform): `round((size - crop) / 2)`,
-    /// halves to even as Python's `round`.
-    RoundHalfEven,
+pub enum ImageBackend {
+    /// HF's PIL backend: Pillow's resize, the crop's offset `(size - crop) // 2` with zero
+    /// padding, rescale in f64 then normalize in f32.
+    HfPil,
+    /// HF's torchvision backend: the image as a uint8 tensor, PyTorch's antialiased resize
+    /// (16-bit fixed point, [`resize_rgb8_torch`]; PIL's nearest becomes torch's
+    /// `nearest-exact`), HF's own centre crop on it (offset `(size - crop) // 2`, padding
+    /// split floor-first), rescale and normalize fused in f32 (`(x - 255 mean) / (255
+    /// std)`).
+    HfTorchvision,
+    /// timm's eval transform, torchvision's transforms on a PIL image: Pillow's resize,
+    /// torchvision's centre crop, `ToTensor` (`x / 255` in f32) and `Normalize` in f32.
+    Timm,
+}
+
+/// A user's choice of backend (`--image-backend`), resolved against a model's pipeline by
+/// [`PreprocessConfig::on_backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendRequest {
+    Torchvision,
+    Pil,
+}
+
+impl ImageBackend {
+    /// What the log line says of it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::HfPil => "HF's PIL backend",
+            Self::HfTorchvision => "HF's torchvision backend",
+            Self::Timm => "timm's transform (PIL)",
+        }
+    }
+
+    /// How this backend centres a crop.
+    fn crop(self) -> Crop {
+        match self {
+            Self::HfPil => Crop {
+                offset_rounds: false,
+                padding_floor_first: false,
+            },
+            Self::HfTorchvision => Crop {
+                offset_rounds: false,
+                padding_floor_first: true,
+            },
+            Self::Timm => Crop {
+                offset_rounds: true,
+                padding_floor_first: true,
+            },
+        }
+    }
+}
+
+/// Where a centre crop starts along one axis.
+#[derive(Debug, Clone, Copy)]
+struct Crop {
+    /// The offset of a crop inside the image is `round((size - crop) / 2)`, halves to even
+    /// as Python rounds (torchvision's `center_crop`), not `(size - crop) // 2` (HF's).
+    offset_rounds: bool,
+    /// A crop larger than the image pads `(crop - size) // 2` before it (torchvision's
+    /// padding, also in HF's torchvision backend), not the ceiling of the half (HF's PIL
+    /// backend, which slices from `(size - crop) // 2`).
+    padding_floor_first: bool,
+}
+
+impl Crop {
+    /// The first row (or column) of the crop, negative inside the padding.
+    fn start(self, size: u32, crop: u32) -> i64 {
+        let (size, crop) = (size as i64, crop as i64);
+        if crop > size && self.padding_floor_first {
+            return -((crop - size) / 2);
+        }
+        let margin = size - crop;
+        let floor = margin.div_euclid(2);
+        // An odd margin halves to `floor + 0.5`: to the even neighbour.
+        match self.offset_rounds && margin > 0 && margin % 2 == 1 && floor % 2 == 1 {
+            true => floor + 1,
+            false => floor,
+        }
+    }
 }
 
 /// A parsed `preprocessor_config.json`.
@@ -47,8 +126,8 @@ pub struct PreprocessConfig {
     pub resample: Resample,
     /// `(height, width)`; `None` when `do_center_crop` is false.
     pub center_crop: Option<(u32, u32)>,
-    /// How the crop's offset rounds (HF's floor unless the preprocessing is timm's).
-    pub crop_offset: CropOffset,
+    /// Whose arithmetic each step follows.
+    pub backend: ImageBackend,
     /// `None` when `do_rescale` is false.
     pub rescale_factor: Option<f64>,
     /// `(mean, std)` per channel; `None` when `do_normalize` is false.
@@ -56,7 +135,8 @@ pub struct PreprocessConfig {
 }
 
 impl Default for PreprocessConfig {
-    /// HF's `ViTImageProcessor` defaults: 224x224 bilinear, no crop, mean and std 0.5.
+    /// HF's `ViTImageProcessor` defaults: 224x224 bilinear, no crop, mean and std 0.5, on
+    /// HF's default (torchvision) backend.
     fn default() -> Self {
         Self {
             resize: Some(ResizeTarget::Exact {
@@ -65,7 +145,7 @@ impl Default for PreprocessConfig {
             }),
             resample: Resample::Bilinear,
             center_crop: None,
-            crop_offset: CropOffset::Floor,
+            backend: ImageBackend::HfTorchvision,
             rescale_factor: Some(1.0 / 255.0),
             normalize: Some(([0.5; 3], [0.5; 3])),
         }
@@ -161,10 +241,42 @@ impl PreprocessConfig {
             resize,
             resample,
             center_crop,
-            crop_offset: CropOffset::Floor,
+            backend: ImageBackend::HfTorchvision,
             rescale_factor,
             normalize,
+        }
+        .with_backend(ImageBackend::HfTorchvision))
+    }
+
+    /// The pipeline on the requested backend (`None`: the model's own): HF's pipelines move
+    /// to that backend ([`PreprocessConfig::with_backend`]); timm's transform runs on PIL
+    /// images, so it takes `Pil` as itself and refuses `Torchvision`.
+    pub fn on_backend(&self, request: Option<BackendRequest>) -> Result<Self> {
+        Ok(match (request, self.backend) {
+            (None, _) | (Some(BackendRequest::Pil), ImageBackend::Timm) => self.clone(),
+            (Some(BackendRequest::Torchvision), ImageBackend::Timm) => bail!(
+                "--image-backend torchvision: this timm checkpoint is preprocessed as timm's \
+                 transform does, on PIL images (--image-backend pil, the default)"
+            ),
+            (Some(BackendRequest::Pil), _) => self.with_backend(ImageBackend::HfPil),
+            (Some(BackendRequest::Torchvision), _) => {
+                self.with_backend(ImageBackend::HfTorchvision)
+            }
         })
+    }
+
+    /// The same pipeline on `backend`. A box or Hamming resize stays on HF's PIL backend:
+    /// torchvision has neither (HF's torchvision backend fails on them), so PIL is the one
+    /// backend HF runs them on.
+    pub fn with_backend(&self, backend: ImageBackend) -> Self {
+        let backend = match (backend, self.resample) {
+            (ImageBackend::HfTorchvision, Resample::Box | Resample::Hamming) => ImageBackend::HfPil,
+            (backend, _) => backend,
+        };
+        Self {
+            backend,
+            ..self.clone()
+        }
     }
 
     /// The same pipeline producing `size` x `size` inputs: the crop becomes `size` and the
@@ -240,29 +352,36 @@ impl PreprocessConfig {
 
     /// Preprocesses one RGB image into `(3, height, width)` pixel values, channel-first.
     pub fn pixel_values(&self, image: &RgbImage) -> PixelValues {
+        self.normalized(&self.resized_and_cropped(image))
+    }
+
+    /// The image as the model sees it, before rescaling: resized and centre-cropped.
+    pub fn resized_and_cropped(&self, image: &RgbImage) -> RgbImage {
         let resized;
         let image = match self.resize {
             Some(target) => {
                 let (w, h) = resized_dimensions(target, image.width(), image.height());
-                resized = resize_rgb8(image, w, h, self.resample);
+                resized = self.resize_to(image, w, h);
                 &resized
             }
             None => image,
         };
-        let cropped;
-        let image = match self.center_crop {
-            Some((h, w)) => {
-                cropped = center_crop_with(image, h, w, self.crop_offset);
-                &cropped
-            }
-            None => image,
-        };
+        match self.center_crop {
+            Some((h, w)) => center_crop_as(image, h, w, self.backend),
+            None => image.clone(),
+        }
+    }
+
+    /// Rescales and normalizes an 8-bit image into channel-first pixel values.
+    fn normalized(&self, image: &RgbImage) -> PixelValues {
         let (w, h) = image.dimensions();
         let plane = (w * h) as usize;
+        let normalize: [[f32; 256]; 3] =
+            std::array::from_fn(|c| std::array::from_fn(|v| self.normalize_value(v as u8, c)));
         let mut values = vec![0f32; 3 * plane];
         for (i, pixel) in image.pixels().enumerate() {
             for (c, &v) in pixel.0.iter().enumerate() {
-                values[c * plane + i] = self.normalize_value(v, c);
+                values[c * plane + i] = normalize[c][v as usize];
             }
         }
         PixelValues {
@@ -272,15 +391,47 @@ impl PreprocessConfig {
         }
     }
 
-    /// Rescales (in f64, then to f32, as HF does) and normalizes one 8-bit value of channel `c`.
-    fn normalize_value(&self, v: u8, c: usize) -> f32 {
-        let x = match self.rescale_factor {
-            Some(factor) => (v as f64 * factor) as f32,
-            None => v as f32,
+    /// The resize step on this pipeline's backend.
+    fn resize_to(&self, image: &RgbImage, width: u32, height: u32) -> RgbImage {
+        let torch = match (self.backend, self.resample) {
+            (ImageBackend::HfTorchvision, Resample::Bilinear) => {
+                TorchResize::Antialiased(TorchFilter::Bilinear)
+            }
+            (ImageBackend::HfTorchvision, Resample::Bicubic) => {
+                TorchResize::Antialiased(TorchFilter::Bicubic)
+            }
+            (ImageBackend::HfTorchvision, Resample::Lanczos) => {
+                TorchResize::Antialiased(TorchFilter::Lanczos)
+            }
+            (ImageBackend::HfTorchvision, Resample::Nearest) => TorchResize::NearestExact,
+            _ => return resize_rgb8(image, width, height, self.resample),
         };
-        match self.normalize {
-            Some((mean, std)) => (x - mean[c]) / std[c],
-            None => x,
+        resize_rgb8_torch(image, width, height, torch)
+    }
+
+    /// Rescales and normalizes one 8-bit value of channel `c` with the backend's arithmetic.
+    fn normalize_value(&self, v: u8, c: usize) -> f32 {
+        match (self.backend, self.rescale_factor, self.normalize) {
+            // HF's PIL backend: rescale in f64 (numpy), then normalize in f32.
+            (ImageBackend::HfPil, factor, normalize) => {
+                let x = factor.map_or(v as f32, |f| (v as f64 * f) as f32);
+                normalize.map_or(x, |(mean, std)| (x - mean[c]) / std[c])
+            }
+            // torchvision: the rescale fused into the mean and std (each times 1 / factor,
+            // in f32), then `(x - mean) / std` in f32.
+            (ImageBackend::HfTorchvision, Some(factor), Some((mean, std))) => {
+                let inverse = (1.0 / factor) as f32;
+                (v as f32 - mean[c] * inverse) / (std[c] * inverse)
+            }
+            (ImageBackend::HfTorchvision, Some(factor), None) => v as f32 * factor as f32,
+            // timm: ToTensor's `x / 255` in f32 (any factor is 1 / 255), then Normalize.
+            (ImageBackend::Timm, Some(factor), normalize) => {
+                let x = v as f32 / (1.0 / factor) as f32;
+                normalize.map_or(x, |(mean, std)| (x - mean[c]) / std[c])
+            }
+            (ImageBackend::HfTorchvision | ImageBackend::Timm, None, normalize) => {
+                normalize.map_or(v as f32, |(mean, std)| (v as f32 - mean[c]) / std[c])
+            }
         }
     }
 }
@@ -308,35 +459,29 @@ fn resized_dimensions(target: ResizeTarget, width: u32, height: u32) -> (u32, u3
     }
 }
 
-/// HF's `center_crop`: the top-left corner at `(size - crop) // 2`, zero padding where the
-/// crop is larger than the image.
+/// HF's `center_crop` (its PIL backend): the top-left corner at `(size - crop) // 2`, zero
+/// padding where the crop is larger than the image.
 pub fn center_crop(image: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
-    center_crop_with(image, crop_h, crop_w, CropOffset::Floor)
+    center_crop_as(image, crop_h, crop_w, ImageBackend::HfPil)
 }
 
-/// The offset of a centre crop of `crop` in `size`, rounded as `rounding` says.
-fn crop_start(size: i64, crop: i64, rounding: CropOffset) -> i64 {
-    let margin = size - crop;
-    let floor = margin.div_euclid(2);
-    match rounding {
-        CropOffset::Floor => floor,
-        // An odd margin halves to `floor + 0.5`: to the even neighbour.
-        CropOffset::RoundHalfEven if margin.rem_euclid(2) == 1 && floor % 2 != 0 => floor + 1,
-        CropOffset::RoundHalfEven => floor,
-    }
-}
-
-/// A centre crop with the offset rounded by `rounding`, zero padding where the crop is
-/// larger than the image.
-pub fn center_crop_with(
+/// A centre crop as `backend` places it, zero padding where the crop is larger than the
+/// image.
+pub fn center_crop_as(
     image: &RgbImage,
     crop_h: u32,
     crop_w: u32,
-    rounding: CropOffset,
+    backend: ImageBackend,
 ) -> RgbImage {
+    let crop = backend.crop();
+    let top = crop.start(image.height(), crop_h);
+    let left = crop.start(image.width(), crop_w);
+    crop_at(image, (crop_h, crop_w), top, left)
+}
+
+/// The `crop_h x crop_w` window from `(top, left)`, zeros outside the image.
+fn crop_at(image: &RgbImage, (crop_h, crop_w): (u32, u32), top: i64, left: i64) -> RgbImage {
     let (w, h) = (image.width() as i64, image.height() as i64);
-    let top = crop_start(h, crop_h as i64, rounding);
-    let left = crop_start(w, crop_w as i64, rounding);
     RgbImage::from_fn(crop_w, crop_h, |x, y| {
         let (sx, sy) = (left + x as i64, top + y as i64);
         if (0..w).contains(&sx) && (0..h).contains(&sy) {
@@ -574,20 +719,45 @@ mod tests {
     }
 
     #[test]
-    fn torchvision_crop_offsets_round_half_to_even() {
+    fn crops_are_placed_as_each_backend_places_them() {
         // torchvision: int(round((size - crop) / 2)); Python rounds 0.5 to 0 and 1.5 to 2.
-        for (size, crop, floor, round) in [
-            (225, 224, 0, 0),
-            (227, 224, 1, 2),
-            (229, 224, 2, 2),
-            (228, 224, 2, 2),
-        ] {
-            assert_eq!(crop_start(size, crop, CropOffset::Floor), floor, "{size}");
-            assert_eq!(
-                crop_start(size, crop, CropOffset::RoundHalfEven),
-                round,
-                "{size}"
-            );
+        // HF's backends both floor.
+        let image = RgbImage::from_fn(229, 9, |x, y| image::Rgb([x as u8, y as u8, 1]));
+        for (width, floor, round) in [(225, 0, 0), (227, 1, 2), (229, 2, 2), (228, 2, 2)] {
+            let image = image::imageops::crop_imm(&image, 0, 0, width, 9).to_image();
+            let left = |backend| center_crop_as(&image, 9, 224, backend).get_pixel(0, 0).0[0];
+            assert_eq!(left(ImageBackend::HfPil) as u32, floor, "{width}");
+            assert_eq!(left(ImageBackend::HfTorchvision) as u32, floor, "{width}");
+            assert_eq!(left(ImageBackend::Timm) as u32, round, "{width}");
         }
+        // A crop 3 rows taller than the image: torchvision pads one row above and two below,
+        // HF's PIL backend two above.
+        let small = RgbImage::from_pixel(4, 4, image::Rgb([7, 7, 7]));
+        let column = |backend| -> Vec<u8> {
+            let padded = center_crop_as(&small, 7, 4, backend);
+            (0..7).map(|y| padded.get_pixel(0, y).0[0]).collect()
+        };
+        assert_eq!(column(ImageBackend::HfTorchvision), [0, 7, 7, 7, 7, 0, 0]);
+        assert_eq!(column(ImageBackend::Timm), [0, 7, 7, 7, 7, 0, 0]);
+        assert_eq!(column(ImageBackend::HfPil), [0, 0, 7, 7, 7, 7, 0]);
+    }
+
+    #[test]
+    fn filters_torchvision_lacks_stay_on_pil() {
+        let lanczos = PreprocessConfig::from_json(r#"{"resample": 1}"#).unwrap();
+        assert_eq!(lanczos.backend, ImageBackend::HfTorchvision);
+        let hamming = PreprocessConfig::from_json(r#"{"resample": 5}"#).unwrap();
+        assert_eq!(hamming.backend, ImageBackend::HfPil);
+        let bicubic = PreprocessConfig::from_json(r#"{"resample": 3}"#).unwrap();
+        assert_eq!(bicubic.backend, ImageBackend::HfTorchvision);
+        assert_eq!(
+            bicubic.with_backend(ImageBackend::HfPil).backend,
+            ImageBackend::HfPil
+        );
+        let boxed = PreprocessConfig::from_json(r#"{"resample": 4}"#).unwrap();
+        assert_eq!(
+            boxed.with_backend(ImageBackend::HfTorchvision).backend,
+            ImageBackend::HfPil
+        );
     }
 }

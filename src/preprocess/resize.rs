@@ -1,11 +1,15 @@
-//! Pillow-compatible image resizing.
+//! Image resizing as Pillow and as PyTorch do it, bit for bit.
 //!
-//! A bit-exact port of Pillow 13's `Image.resize` for 8-bit RGB images (no
-//! `box`, `reducing_gap=None`): the convolution-based filters follow
-//! `libImaging/Resample.c` (antialiased separable resampling with 22-bit
-//! fixed-point weights and 8-bit rounding between the two passes), and
-//! `Nearest` follows the affine nearest-neighbour scaling of
-//! `libImaging/Geometry.c` that `_imaging.c`'s `_resize` uses for that filter.
+//! - [`resize_rgb8`]: a port of Pillow 13's `Image.resize` for 8-bit RGB images (no `box`,
+//!   `reducing_gap=None`): the convolution-based filters follow `libImaging/Resample.c`
+//!   (antialiased separable resampling with 22-bit fixed-point weights and 8-bit rounding
+//!   between the two passes), and `Nearest` follows the affine nearest-neighbour scaling of
+//!   `libImaging/Geometry.c` that `_imaging.c`'s `_resize` uses for that filter.
+//! - [`resize_rgb8_torch`]: PyTorch's `interpolate(..., antialias=True)` on a uint8 image,
+//!   which torchvision's `resize` runs for bilinear and bicubic (ATen's
+//!   `UpSampleKernel.cpp`, `_compute_index_ranges_int16_weights`): the same separable
+//!   convolution, with weights in 16 bits at the precision the largest weight allows,
+//!   horizontal pass first; and torch's `nearest-exact`.
 
 use image::RgbImage;
 use rayon::prelude::*;
@@ -74,6 +78,105 @@ pub fn resize_rgb8(
         None => resize_nearest(src, width, height),
         Some(filter) => resize_convolve(src, width, height, &filter),
     }
+}
+
+/// The antialiased interpolations torchvision's `resize` runs natively on uint8 tensors
+/// (Lanczos since torchvision 0.27).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchFilter {
+    Bilinear,
+    Bicubic,
+    Lanczos,
+}
+
+/// How PyTorch resizes a uint8 image for torchvision's `resize(antialias=True)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchResize {
+    /// `interpolate(mode=..., antialias=True)` in 16-bit fixed point.
+    Antialiased(TorchFilter),
+    /// `interpolate(mode="nearest-exact")` (HF maps PIL's nearest to it): input
+    /// `min(floor((i + 0.5) * (in / out)), in - 1)`, the scale and the floor in f32.
+    NearestExact,
+}
+
+/// Resizes an 8-bit RGB image as PyTorch's `interpolate` does on a uint8 tensor for
+/// torchvision's `resize` (see the module's doc); an empty source or target yields a black
+/// image of the target size.
+pub fn resize_rgb8_torch(src: &RgbImage, width: u32, height: u32, how: TorchResize) -> RgbImage {
+    if src.dimensions() == (width, height) {
+        return src.clone();
+    }
+    if width == 0 || height == 0 || src.width() == 0 || src.height() == 0 {
+        return RgbImage::new(width, height);
+    }
+    let filter = match how {
+        TorchResize::NearestExact => return resize_nearest_exact(src, width, height),
+        TorchResize::Antialiased(filter) => filter,
+    };
+    let (in_width, in_height) = src.dimensions();
+    let in_row_len = in_width as usize * CHANNELS;
+    let raw = src.as_raw();
+    let horizontal;
+    let (rows, row_len) = match width != in_width {
+        true => {
+            let coeffs = Coefficients::torch(in_width, width, filter);
+            horizontal = resample_horizontal(raw, in_row_len, &coeffs);
+            (&horizontal, width as usize * CHANNELS)
+        }
+        false => (raw, in_row_len),
+    };
+    let out = match height != in_height {
+        true => resample_vertical(
+            rows,
+            row_len,
+            0,
+            &Coefficients::torch(in_height, height, filter),
+        ),
+        false => rows.clone(),
+    };
+    RgbImage::from_raw(width, height, out).expect("buffer matches the output size")
+}
+
+/// ATen's antialiasing triangle (`HelperInterpLinear::aa_filter`).
+fn torch_bilinear_filter(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+/// ATen's antialiasing cubic (`HelperInterpCubic::aa_filter`, `a = -0.5` as Pillow's),
+/// through `cubic_convolution1` and `cubic_convolution2` (its own order of operations).
+fn torch_bicubic_filter(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+    } else {
+        0.0
+    }
+}
+
+/// torch's `nearest-exact` (`nearest_neighbor_exact_compute_source_index`): the scale
+/// `in / out` in f32, `(i + 0.5) * scale` in f64, then `floorf` of it as f32.
+fn resize_nearest_exact(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let indices = |in_size: u32, out_size: u32| -> Vec<u32> {
+        let scale = in_size as f32 / out_size as f32;
+        (0..out_size)
+            .map(|i| {
+                let position = ((i as f64 + 0.5) * scale as f64) as f32;
+                (position.floor() as u32).min(in_size - 1)
+            })
+            .collect()
+    };
+    let (xs, ys) = (indices(src.width(), width), indices(src.height(), height));
+    RgbImage::from_fn(width, height, |x, y| {
+        *src.get_pixel(xs[x as usize], ys[y as usize])
+    })
 }
 
 /// A resampling kernel with its support radius (in input pixels, before downscale widening).
@@ -149,6 +252,8 @@ struct Coefficients {
     weights: Vec<i32>,
     /// Maximum window length (the stride of `weights`).
     ksize: usize,
+    /// Fractional bits of the fixed-point weights.
+    precision: u32,
 }
 
 impl Coefficients {
@@ -181,7 +286,7 @@ impl Coefficients {
             let total: f64 = window.iter().sum();
             for (o, &w) in out.iter_mut().zip(&window) {
                 let w = if total != 0.0 { w / total } else { w };
-                *o = to_fixed(w);
+                *o = to_fixed(w, PRECISION_BITS);
             }
             bounds.push((xmin as usize, len));
         }
@@ -189,6 +294,60 @@ impl Coefficients {
             bounds,
             weights,
             ksize,
+            precision: PRECISION_BITS,
+        }
+    }
+
+    /// ATen's `_compute_index_ranges_int16_weights` (antialiased, `align_corners=False`):
+    /// the window and weights as Pillow's but from a scale of `in / out` in double, with
+    /// `filter`'s ATen form; then the precision is the largest (below 22 bits) at which the
+    /// axis's largest weight still fits 15 bits, and the weights round to it.
+    fn torch(in_size: u32, out_size: u32, filter: TorchFilter) -> Self {
+        let scale = f64::from(in_size) / f64::from(out_size);
+        let (kernel, interp_size): (fn(f64) -> f64, f64) = match filter {
+            TorchFilter::Bilinear => (torch_bilinear_filter, 2.0),
+            TorchFilter::Bicubic => (torch_bicubic_filter, 4.0),
+            TorchFilter::Lanczos => (lanczos_filter, 6.0),
+        };
+        let support = match scale >= 1.0 {
+            true => interp_size * 0.5 * scale,
+            false => interp_size * 0.5,
+        };
+        let ksize = support.ceil() as usize * 2 + 1;
+        let inv_scale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+        let in_size = i64::from(in_size);
+
+        let mut bounds = Vec::with_capacity(out_size as usize);
+        let mut normalized = vec![0f64; out_size as usize * ksize];
+        let mut largest = 0f64;
+        for (i, out) in normalized.chunks_exact_mut(ksize).enumerate() {
+            let center = scale * (i as f64 + 0.5);
+            // `as i64` truncates toward zero like C++'s `static_cast<int64_t>`.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let len = (((center + support + 0.5) as i64).min(in_size) - xmin).clamp(0, ksize as i64)
+                as usize;
+            let mut total = 0.0;
+            for (j, o) in out[..len].iter_mut().enumerate() {
+                *o = kernel((j as f64 + xmin as f64 - center + 0.5) * inv_scale);
+                total += *o;
+            }
+            if total != 0.0 {
+                for o in &mut out[..len] {
+                    *o /= total;
+                    largest = largest.max(*o);
+                }
+            }
+            bounds.push((xmin as usize, len));
+        }
+        let mut precision = 0;
+        while precision < 22 && (0.5 + largest * f64::from(1u32 << (precision + 1))) < 32768.0 {
+            precision += 1;
+        }
+        Self {
+            bounds,
+            weights: normalized.iter().map(|&w| to_fixed(w, precision)).collect(),
+            ksize,
+            precision,
         }
     }
 
@@ -206,9 +365,9 @@ impl Coefficients {
     }
 }
 
-/// Rounds a normalized weight to fixed point, half away from zero.
-fn to_fixed(w: f64) -> i32 {
-    let scaled = w * f64::from(1u32 << PRECISION_BITS);
+/// Rounds a normalized weight to `precision` fractional bits, half away from zero.
+fn to_fixed(w: f64, precision: u32) -> i32 {
+    let scaled = w * f64::from(1u32 << precision);
     if w < 0.0 {
         (scaled - 0.5) as i32
     } else {
@@ -216,12 +375,14 @@ fn to_fixed(w: f64) -> i32 {
     }
 }
 
-/// The rounding bias every fixed-point accumulator starts from.
-const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
+/// The rounding bias every accumulator of `precision` fractional bits starts from.
+fn rounding(precision: u32) -> i32 {
+    1 << precision.saturating_sub(1)
+}
 
 /// Converts a fixed-point accumulator to a byte, saturating (Pillow's `clip8`).
-fn clip8(acc: i32) -> u8 {
-    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+fn clip8(acc: i32, precision: u32) -> u8 {
+    (acc >> precision).clamp(0, 255) as u8
 }
 
 /// Separable convolution resize, as Pillow 13's `ImagingResampleInner`.
@@ -279,7 +440,7 @@ fn resample_horizontal(src: &[u8], in_row_len: usize, coeffs: &Coefficients) -> 
         .for_each(|(out_row, in_row)| {
             for (xx, out_px) in out_row.chunks_exact_mut(CHANNELS).enumerate() {
                 let (start, weights) = coeffs.window(xx);
-                let mut acc = [ROUNDING; CHANNELS];
+                let mut acc = [rounding(coeffs.precision); CHANNELS];
                 let window = &in_row[start * CHANNELS..][..weights.len() * CHANNELS];
                 for (px, &k) in window.chunks_exact(CHANNELS).zip(weights) {
                     acc[0] += i32::from(px[0]) * k;
@@ -287,7 +448,7 @@ fn resample_horizontal(src: &[u8], in_row_len: usize, coeffs: &Coefficients) -> 
                     acc[2] += i32::from(px[2]) * k;
                 }
                 for (o, &a) in out_px.iter_mut().zip(&acc) {
-                    *o = clip8(a);
+                    *o = clip8(a, coeffs.precision);
                 }
             }
         });
@@ -307,7 +468,7 @@ fn resample_vertical(
         || vec![0i32; row_len],
         |acc, (yy, out_row)| {
             let (start, weights) = coeffs.window(yy);
-            acc.fill(ROUNDING);
+            acc.fill(rounding(coeffs.precision));
             // Integer sums are exact, so accumulating row by row (cache
             // friendly) gives the same result as Pillow's per-pixel loop.
             for (y, &k) in (start - first_row..).zip(weights) {
@@ -317,7 +478,7 @@ fn resample_vertical(
                 }
             }
             for (o, &a) in out_row.iter_mut().zip(acc.iter()) {
-                *o = clip8(a);
+                *o = clip8(a, coeffs.precision);
             }
         },
     );
@@ -462,6 +623,264 @@ mod tests {
             assert_eq!(out.as_raw().as_slice(), expected, "{filter:?} {w}x{h}");
         }
     }
+
+    /// Expected values produced by torchvision 0.29.2 on torch 2.15.0 (AVX2):
+    /// `F.resize(uint8 CHW of PILLOW_SRC, [h, w], interpolation, antialias=True)`.
+    #[test]
+    fn matches_torch_on_tiny_images() {
+        let src = RgbImage::from_raw(5, 7, PILLOW_SRC.to_vec()).unwrap();
+        for (how, (w, h), expected) in TORCH_CASES {
+            let out = resize_rgb8_torch(&src, w, h, how);
+            assert_eq!(out.as_raw().as_slice(), expected, "{how:?} {w}x{h}");
+        }
+    }
+
+    #[test]
+    fn torch_and_pillow_differ_where_their_precision_does() {
+        // The same filter, 16-bit weights against Pillow's 22-bit ones: a step apart here.
+        let src = RgbImage::from_raw(5, 7, PILLOW_SRC.to_vec()).unwrap();
+        let torch = resize_rgb8_torch(&src, 4, 2, TorchResize::Antialiased(TorchFilter::Bilinear));
+        let pillow = resize_rgb8(&src, 4, 2, Resample::Bilinear);
+        let apart: Vec<i32> = torch
+            .as_raw()
+            .iter()
+            .zip(pillow.as_raw())
+            .map(|(&a, &b)| a as i32 - b as i32)
+            .filter(|d| *d != 0)
+            .collect();
+        assert!(
+            !apart.is_empty() && apart.iter().all(|d| d.abs() == 1),
+            "{apart:?}"
+        );
+    }
+
+    const TORCH_CASES: [(TorchResize, (u32, u32), &[u8]); 16] = [
+        (
+            TorchResize::Antialiased(TorchFilter::Bilinear),
+            (4, 2),
+            &[
+                146, 97, 155, 111, 130, 112, 100, 75, 144, 151, 126, 133, 114, 109, 119, 195, 79,
+                105, 170, 49, 147, 83, 99, 128,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Bilinear),
+            (2, 5),
+            &[
+                132, 130, 150, 115, 120, 145, 113, 103, 118, 134, 98, 122, 131, 107, 128, 113, 82,
+                148, 165, 80, 111, 135, 66, 161, 179, 88, 106, 151, 69, 95,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Bilinear),
+            (7, 3),
+            &[
+                184, 81, 203, 140, 112, 125, 98, 142, 100, 72, 158, 184, 79, 75, 136, 138, 94, 121,
+                212, 162, 128, 109, 99, 146, 119, 112, 111, 145, 108, 101, 189, 74, 140, 132, 40,
+                157, 100, 78, 153, 86, 148, 140, 85, 118, 135, 158, 105, 93, 214, 78, 89, 216, 31,
+                160, 175, 60, 131, 117, 81, 117, 63, 92, 114,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Bilinear),
+            (11, 13),
+            &[
+                139, 74, 229, 158, 91, 199, 204, 134, 125, 220, 168, 73, 113, 164, 111, 6, 160,
+                149, 51, 105, 161, 97, 49, 173, 136, 99, 175, 173, 175, 175, 188, 205, 175, 167,
+                81, 235, 168, 96, 206, 169, 133, 133, 158, 162, 83, 94, 159, 123, 31, 156, 164, 59,
+                103, 159, 88, 49, 155, 131, 95, 147, 177, 166, 138, 196, 195, 135, 215, 94, 246,
+                184, 105, 218, 108, 131, 147, 48, 151, 99, 61, 150, 145, 74, 149, 190, 73, 99, 157,
+                72, 49, 123, 122, 89, 98, 184, 151, 74, 209, 176, 65, 205, 82, 180, 174, 88, 159,
+                98, 102, 106, 44, 116, 76, 78, 137, 141, 112, 159, 205, 93, 107, 148, 74, 54, 91,
+                127, 76, 91, 198, 117, 105, 227, 133, 110, 172, 60, 83, 154, 61, 71, 110, 62, 43,
+                83, 72, 38, 115, 124, 126, 148, 176, 214, 115, 119, 137, 82, 62, 60, 137, 61, 102,
+                216, 74, 173, 247, 80, 202, 113, 105, 140, 109, 106, 130, 101, 108, 103, 104, 109,
+                86, 147, 111, 105, 190, 113, 124, 141, 75, 123, 92, 36, 123, 102, 73, 142, 127,
+                128, 165, 137, 150, 174, 50, 161, 223, 61, 163, 212, 89, 168, 184, 123, 160, 148,
+                178, 99, 82, 233, 38, 17, 168, 21, 110, 102, 4, 202, 59, 89, 187, 21, 198, 144, 6,
+                242, 127, 100, 78, 135, 112, 87, 127, 141, 111, 105, 168, 121, 93, 182, 79, 117,
+                197, 35, 142, 172, 22, 174, 148, 9, 205, 98, 56, 181, 43, 118, 141, 21, 142, 125,
+                134, 21, 67, 148, 34, 60, 182, 69, 43, 206, 90, 48, 188, 61, 147, 170, 31, 246,
+                176, 26, 225, 183, 22, 204, 130, 36, 171, 63, 56, 136, 36, 63, 121, 73, 125, 115,
+                97, 122, 104, 157, 115, 76, 205, 100, 69, 202, 58, 147, 199, 15, 224, 175, 48, 199,
+                153, 82, 174, 116, 94, 143, 76, 101, 111, 60, 104, 98, 43, 182, 151, 73, 169, 137,
+                147, 137, 101, 208, 102, 82, 216, 58, 133, 223, 12, 184, 181, 61, 159, 140, 110,
+                135, 111, 121, 116, 85, 122, 99, 75, 123, 92, 89, 121, 158, 113, 115, 142, 173, 98,
+                103, 223, 81, 74, 228, 63, 85, 234, 44, 97, 203, 53, 84, 171, 62, 71, 130, 71, 90,
+                85, 82, 116, 67, 86, 126, 115, 87, 162, 136, 84, 145, 188, 76, 104, 231, 69, 69,
+                235, 66, 58, 240, 62, 47, 215, 48, 41, 189, 34, 35, 140, 43, 75, 85, 59, 126, 63,
+                65, 146,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Bicubic),
+            (4, 2),
+            &[
+                149, 94, 158, 107, 140, 108, 93, 69, 149, 158, 131, 134, 105, 112, 117, 206, 77,
+                101, 177, 41, 152, 69, 100, 125,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Bicubic),
+            (2, 5),
+            &[
+                132, 131, 157, 112, 125, 144, 110, 104, 120, 137, 99, 121, 133, 105, 125, 111, 80,
+                150, 166, 80, 112, 131, 64, 168, 180, 90, 107, 152, 68, 89,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Bicubic),
+            (7, 3),
+            &[
+                190, 79, 216, 144, 112, 123, 91, 152, 88, 67, 163, 181, 65, 63, 133, 141, 89, 117,
+                225, 174, 129, 110, 92, 138, 112, 110, 101, 143, 110, 93, 192, 74, 148, 134, 31,
+                164, 94, 73, 156, 83, 149, 141, 73, 121, 141, 159, 112, 90, 231, 77, 81, 219, 26,
+                155, 184, 58, 131, 112, 85, 113, 50, 94, 111,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Bicubic),
+            (11, 13),
+            &[
+                119, 63, 243, 151, 84, 205, 233, 137, 116, 250, 175, 61, 115, 180, 97, 0, 161, 145,
+                26, 96, 166, 99, 39, 179, 145, 90, 185, 178, 184, 185, 193, 224, 186, 161, 73, 252,
+                168, 92, 217, 186, 137, 128, 173, 170, 74, 90, 174, 114, 24, 156, 161, 40, 94, 167,
+                87, 39, 161, 136, 87, 152, 182, 177, 140, 203, 215, 135, 239, 92, 255, 197, 105,
+                235, 98, 135, 147, 28, 158, 95, 45, 162, 145, 73, 147, 191, 67, 90, 169, 65, 39,
+                125, 119, 82, 89, 190, 161, 59, 222, 193, 45, 237, 77, 184, 192, 83, 162, 83, 94,
+                93, 15, 112, 66, 61, 149, 151, 112, 164, 217, 88, 111, 160, 63, 50, 77, 125, 66,
+                70, 217, 114, 95, 251, 133, 103, 183, 55, 77, 160, 54, 62, 106, 47, 20, 77, 63, 23,
+                115, 134, 138, 147, 181, 221, 110, 131, 144, 72, 60, 41, 135, 50, 85, 232, 67, 185,
+                255, 73, 225, 106, 110, 141, 102, 109, 129, 91, 107, 100, 100, 107, 83, 159, 118,
+                97, 197, 117, 113, 147, 72, 114, 82, 33, 115, 91, 67, 143, 131, 136, 178, 141, 160,
+                193, 44, 160, 229, 56, 164, 217, 81, 178, 193, 122, 165, 150, 193, 101, 64, 233,
+                38, 17, 182, 0, 103, 101, 0, 212, 49, 85, 202, 15, 211, 142, 0, 255, 118, 96, 64,
+                141, 110, 79, 131, 142, 119, 105, 173, 131, 93, 192, 82, 108, 197, 29, 135, 186, 0,
+                185, 157, 0, 224, 94, 47, 196, 22, 126, 138, 0, 154, 114, 134, 5, 62, 150, 22, 52,
+                190, 68, 20, 213, 92, 35, 190, 64, 154, 166, 31, 255, 182, 19, 252, 193, 17, 208,
+                136, 31, 169, 56, 50, 132, 21, 58, 115, 56, 134, 114, 86, 130, 99, 158, 125, 57,
+                212, 103, 58, 212, 46, 160, 196, 9, 246, 178, 42, 232, 151, 94, 182, 113, 107, 140,
+                73, 103, 102, 56, 103, 85, 18, 203, 163, 56, 187, 143, 142, 152, 95, 213, 105, 78,
+                232, 43, 137, 225, 8, 188, 185, 55, 172, 133, 123, 135, 102, 138, 111, 82, 131, 92,
+                74, 129, 83, 78, 124, 169, 107, 116, 150, 174, 99, 103, 229, 79, 70, 243, 60, 77,
+                237, 46, 86, 212, 49, 71, 174, 59, 59, 126, 70, 83, 80, 81, 120, 59, 86, 135, 112,
+                79, 171, 135, 76, 152, 192, 70, 106, 237, 66, 65, 248, 69, 45, 242, 67, 33, 227,
+                45, 20, 197, 23, 20, 140, 32, 69, 78, 54, 136, 50, 63, 163,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Lanczos),
+            (4, 2),
+            &[
+                148, 91, 153, 106, 149, 108, 90, 67, 157, 156, 128, 132, 101, 115, 112, 211, 75,
+                99, 182, 38, 155, 64, 101, 124,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Lanczos),
+            (2, 5),
+            &[
+                128, 129, 163, 108, 128, 139, 104, 105, 122, 135, 103, 117, 140, 97, 118, 115, 77,
+                151, 169, 79, 120, 132, 64, 172, 182, 93, 108, 156, 69, 84,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Lanczos),
+            (7, 3),
+            &[
+                192, 79, 222, 147, 106, 123, 83, 163, 81, 65, 168, 177, 50, 57, 132, 148, 86, 110,
+                233, 181, 135, 113, 91, 136, 104, 109, 96, 143, 113, 91, 194, 73, 155, 139, 32,
+                173, 88, 75, 153, 85, 148, 138, 67, 120, 147, 157, 117, 88, 248, 72, 78, 219, 21,
+                154, 194, 51, 141, 106, 89, 113, 42, 93, 109,
+            ],
+        ),
+        (
+            TorchResize::Antialiased(TorchFilter::Lanczos),
+            (11, 13),
+            &[
+                95, 55, 249, 156, 82, 195, 247, 126, 114, 255, 177, 52, 124, 197, 81, 0, 163, 144,
+                1, 84, 173, 93, 36, 179, 160, 90, 188, 182, 178, 196, 191, 234, 198, 153, 70, 255,
+                173, 95, 222, 193, 136, 137, 170, 178, 73, 86, 191, 100, 22, 153, 158, 22, 77, 179,
+                81, 33, 168, 144, 90, 149, 181, 178, 135, 201, 233, 126, 237, 91, 255, 193, 108,
+                237, 106, 136, 152, 30, 166, 95, 38, 175, 132, 71, 143, 185, 63, 75, 184, 63, 34,
+                136, 121, 84, 87, 184, 163, 57, 221, 212, 41, 255, 74, 176, 197, 73, 144, 77, 78,
+                73, 0, 107, 61, 46, 157, 164, 114, 170, 235, 88, 115, 175, 57, 52, 66, 130, 58, 45,
+                227, 96, 83, 255, 126, 110, 195, 58, 86, 162, 47, 53, 105, 36, 5, 73, 65, 25, 115,
+                142, 154, 147, 182, 227, 104, 139, 147, 70, 63, 39, 138, 42, 74, 232, 60, 176, 255,
+                75, 240, 96, 120, 147, 89, 117, 129, 82, 108, 105, 109, 109, 83, 176, 125, 88, 203,
+                118, 100, 150, 81, 101, 78, 38, 110, 82, 72, 149, 127, 140, 187, 141, 169, 209, 46,
+                154, 226, 53, 168, 221, 71, 181, 206, 127, 165, 143, 203, 108, 45, 233, 38, 17,
+                194, 0, 102, 106, 0, 211, 38, 95, 210, 11, 209, 148, 0, 255, 106, 97, 53, 151, 112,
+                78, 137, 140, 121, 116, 176, 138, 95, 194, 93, 90, 198, 25, 123, 202, 0, 183, 168,
+                0, 237, 84, 48, 202, 9, 127, 139, 0, 163, 98, 129, 5, 70, 153, 23, 40, 190, 66, 5,
+                214, 93, 34, 188, 70, 158, 165, 32, 255, 186, 12, 255, 196, 18, 214, 135, 34, 156,
+                61, 47, 129, 18, 58, 114, 50, 131, 113, 89, 130, 78, 156, 129, 34, 219, 97, 53,
+                219, 36, 174, 189, 7, 255, 175, 38, 255, 154, 98, 198, 112, 116, 128, 78, 101, 97,
+                60, 91, 80, 9, 207, 176, 54, 194, 146, 131, 163, 99, 219, 100, 80, 251, 30, 128,
+                228, 10, 177, 188, 51, 175, 135, 119, 134, 94, 146, 103, 79, 137, 92, 76, 128, 85,
+                67, 133, 179, 103, 125, 154, 165, 107, 110, 233, 78, 71, 255, 55, 72, 239, 46, 82,
+                217, 48, 67, 175, 62, 55, 118, 77, 82, 79, 86, 118, 59, 91, 138, 115, 67, 172, 143,
+                65, 150, 192, 63, 109, 241, 65, 61, 253, 75, 39, 240, 70, 29, 235, 42, 6, 206, 15,
+                13, 137, 23, 75, 76, 46, 138, 42, 62, 174,
+            ],
+        ),
+        (
+            TorchResize::NearestExact,
+            (4, 2),
+            &[
+                229, 98, 249, 10, 148, 95, 66, 39, 106, 213, 171, 45, 30, 199, 149, 202, 119, 72,
+                122, 136, 147, 77, 133, 82,
+            ],
+        ),
+        (
+            TorchResize::NearestExact,
+            (2, 5),
+            &[
+                241, 169, 65, 106, 38, 175, 81, 55, 14, 76, 52, 39, 112, 172, 161, 89, 1, 221, 210,
+                94, 25, 189, 12, 204, 230, 70, 71, 184, 31, 34,
+            ],
+        ),
+        (
+            TorchResize::NearestExact,
+            (7, 3),
+            &[
+                229, 98, 249, 10, 148, 95, 10, 148, 95, 86, 147, 198, 66, 39, 106, 66, 39, 106,
+                213, 171, 45, 50, 161, 223, 112, 172, 161, 112, 172, 161, 233, 38, 17, 89, 1, 221,
+                89, 1, 221, 6, 242, 127, 30, 199, 149, 202, 119, 72, 202, 119, 72, 220, 3, 209,
+                122, 136, 147, 122, 136, 147, 77, 133, 82,
+            ],
+        ),
+        (
+            TorchResize::NearestExact,
+            (11, 13),
+            &[
+                139, 74, 229, 139, 74, 229, 241, 169, 65, 241, 169, 65, 6, 160, 149, 6, 160, 149,
+                6, 160, 149, 106, 38, 175, 106, 38, 175, 188, 205, 175, 188, 205, 175, 139, 74,
+                229, 139, 74, 229, 241, 169, 65, 241, 169, 65, 6, 160, 149, 6, 160, 149, 6, 160,
+                149, 106, 38, 175, 106, 38, 175, 188, 205, 175, 188, 205, 175, 229, 98, 249, 229,
+                98, 249, 10, 148, 95, 10, 148, 95, 86, 147, 198, 86, 147, 198, 86, 147, 198, 66,
+                39, 106, 66, 39, 106, 213, 171, 45, 213, 171, 45, 229, 98, 249, 229, 98, 249, 10,
+                148, 95, 10, 148, 95, 86, 147, 198, 86, 147, 198, 86, 147, 198, 66, 39, 106, 66,
+                39, 106, 213, 171, 45, 213, 171, 45, 167, 57, 69, 167, 57, 69, 81, 55, 14, 81, 55,
+                14, 153, 178, 215, 153, 178, 215, 153, 178, 215, 76, 52, 39, 76, 52, 39, 250, 72,
+                215, 250, 72, 215, 167, 57, 69, 167, 57, 69, 81, 55, 14, 81, 55, 14, 153, 178, 215,
+                153, 178, 215, 153, 178, 215, 76, 52, 39, 76, 52, 39, 250, 72, 215, 250, 72, 215,
+                50, 161, 223, 50, 161, 223, 112, 172, 161, 112, 172, 161, 233, 38, 17, 233, 38, 17,
+                233, 38, 17, 89, 1, 221, 89, 1, 221, 6, 242, 127, 6, 242, 127, 143, 6, 60, 143, 6,
+                60, 210, 94, 25, 210, 94, 25, 166, 33, 249, 166, 33, 249, 166, 33, 249, 189, 12,
+                204, 189, 12, 204, 33, 57, 124, 33, 57, 124, 143, 6, 60, 143, 6, 60, 210, 94, 25,
+                210, 94, 25, 166, 33, 249, 166, 33, 249, 166, 33, 249, 189, 12, 204, 189, 12, 204,
+                33, 57, 124, 33, 57, 124, 30, 199, 149, 30, 199, 149, 202, 119, 72, 202, 119, 72,
+                220, 3, 209, 220, 3, 209, 220, 3, 209, 122, 136, 147, 122, 136, 147, 77, 133, 82,
+                77, 133, 82, 30, 199, 149, 30, 199, 149, 202, 119, 72, 202, 119, 72, 220, 3, 209,
+                220, 3, 209, 220, 3, 209, 122, 136, 147, 122, 136, 147, 77, 133, 82, 77, 133, 82,
+                115, 87, 162, 115, 87, 162, 230, 70, 71, 230, 70, 71, 240, 62, 47, 240, 62, 47,
+                240, 62, 47, 184, 31, 34, 184, 31, 34, 63, 65, 146, 63, 65, 146, 115, 87, 162, 115,
+                87, 162, 230, 70, 71, 230, 70, 71, 240, 62, 47, 240, 62, 47, 240, 62, 47, 184, 31,
+                34, 184, 31, 34, 63, 65, 146, 63, 65, 146,
+            ],
+        ),
+    ];
 
     const PILLOW_SRC: [u8; 105] = [
         139, 74, 229, 241, 169, 65, 6, 160, 149, 106, 38, 175, 188, 205, 175, 229, 98, 249, 10,

@@ -39,7 +39,7 @@ impl Augment {
                 }),
                 resample: Resample::Bilinear,
                 center_crop: None,
-                crop_offset: crate::preprocess::CropOffset::Floor,
+                backend: crate::preprocess::ImageBackend::HfPil,
                 rescale_factor: model.rescale_factor,
                 normalize: model.normalize,
             },

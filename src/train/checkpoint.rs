@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::atomic::write_file;
 use crate::model::save::{save_safetensors, stored_tensors, write_model_folder};
 use crate::model::ViTConfig;
-use crate::preprocess::PreprocessConfig;
+use crate::preprocess::{BackendRequest, PreprocessConfig};
 
 /// The folder of the latest checkpoint, inside the output folder.
 pub const LAST: &str = "last";
@@ -69,6 +69,9 @@ pub struct Settings {
     pub save_steps: usize,
     /// The dtype the network computes in (`f32`, `f16`, `bf16`); weights stay f32.
     pub dtype: String,
+    /// The image backend asked for (`--image-backend`; none: the model's own).
+    #[serde(default)]
+    pub image_backend: Option<BackendRequest>,
 }
 
 /// One epoch's results, as written to `metrics.jsonl`.

@@ -201,7 +201,8 @@ impl Trainer {
                 .with_context(|| format!("{}: cannot read config.json", last.display()))?,
         )
         .with_context(|| format!("{}: invalid config.json", last.display()))?;
-        let preprocess = PreprocessConfig::from_file(&last.join("preprocessor_config.json"))?;
+        let preprocess = PreprocessConfig::from_file(&last.join("preprocessor_config.json"))?
+            .on_backend(state.settings.image_backend)?;
         let layout = crate::model::Layout::of_config(&base_config)?;
         let tensors = read_weights_as(&last.join("model.safetensors"), Some(layout))?;
         let settings = state.settings.clone();

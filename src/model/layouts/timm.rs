@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::model::config::{Activation, Head, Pooling, PosInterpolation, Variant, ViTConfig};
 use crate::model::weights::{count_layers, default_labels, TensorShapes};
-use crate::preprocess::{CropOffset, PreprocessConfig, Resample, ResizeTarget};
+use crate::preprocess::{ImageBackend, PreprocessConfig, Resample, ResizeTarget};
 
 /// ImageNet mean and standard deviation, as timm's `IMAGENET_DEFAULT_MEAN`/`_STD`.
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -243,7 +243,7 @@ pub fn preprocess(json: &Value, config: &ViTConfig) -> Result<PreprocessConfig> 
         .and_then(|s| s.last())
         .and_then(Value::as_u64)
         .map_or(config.image_size, |s| s as usize);
-    Ok(timm_preprocess(pretrained, size, CropOffset::RoundHalfEven)?.0)
+    Ok(timm_preprocess(pretrained, size, ImageBackend::Timm)?.0)
 }
 
 /// HF names of timm's `VisionTransformer` tensors, by timm name (`qkv` aside).
@@ -293,12 +293,13 @@ pub fn default_heads(hidden: usize) -> usize {
 
 /// timm's evaluation transform as a preprocessing config: from a timm `pretrained_cfg` when
 /// the checkpoint has one, else timm's defaults for DeiT: crop_pct 0.9, bicubic, ImageNet
-/// mean/std. `crop_offset` is torchvision's rounding to run it as timm does, HF's floor to
-/// write it as an HF preprocessor (a pixel off for odd margins).
+/// mean/std, on `backend` ([`ImageBackend::Timm`] to run it as timm does; an HF backend to
+/// write it as an HF preprocessor, whose crop HF's PIL backend places a pixel off for odd
+/// margins).
 pub fn timm_preprocess(
     pretrained: Option<&Value>,
     image_size: usize,
-    crop_offset: CropOffset,
+    backend: ImageBackend,
 ) -> Result<(PreprocessConfig, String)> {
     let get = |key: &str| pretrained.and_then(|p| p.get(key));
     let three = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
@@ -358,7 +359,7 @@ pub fn timm_preprocess(
         resize: Some(resize),
         resample,
         center_crop: Some((crop, crop)),
-        crop_offset,
+        backend,
         rescale_factor: Some(1.0 / 255.0),
         normalize: Some((mean, std)),
     };
@@ -372,7 +373,7 @@ mod tests {
 
     #[test]
     fn timm_preprocessing_follows_pretrained_cfg_or_deit_defaults() {
-        let (config, how) = timm_preprocess(None, 224, CropOffset::Floor).unwrap();
+        let (config, how) = timm_preprocess(None, 224, ImageBackend::HfTorchvision).unwrap();
         assert_eq!(config.resize, Some(ResizeTarget::ShortestEdge(248)));
         assert_eq!(config.center_crop, Some((224, 224)));
         assert_eq!(config.resample, Resample::Bicubic);
@@ -380,7 +381,7 @@ mod tests {
         assert!(how.contains("DeiT"), "{how}");
         let cfg = json!({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 1.0,
                          "interpolation": "bilinear", "crop_mode": "squash"});
-        let (config, _) = timm_preprocess(Some(&cfg), 384, CropOffset::Floor).unwrap();
+        let (config, _) = timm_preprocess(Some(&cfg), 384, ImageBackend::HfTorchvision).unwrap();
         assert_eq!(
             config.resize,
             Some(ResizeTarget::Exact {
@@ -390,6 +391,11 @@ mod tests {
         );
         assert_eq!(config.resample, Resample::Bilinear);
         assert_eq!(config.normalize, Some(([0.5; 3], [0.5; 3])));
-        assert!(timm_preprocess(Some(&json!({"crop_pct": 0})), 224, CropOffset::Floor).is_err());
+        assert!(timm_preprocess(
+            Some(&json!({"crop_pct": 0})),
+            224,
+            ImageBackend::HfTorchvision
+        )
+        .is_err());
     }
 }
