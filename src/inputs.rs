@@ -26,12 +26,17 @@ pub fn has_image_extension(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Expands arguments in order: a file is taken as is (whatever its extension), a folder
-/// becomes its image files, recursively, sorted by path.
+/// The argument that stands for an image read from stdin (`./-` names a file called `-`).
+pub const STDIN: &str = "-";
+
+/// Expands arguments in order: a file is taken as is (whatever its extension), `-` as the
+/// image on stdin, a folder becomes its image files, recursively, sorted by path.
 pub fn collect_inputs(args: &[PathBuf]) -> Vec<Input> {
     let mut inputs = Vec::new();
     for arg in args {
-        if arg.is_dir() {
+        if arg.as_os_str() == STDIN {
+            inputs.push(Input::Image(arg.clone()));
+        } else if arg.is_dir() {
             let mut found = Vec::new();
             match walk(arg, &mut found) {
                 Err(err) => inputs.push(Input::Invalid(
@@ -74,28 +79,78 @@ pub fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads a list of paths, one a line (blank lines skipped), from a file or, for `-`, stdin.
-pub fn read_file_list(list: &Path) -> Result<Vec<PathBuf>> {
-    let lines: Vec<String> = if list == Path::new("-") {
-        std::io::stdin()
-            .lock()
-            .lines()
-            .collect::<std::io::Result<_>>()
-            .context("stdin: cannot read the file list")?
-    } else {
-        let file = std::fs::File::open(list)
-            .with_context(|| format!("{}: cannot open the file list", list.display()))?;
-        std::io::BufReader::new(file)
-            .lines()
-            .collect::<std::io::Result<_>>()
-            .with_context(|| format!("{}: cannot read the file list", list.display()))?
+/// The longest line of a list or text file, in bytes (a path is at most 4 KiB on Linux).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The most lines a list or text file may hold.
+pub const MAX_LINES: usize = 10_000_000;
+
+/// Reads the lines of a file or, for `-`, stdin, as bytes with their line numbers (from 1;
+/// `\r\n` as `\n`; blank lines skipped), refusing a line over [`MAX_LINE_BYTES`] or more than [`MAX_LINES`] lines, so
+/// that `/dev/zero` or a binary file is an error rather than memory exhausted. `what`
+/// names the content in messages ("file list"). A FIFO with no writer blocks until one
+/// opens it, as it does for any POSIX reader.
+pub fn read_lines(path: &Path, what: &str) -> Result<Vec<(usize, Vec<u8>)>> {
+    let name = match path == Path::new("-") {
+        true => "stdin".to_string(),
+        false => path.display().to_string(),
     };
-    Ok(lines
+    let reader: Box<dyn BufRead> = match path == Path::new("-") {
+        true => Box::new(std::io::stdin().lock()),
+        false => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("{name}: cannot open the {what}"))?,
+        )),
+    };
+    // One byte past the limit tells a line that is too long from one that fits exactly.
+    let mut limited = std::io::Read::take(reader, MAX_LINE_BYTES as u64 + 2);
+    let mut lines = Vec::new();
+    for number in 1.. {
+        let mut line = Vec::new();
+        limited.set_limit(MAX_LINE_BYTES as u64 + 2);
+        let read = limited
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("{name}: cannot read the {what}"))?;
+        if read == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.len() > MAX_LINE_BYTES {
+            bail!("{name}: line {number} of the {what} is longer than {MAX_LINE_BYTES} bytes");
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if lines.len() == MAX_LINES {
+            bail!("{name}: the {what} has more than {MAX_LINES} lines");
+        }
+        lines.push((number, line));
+    }
+    Ok(lines)
+}
+
+/// Reads a list of paths, one a line (blank lines skipped), from a file or, for `-`, stdin;
+/// the paths are taken as bytes, so names that are not UTF-8 work.
+pub fn read_file_list(list: &Path) -> Result<Vec<PathBuf>> {
+    Ok(read_lines(list, "file list")?
         .into_iter()
-        .map(|line| line.trim_end_matches('\r').to_string())
-        .filter(|line| !line.trim().is_empty())
-        .map(PathBuf::from)
+        .map(|(_, line)| path_from_bytes(line))
         .collect())
+}
+
+#[cfg(unix)]
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// One part of a collection split among `count` processes: the inputs at positions

@@ -35,6 +35,7 @@ pub mod hub;
 pub mod inputs;
 pub mod kernels;
 pub mod model;
+pub mod panics;
 pub mod preprocess;
 pub mod quantize;
 pub mod tokenizer;

@@ -79,14 +79,29 @@ impl TextTokenizer {
     /// embedding as HF's batch padded to the longest, whose padding it never attends to.
     pub fn load(files: &TokenizerFiles, max_length: usize, padded: bool) -> Result<Self> {
         let (mut inner, path) = match files {
-            TokenizerFiles::Json(path) => (
-                Tokenizer::from_file(path).map_err(|e| {
-                    anyhow::anyhow!("{}: cannot read the tokenizer: {e}", path.display())
+            TokenizerFiles::Json(path) => {
+                let tokenizer = crate::panics::catch("cannot read the tokenizer", || {
+                    Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))
+                })
+                .with_context(|| format!("{}", path.display()))?;
+                // Without one, the start and end tokens the text tower pools on would be
+                // dropped silently.
+                if tokenizer.get_post_processor().is_none() {
+                    bail!(
+                        "{}: no post_processor (the tokenizer would add no start and end \
+                         tokens)",
+                        path.display()
+                    );
+                }
+                (tokenizer, path)
+            }
+            TokenizerFiles::ClipBpe { vocab, merges } => (clip_bpe(vocab, merges)?, vocab),
+            TokenizerFiles::SentencePiece(path) => (
+                crate::panics::catch("cannot build the tokenizer", || {
+                    sentencepiece::siglip_tokenizer(path)
                 })?,
                 path,
             ),
-            TokenizerFiles::ClipBpe { vocab, merges } => (clip_bpe(vocab, merges)?, vocab),
-            TokenizerFiles::SentencePiece(path) => (sentencepiece::siglip_tokenizer(path)?, path),
         };
         let pad_id = match padded {
             false => None,

@@ -587,3 +587,196 @@ fn image_backends_are_chosen_logged_and_refused_where_meaningless() {
     ]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// A valid tiled, planar TIFF panics the `tiff` crate: that costs its own line, and the
+/// photos beside it in the folder are still classified (exit 1, some inputs failed).
+#[test]
+fn a_decoder_panic_costs_one_input_not_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.jpg", "c.jpg"] {
+        std::fs::copy(
+            fixture("preprocess/images/odd_301x157.jpg"),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    let tiff = dir.path().join("b.tif");
+    std::fs::copy(fixture("tiff/tiled_planar_48x40.tif"), &tiff).unwrap();
+    let model = tiny_model();
+    let output = vit(&[
+        "classify",
+        "-m",
+        &model,
+        "-f",
+        "jsonl",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0]["predictions"].is_array() && lines[2]["predictions"].is_array());
+    assert!(lines[1]["error"].is_string(), "{}", lines[1]);
+    let err = stderr(&output);
+    let line = format!("vit: {}: cannot decode image: ", tiff.display());
+    assert!(err.contains(&line), "{err}");
+    assert!(!err.contains("stack backtrace"), "{err}");
+
+    let out = dir.path().join("e.npy");
+    let output = vit(&[
+        "embed",
+        "-m",
+        &model,
+        dir.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let list = std::fs::read_to_string(format!("{}.files.txt", out.display())).unwrap();
+    assert_eq!(
+        list.lines().filter(|l| !l.starts_with('#')).count(),
+        2,
+        "{list}"
+    );
+}
+
+/// `vit classify DIR | head -1`: once the reader has gone, vit stops quietly with exit 0
+/// (as ripgrep does), whether stderr goes to a terminal or into the same closed pipe.
+#[test]
+fn a_closed_pipe_ends_the_run_quietly_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        std::fs::copy(
+            fixture("preprocess/images/odd_301x157.jpg"),
+            dir.path().join(format!("{i:02}.jpg")),
+        )
+        .unwrap();
+    }
+    let model = tiny_model();
+    let args = [
+        "classify",
+        "-m",
+        &model,
+        "-f",
+        "jsonl",
+        dir.path().to_str().unwrap(),
+    ];
+    // stdout into a pipe whose reader is gone before the first result.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = common::vit_command(&args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("panicked"),
+        "{err}"
+    );
+    // stderr into the same closed pipe: the log lines fail too.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = common::vit_command(&args)
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A PNG whose header claims 100000 x 100000 pixels is refused before its pixels are
+/// allocated, naming the size and the limit, and `--max-image-pixels` moves the limit.
+#[test]
+fn an_image_claiming_too_many_pixels_is_refused_before_decoding() {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    }
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        let mut body = kind.to_vec();
+        body.extend(data);
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+        out
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut header = 100_000u32.to_be_bytes().to_vec();
+    header.extend(100_000u32.to_be_bytes());
+    header.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    png.extend(chunk(b"IHDR", &header));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x01]));
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, &png).unwrap();
+    let model = tiny_model();
+    let output = vit(&["classify", "-m", &model, bomb.to_str().unwrap()]);
+    assert_no_panic(&output);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("100000x100000 is 10000000000 pixels, more than the limit of 89478485"),
+        "{err}"
+    );
+    let small = sample_image("odd_301x157.jpg");
+    let output = vit(&[
+        "classify",
+        "-m",
+        &model,
+        &small,
+        "--max-image-pixels",
+        "40000",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("301x157 is 47257 pixels"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// `cat photo.jpg | vit classify -` classifies the image on stdin, as the same file does.
+#[test]
+fn an_image_on_stdin_is_classified_as_its_file_is() {
+    use std::io::Write;
+    let image = sample_image("odd_301x157.jpg");
+    let model = tiny_model();
+    let from_file = vit(&["classify", "-m", &model, "-f", "json", &image]);
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+    let mut child = common::vit_command(&["classify", "-m", &model, "-f", "json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&image).unwrap())
+        .unwrap();
+    let from_stdin = child.wait_with_output().unwrap();
+    assert!(from_stdin.status.success(), "{}", stderr(&from_stdin));
+    let predictions = |output: &std::process::Output| {
+        let results: Value = serde_json::from_str(&stdout(output)).unwrap();
+        results[0]["predictions"].clone()
+    };
+    assert_eq!(predictions(&from_stdin), predictions(&from_file));
+    let results: Value = serde_json::from_str(&stdout(&from_stdin)).unwrap();
+    assert_eq!(results[0]["file"], "-");
+    // stdin is read once.
+    let err = data_error(&vit(&["classify", "-m", &model, "-", "-"]));
+    assert!(err.contains("stdin can be read once"), "{err}");
+}

@@ -284,3 +284,70 @@ fn an_absurd_text_layer_count_fails_at_once_naming_the_first_missing_layer() {
         "{err}"
     );
 }
+
+/// The crafted `spiece.model` files of `shared/bug-reports/siglip-spiece` (a malformed
+/// character map that panicked `spm_precompiled`, a 200 KB piece that overflowed the stack)
+/// are each a one-line error naming the file, never a crash.
+#[test]
+fn crafted_sentencepiece_models_are_clear_errors() {
+    let Some(shared) = shared_dir() else { return };
+    let reports = shared.join("bug-reports/siglip-spiece");
+    let source = fixture("siglip/siglip_p16_s48");
+    for (file, expected) in [
+        ("sp122.spiece.model", "invalid precompiled_charsmap"),
+        ("sp126.spiece.model", "invalid precompiled_charsmap"),
+        ("sp127.spiece.model", "invalid precompiled_charsmap"),
+        ("sq084.spiece.model", "bytes long"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let model = dir.path().join("spiece.model");
+        std::fs::copy(reports.join(file), &model).unwrap();
+        let output = vit(&[
+            "embed",
+            "-m",
+            dir.path().to_str().unwrap(),
+            "--text",
+            "cat",
+            "--format",
+            "jsonl",
+        ]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{file}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("overflow"),
+            "{file}: {err}"
+        );
+        let last = err.trim_end().lines().last().unwrap();
+        assert!(
+            last.contains(&model.display().to_string()) && last.contains(expected),
+            "{file}: {err}"
+        );
+    }
+}
+
+/// A CLIP `tokenizer.json` whose `post_processor` is null would drop the start and end
+/// tokens silently: refused, naming the file.
+#[test]
+fn a_tokenizer_without_its_post_processor_is_refused() {
+    let source = fixture("clip/clip_p32_s64");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let path = dir.path().join("tokenizer.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["post_processor"] = Value::Null;
+    std::fs::write(&path, json.to_string()).unwrap();
+    let output = vit(&["embed", "-m", dir.path().to_str().unwrap(), "--text", "cat"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("no post_processor"),
+        "{err}"
+    );
+}

@@ -153,7 +153,7 @@ fn plan(args: BenchArgs) -> Result<Plan> {
     };
     let chosen = args.device.open()?;
     if let Some(note) = &chosen.fallback_note {
-        eprintln!("vit: {note}");
+        log!("vit: {note}");
     }
     let device = chosen.device;
     let mut dtypes: Vec<Precision> = args.dtype.iter().map(|d| d.precision(&device)).collect();
@@ -190,7 +190,7 @@ fn plan(args: BenchArgs) -> Result<Plan> {
         AttnArg::Flash => vec![AttentionKernel::Flash],
         AttnArg::All if flash_possible => vec![AttentionKernel::Standard, AttentionKernel::Flash],
         AttnArg::All => {
-            eprintln!("vit: bench: flash attention is not available here; timing standard only");
+            log!("vit: bench: flash attention is not available here; timing standard only");
             vec![AttentionKernel::Standard]
         }
     };
@@ -368,7 +368,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                 let check = compare_kernels(&reference.model, &built.model, &input, dtype.dtype)?;
                 if !check.agrees {
                     progress.suspend(|| {
-                        eprintln!(
+                        log!(
                             "vit: bench: {} attention disagrees with standard attention by {:.3e} \
                              (tolerance {:.0e} for {}); not reported",
                             kernel.name(),

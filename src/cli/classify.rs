@@ -168,7 +168,7 @@ pub fn run(args: ClassifyArgs) -> Result<Outcome> {
             let path = input.path();
             if let Record::Error(message) = &record {
                 failures += 1;
-                progress.suspend(|| eprintln!("vit: {}: {message}", path.display()));
+                progress.suspend(|| log!("vit: {}: {message}", path.display()));
             }
             report.add(&path.display().to_string(), record)?;
             progress.inc(1);
@@ -183,7 +183,7 @@ pub fn run(args: ClassifyArgs) -> Result<Outcome> {
             "images": plan.inputs.len(),
             "failed": failures,
         });
-        eprintln!("vit: stats: {stats}");
+        log!("vit: stats: {stats}");
     }
     Ok(match failures {
         0 => Outcome::Success,
@@ -220,8 +220,15 @@ fn classify_chunk(
         Ok(rows) => {
             for (slot, logits) in slots.into_iter().zip(rows) {
                 let scores = function.apply(&logits);
-                let predictions = top_k(&scores, classifier.labels(), k);
-                records[slot] = Record::Predictions(predictions);
+                // A score that is not a number is no result: an error for this image (a
+                // model that overflows on it), never `"score": null` with exit 0.
+                records[slot] = match scores.iter().position(|s| !s.is_finite()) {
+                    Some(index) => Record::Error(format!(
+                        "the model gave a non-finite score ({}) for label {index}",
+                        scores[index]
+                    )),
+                    None => Record::Predictions(top_k(&scores, classifier.labels(), k)),
+                };
             }
         }
         Err(err) => {

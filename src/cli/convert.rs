@@ -1,8 +1,9 @@
 //! `vit convert`: PyTorch and timm checkpoints to HF safetensors model folders.
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::DType;
 use clap::{Args, ValueEnum};
 use vit::convert::{convert, default_output, parse_byte_size, ConvertOptions, Layout, Summary};
@@ -109,23 +110,26 @@ pub fn run(args: ConvertArgs) -> Result<Outcome> {
         overwrite: args.force,
         progress: true,
     };
-    eprintln!(
+    log!(
         "vit: converting {} to {}",
         spec.describe(),
         output.display()
     );
     let summary = convert(&files, &output, &options)?;
     for note in &summary.notes {
-        eprintln!("vit: {note}");
+        log!("vit: {note}");
     }
-    match args.format {
-        Format::Text => print!("{}", text_summary(&spec.describe(), &summary)),
+    let text = match args.format {
+        Format::Text => text_summary(&spec.describe(), &summary),
         Format::Json => {
             let mut json = summary.to_json();
             json["input"] = spec.describe().into();
-            println!("{json}");
+            format!("{json}\n")
         }
-    }
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
     Ok(Outcome::Success)
 }
 

@@ -222,7 +222,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
             match record {
                 Ok((values, shape)) => rows.add(file, values, shape)?,
                 Err(message) => {
-                    progress.suspend(|| eprintln!("vit: {file}: {message}"));
+                    progress.suspend(|| log!("vit: {file}: {message}"));
                     rows.fail(file, message)?;
                 }
             }
@@ -276,7 +276,15 @@ fn embed_chunk(
                 if normalize {
                     row.chunks_mut(width).for_each(l2_normalize);
                 }
-                records[slot] = Ok((row, row_shape.clone()));
+                // Not-a-number is no embedding: an error for this input, never a row of
+                // nulls with exit 0.
+                records[slot] = match row.iter().position(|v| !v.is_finite()) {
+                    Some(index) => Err(format!(
+                        "the model gave a non-finite value ({}) at {index}",
+                        row[index]
+                    )),
+                    None => Ok((row, row_shape.clone())),
+                };
             }
         }
         Err(err) => {
@@ -392,7 +400,7 @@ impl Rows {
                 &safetensors_bytes(&self.values, &shape, self.key, &self.files, &self.failed)?,
             )?,
         }
-        eprintln!(
+        log!(
             "vit: wrote {} embeddings of shape {:?} to {}",
             self.files.len(),
             &shape[1..],

@@ -1,6 +1,6 @@
 //! `vit finetune`: train on a folder of labelled images and save a model `classify` loads.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -283,7 +283,7 @@ pub fn run(args: FinetuneArgs) -> Result<Outcome> {
     let mut observer = Progress::new(trainer.settings().epochs);
     let summary = trainer.run(&mut observer)?;
     observer.finish();
-    print_summary(&out, &summary);
+    print_summary(&out, &summary)?;
     Ok(match summary.unreadable {
         0 => Outcome::Success,
         _ => Outcome::PartialFailure,
@@ -302,7 +302,7 @@ fn open_data(root: &Path, val_split: f64, seed: u64) -> Result<(ImageFolder, Vec
         ValSource::Folder(name) => format!("{name}/"),
         ValSource::Split(fraction) => format!("{:.0}% of each class", fraction * 100.0),
     };
-    eprintln!(
+    log!(
         "vit: data {}: {} training and {} validation images ({validation}), {} classes: {}",
         root.display(),
         data.train.len(),
@@ -323,7 +323,7 @@ fn abbreviate(classes: &[String]) -> String {
 fn open_device(request: DeviceRequest) -> Result<candle_core::Device> {
     let chosen = request.open()?;
     if let Some(note) = &chosen.fallback_note {
-        eprintln!("vit: {note}");
+        log!("vit: {note}");
     }
     Ok(chosen.device)
 }
@@ -366,7 +366,7 @@ fn start_new(
             let unused = check_state_dict(&weights, &config)
                 .with_context(|| format!("{}", files.weights.display()))?;
             for name in unused {
-                eprintln!(
+                log!(
                     "vit: warning: {}: ignoring unused tensor {name}",
                     files.weights.display()
                 );
@@ -402,7 +402,7 @@ fn start_new(
                     )
                 }
             };
-            eprintln!("vit: model {}: {what}", spec.describe());
+            log!("vit: model {}: {what}", spec.describe());
             (adapted, base_config, preprocess, weights)
         }
         Source::Preset(name) => {
@@ -411,7 +411,7 @@ fn start_new(
             config.id2label = data.classes.clone();
             config.validate()?;
             let weights = init_weights(&config, settings.seed)?;
-            eprintln!(
+            log!(
                 "vit: model {name}: from scratch, {} classes",
                 data.classes.len()
             );
@@ -466,7 +466,7 @@ fn start_resumed(data: Option<PathBuf>, args: &FinetuneArgs, out: &Path) -> Resu
     let root = data.unwrap_or_else(|| settings.data.clone());
     let (data, _) = open_data(&root, settings.val_split, settings.seed)?;
     let device = open_device(args.device)?;
-    eprintln!(
+    log!(
         "vit: resuming {} at epoch {} step {} of {} epochs",
         last.display(),
         state.epoch + 1,
@@ -478,7 +478,7 @@ fn start_resumed(data: Option<PathBuf>, args: &FinetuneArgs, out: &Path) -> Resu
 }
 
 fn log_run(settings: &Settings, device: &candle_core::Device) {
-    eprintln!(
+    log!(
         "vit: {} epochs, batch {}{}, lr {:e} (warmup {}, cosine), weight decay {}, label \
          smoothing {}, clip {}, {}px (crops from {:.0}% of the area), seed {}, {} {} ({} threads){}",
         settings.epochs,
@@ -505,11 +505,12 @@ fn log_run(settings: &Settings, device: &candle_core::Device) {
     );
 }
 
-fn print_summary(out: &Path, summary: &Summary) {
+fn print_summary(out: &Path, summary: &Summary) -> Result<()> {
     let Some(last) = &summary.last else {
-        return;
+        return Ok(());
     };
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{}: best validation accuracy {:.2}% at epoch {} of {} ({} images); last epoch {:.2}%, \
          checkpoint {}",
         out.display(),
@@ -519,7 +520,8 @@ fn print_summary(out: &Path, summary: &Summary) {
         last.val_images,
         last.val_accuracy * 100.0,
         out.join(checkpoint::LAST).display()
-    );
+    )
+    .context("cannot write to stdout")
 }
 
 /// A progress bar per epoch on stderr (when it is a terminal) and a line per epoch.
@@ -567,7 +569,7 @@ impl Observer for Progress {
 
     fn epoch_end(&mut self, m: &EpochMetrics) {
         self.bar.finish_and_clear();
-        eprintln!(
+        log!(
             "vit: epoch {}/{}  train loss {:.4} acc {:.2}%  val loss {:.4} acc {:.2}%{}  \
              {:.1} img/s  {:.1}s",
             m.epoch,
@@ -583,6 +585,6 @@ impl Observer for Progress {
     }
 
     fn warn(&mut self, message: &str) {
-        self.bar.suspend(|| eprintln!("vit: warning: {message}"));
+        self.bar.suspend(|| log!("vit: warning: {message}"));
     }
 }

@@ -1,6 +1,15 @@
 //! Argument parsing, dispatch and error reporting. Each subcommand parses its arguments,
 //! checks them into a plan, then runs; errors print as `vit: context: message`.
 
+/// `eprintln!` for logs and progress lines: a write that fails (stderr closed, or a pipe
+/// whose reader has gone) is ignored rather than a panic.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod classify;
 mod convert;
@@ -16,7 +25,7 @@ use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::{ModelSpec, DEFAULT_MODEL};
 use vit::inputs::{collect_inputs, read_file_list, Input, Shard};
 use vit::model::{AttentionKernel, Int8Weights, LoadOptions, LoadedModel, ModelOptions};
-use vit::preprocess::{BackendRequest, PreprocessConfig};
+use vit::preprocess::{BackendRequest, PreprocessConfig, MAX_IMAGE_PIXELS};
 
 /// Run, measure, convert and fine-tune Vision Transformers (HF ViT, DeiT, DINOv2, CLIP and
 /// SigLIP checkpoints) on Candle, without Python.
@@ -113,7 +122,8 @@ impl ImageBackendArgs {
 /// The images a subcommand processes.
 #[derive(Args, Debug, Clone)]
 pub struct InputArgs {
-    /// Image files or folders (searched recursively for image files, in sorted order).
+    /// Image files or folders (searched recursively for image files, in sorted order); `-`
+    /// reads one image from stdin (`./-` names a file called `-`).
     #[arg(value_name = "IMG_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Also take the files or folders listed in FILE, one a line (`-`: stdin), after the
@@ -124,6 +134,10 @@ pub struct InputArgs {
     /// I-th, so that N processes split a collection with no overlap.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
+    /// Refuse to decode an image of more pixels than this (a decompression bomb, or a
+    /// header that lies); 0: no limit [default: Pillow's limit, 89478485].
+    #[arg(long, value_name = "N", default_value_t = MAX_IMAGE_PIXELS, hide_default_value = true)]
+    pub max_image_pixels: u64,
 }
 
 impl InputArgs {
@@ -134,12 +148,24 @@ impl InputArgs {
 
     /// The work list: the arguments, then the listed paths, then this shard of them.
     pub fn collect(&self) -> Result<Vec<Input>> {
+        vit::preprocess::set_max_image_pixels(self.max_image_pixels);
         if self.is_empty() {
             anyhow::bail!("no images given (IMG_OR_DIR arguments or --files-from)");
         }
         let mut paths = self.inputs.clone();
+        let stdin_images = paths.iter().filter(|p| p.as_os_str() == "-").count();
+        let stdin_list = self
+            .files_from
+            .as_ref()
+            .is_some_and(|p| p.as_os_str() == "-");
+        if stdin_images + usize::from(stdin_list) > 1 {
+            anyhow::bail!("stdin can be read once: give `-` (an image, or --files-from -) once");
+        }
         if let Some(list) = &self.files_from {
             paths.extend(read_file_list(list)?);
+            if paths.is_empty() {
+                anyhow::bail!("no images given: {} lists no files", list.display());
+            }
         }
         let inputs = collect_inputs(&paths);
         Ok(match self.shard {
@@ -160,7 +186,7 @@ impl ModelArgs {
     pub fn load(&self, attention: AttentionKernel) -> Result<ReadyModel> {
         let chosen = self.device.open()?;
         if let Some(note) = &chosen.fallback_note {
-            eprintln!("vit: {note}");
+            log!("vit: {note}");
         }
         let device = chosen.device;
         let dtype = self.dtype.resolve(&device);
@@ -188,7 +214,7 @@ impl ModelArgs {
             .with_context(|| format!("cannot load model {}", spec.describe()))?;
         loaded.preprocess = self.image_backend.apply(&loaded.preprocess)?;
         for name in &loaded.unused_tensors {
-            eprintln!(
+            log!(
                 "vit: warning: {}: ignoring unused tensor {name}",
                 files.weights.display()
             );
@@ -199,7 +225,7 @@ impl ModelArgs {
             (n, None) => format!("{n} labels"),
         };
         if loaded.int8 == Int8Weights::Dequantized {
-            eprintln!(
+            log!(
                 "vit: {}: int8 weights dequantized to {} on {} (int8 products run on the CPU in \
                  f32)",
                 files.weights.display(),
@@ -207,7 +233,7 @@ impl ModelArgs {
                 device_name(&device)
             );
         }
-        eprintln!(
+        log!(
             "vit: model {} ({}, {head}) on {} {}, images preprocessed as {}",
             spec.describe(),
             loaded.layout.name(),
@@ -232,20 +258,20 @@ pub fn collect_texts(
 ) -> Result<Vec<String>> {
     let mut texts = inline.to_vec();
     if let Some(path) = file {
-        let content = match path.as_os_str() == "-" {
-            true => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
-            false => std::fs::read_to_string(path)
-                .with_context(|| format!("{}: cannot read", path.display()))?,
+        let name = match path.as_os_str() == "-" {
+            true => "stdin".to_string(),
+            false => path.display().to_string(),
         };
-        texts.extend(
-            content
-                .lines()
-                .map(|line| line.trim_end_matches('\r'))
-                .filter(|line| !line.trim().is_empty())
-                .map(str::to_string),
-        );
+        let lines = vit::inputs::read_lines(path, &format!("{what} file"))?;
+        for (number, line) in lines {
+            let text = String::from_utf8(line)
+                .map_err(|_| anyhow::anyhow!("{name}: line {number} is not UTF-8"))?;
+            if !text.trim().is_empty() {
+                texts.push(text);
+            }
+        }
         if texts.is_empty() {
-            anyhow::bail!("{}: no {what}s in it", path.display());
+            anyhow::bail!("{name}: no {what}s in it");
         }
     }
     Ok(texts)
@@ -305,11 +331,23 @@ pub fn main() -> ExitCode {
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::PartialFailure) => ExitCode::from(1),
+        // The reader of stdout went away (`vit classify DIR | head -1`): nothing is lost that
+        // anyone reads, so stop quietly, as ripgrep does.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("vit: {}", one_line(&err));
+            log!("vit: {}", one_line(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether an error comes from writing to a pipe whose reader has closed it.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 #[cfg(test)]

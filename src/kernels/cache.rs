@@ -29,10 +29,10 @@ impl CacheSizes {
                     Ok(sizes) => sizes,
                     Err(message) => {
                         let detected = detected();
-                        eprintln!(
+                        crate::kernels::warn(format_args!(
                             "vit: {ENV}={text}: {message}; using this CPU's ({})",
                             detected.kib()
-                        );
+                        ));
                         detected
                     }
                 },

@@ -68,20 +68,20 @@ impl Isa {
             match Self::from_name(requested.trim()) {
                 Some(isa) if isa.is_supported() => isa,
                 Some(isa) => {
-                    eprintln!(
+                    crate::kernels::warn(format_args!(
                         "vit: VIT_GEMM={}: this CPU lacks {}; using {}",
                         requested,
                         isa.name(),
                         fastest.name()
-                    );
+                    ));
                     fastest
                 }
                 None if requested.trim().is_empty() || requested.trim() == "auto" => fastest,
                 None => {
-                    eprintln!(
+                    crate::kernels::warn(format_args!(
                         "vit: VIT_GEMM={requested}: expected auto, avx512, avx2 or portable; using {}",
                         fastest.name()
-                    );
+                    ));
                     fastest
                 }
             }

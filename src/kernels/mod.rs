@@ -29,6 +29,13 @@ pub use gemm::{gemm, gemm_packed};
 pub use isa::Isa;
 pub use pack::PackedB;
 
+/// Reports a setting the engine ignores on stderr (a failed write, stderr closed, is
+/// ignored too).
+pub(crate) fn warn(message: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
 /// Keeps the memory of freed buffers in the process, for the CPU engine's inference and
 /// training alike. A forward pass or a training step allocates and frees buffers of megabytes
 /// (a step some hundred); glibc hands large freed blocks back to the OS (above its mmap and

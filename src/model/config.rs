@@ -255,6 +255,15 @@ impl BlockConfig {
 }
 
 /// Fails naming the first of `sizes` that is zero.
+/// Refuses a layer norm's eps that is not a small positive number (real checkpoints use
+/// 1e-12 to 1e-5): -1 or NaN give NaN outputs, 1e30 erases the normalization.
+pub(crate) fn check_eps(eps: f64) -> Result<()> {
+    if !(eps > 0.0 && eps < 1.0) {
+        bail!("layer_norm_eps {eps} is not in (0, 1)");
+    }
+    Ok(())
+}
+
 pub(crate) fn require_positive(sizes: &[(&str, usize)]) -> Result<()> {
     match sizes.iter().find(|(_, value)| *value == 0) {
         Some((key, _)) => bail!("{key} must be positive"),
@@ -417,6 +426,7 @@ impl ViTConfig {
             ("num_channels", self.num_channels),
         ];
         require_positive(&positive)?;
+        check_eps(self.layer_norm_eps)?;
         self.block().check_heads()?;
         match (self.variant.head, self.id2label.len()) {
             (Head::None, 0) => {}

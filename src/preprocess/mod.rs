@@ -6,6 +6,7 @@
 mod resize;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
@@ -166,11 +167,35 @@ struct RawPreprocessConfig {
     image_std: Option<Vec<f32>>,
 }
 
+/// The most pixels an image may have, decoded or as the model's input: Pillow's
+/// `Image.MAX_IMAGE_PIXELS` (1024^3 / 4 / 3, about 89.5 million), past which Pillow refuses a
+/// decompression bomb.
+pub const MAX_IMAGE_PIXELS: u64 = 1024 * 1024 * 1024 / 4 / 3;
+
+/// Refuses a resize or crop target that is empty or larger than [`MAX_IMAGE_PIXELS`] (a
+/// shortest edge as the square it makes at least).
+fn check_target(target: Option<ResizeTarget>, key: &str) -> Result<()> {
+    let (height, width) = match target {
+        None => return Ok(()),
+        Some(ResizeTarget::Exact { height, width }) => (height, width),
+        Some(ResizeTarget::ShortestEdge(edge)) => (edge, edge),
+    };
+    if height == 0 || width == 0 {
+        bail!("{key} {height}x{width} is empty");
+    }
+    if height as u64 * width as u64 > MAX_IMAGE_PIXELS {
+        bail!("{key} {height}x{width} is more than {MAX_IMAGE_PIXELS} pixels");
+    }
+    Ok(())
+}
+
 /// Parses HF's `size`/`crop_size`: an int (square), `{height, width}` or `{shortest_edge}`.
 fn parse_size(value: &Value, key: &str) -> Result<ResizeTarget> {
-    let field = |name: &str| value.get(name).and_then(Value::as_u64).map(|v| v as u32);
+    // Past u32, a size saturates, and the pixel limit refuses it.
+    let saturated = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let field = |name: &str| value.get(name).and_then(Value::as_u64).map(saturated);
     if let Some(n) = value.as_u64() {
-        let n = n as u32;
+        let n = saturated(n);
         return Ok(ResizeTarget::Exact {
             height: n,
             width: n,
@@ -233,10 +258,33 @@ impl PreprocessConfig {
                 let (default_mean, default_std) = defaults.normalize.expect("ViT normalizes");
                 let mean = raw.image_mean.map(|m| three(m, "image_mean")).transpose()?;
                 let std = raw.image_std.map(|s| three(s, "image_std")).transpose()?;
-                Some((mean.unwrap_or(default_mean), std.unwrap_or(default_std)))
+                let (mean, std) = (mean.unwrap_or(default_mean), std.unwrap_or(default_std));
+                if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+                    bail!("image_mean {m} is not a number");
+                }
+                // A zero (or non-finite) std divides every pixel into inf or NaN.
+                if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s != 0.0)) {
+                    bail!("image_std {s} is not a non-zero number");
+                }
+                Some((mean, std))
             }
             false => None,
         };
+        if let Some(factor) = rescale_factor.filter(|f| !(f.is_finite() && *f > 0.0)) {
+            bail!("rescale_factor {factor} is not a positive number");
+        }
+        for (target, key) in [
+            (resize, "size"),
+            (
+                center_crop.map(|(h, w)| ResizeTarget::Exact {
+                    height: h,
+                    width: w,
+                }),
+                "crop_size",
+            ),
+        ] {
+            check_target(target, key)?;
+        }
         Ok(Self {
             resize,
             resample,
@@ -496,22 +544,86 @@ fn crop_at(image: &RgbImage, (crop_h, crop_w): (u32, u32), top: i64, left: i64) 
 /// (alpha dropped, grayscale and palette expanded). 16-bit images are scaled to 8 bits
 /// (Pillow clips them instead, which whitens most of the picture). JPEGs are decoded by
 /// libjpeg-turbo's code (through mozjpeg), as Pillow does, so pixels match Pillow's exactly.
+///
+/// A panic in a decoder (the `tiff` crate panics on some valid tiled, planar TIFFs) is this
+/// image's error, not the process's end.
+///
+/// The path `-` reads the image from stdin (at most [`MAX_STDIN_BYTES`]), so that `curl -s
+/// URL | vit classify -` works; stdin holds one image.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).context("cannot read")?;
-    let reader = ImageReader::new(std::io::Cursor::new(&bytes))
+    let bytes = match path.as_os_str() == crate::inputs::STDIN {
+        true => read_stdin_image()?,
+        false => std::fs::read(path).context("cannot read")?,
+    };
+    decode_rgb(&bytes)
+}
+
+/// The most bytes an image on stdin may have.
+pub const MAX_STDIN_BYTES: u64 = 1 << 30;
+
+fn read_stdin_image() -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_STDIN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .context("cannot read stdin")?;
+    if bytes.is_empty() {
+        bail!("stdin is empty (it holds one image, read once)");
+    }
+    if bytes.len() as u64 > MAX_STDIN_BYTES {
+        bail!("stdin holds more than {MAX_STDIN_BYTES} bytes");
+    }
+    Ok(bytes)
+}
+
+/// Decodes an image held in memory, as [`load_rgb`] does a file.
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    crate::panics::catch("cannot decode image", || decode_unguarded(bytes))
+}
+
+/// The most pixels [`decode_rgb`] decodes (0: no limit); [`MAX_IMAGE_PIXELS`] unless
+/// [`set_max_image_pixels`] says otherwise.
+static MAX_DECODED_PIXELS: AtomicU64 = AtomicU64::new(MAX_IMAGE_PIXELS);
+
+/// Sets the most pixels an image may have to be decoded, for the whole process (0: no
+/// limit), as Pillow's `Image.MAX_IMAGE_PIXELS` does: a file whose header claims more (a
+/// decompression bomb, or a typo) is refused before its pixels are allocated.
+pub fn set_max_image_pixels(limit: u64) {
+    MAX_DECODED_PIXELS.store(limit, Ordering::Relaxed);
+}
+
+/// Refuses an image of `width x height` above the decoding limit.
+fn check_pixels(width: u32, height: u32) -> Result<()> {
+    let limit = MAX_DECODED_PIXELS.load(Ordering::Relaxed);
+    let pixels = width as u64 * height as u64;
+    if limit > 0 && pixels > limit {
+        bail!(
+            "{width}x{height} is {pixels} pixels, more than the limit of {limit} (a \
+             decompression bomb?); raise it with --max-image-pixels (0: no limit)"
+        );
+    }
+    Ok(())
+}
+
+fn decode_unguarded(bytes: &[u8]) -> Result<RgbImage> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .context("cannot read")?;
     let is_jpeg = match reader.format() {
         None => bail!("not a recognized image format"),
-        Some(ImageFormat::Jpeg) if !jpeg_is_complete(&bytes) => {
+        Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
             bail!("truncated JPEG (no end-of-image marker)")
         }
         Some(format) => format == ImageFormat::Jpeg,
     };
     let mut decoder = reader.into_decoder().context("cannot decode image")?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(width, height)?;
     let orientation = decoder.orientation().context("cannot decode image")?;
     let mut image = match is_jpeg {
-        true => DynamicImage::ImageRgb8(decode_jpeg_like_pillow(&bytes)?),
+        true => DynamicImage::ImageRgb8(decode_jpeg_like_pillow(bytes)?),
         false => DynamicImage::from_decoder(decoder).context("cannot decode image")?,
     };
     image.apply_orientation(orientation);
@@ -542,10 +654,9 @@ fn decode_jpeg_like_pillow(bytes: &[u8]) -> Result<RgbImage> {
             .ok_or_else(|| std::io::Error::other("decoded size does not match the header"))
     };
     // mozjpeg reports some libjpeg errors by unwinding; keep them as errors.
-    match std::panic::catch_unwind(decode) {
-        Ok(result) => result.context("cannot decode JPEG"),
-        Err(_) => bail!("cannot decode JPEG"),
-    }
+    crate::panics::catch("cannot decode JPEG", || {
+        decode().context("cannot decode JPEG")
+    })
 }
 
 /// One pixel of a CMYK JPEG as Pillow reads it (Adobe's inverted polarity, `CMYK;I`) and

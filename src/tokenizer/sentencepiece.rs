@@ -66,6 +66,7 @@ impl SentencePieceModel {
             escape_whitespaces: true,
         };
         let mut reader = Reader::new(bytes);
+        let mut has_normalizer_spec = false;
         while let Some((field, wire)) = reader.key()? {
             match (field, wire) {
                 (1, LENGTH) => model.pieces.push(parse_piece(reader.bytes()?)?),
@@ -81,6 +82,7 @@ impl SentencePieceModel {
                     }
                 }
                 (3, LENGTH) => {
+                    has_normalizer_spec = true;
                     let mut spec = Reader::new(reader.bytes()?);
                     while let Some((field, wire)) = spec.key()? {
                         match (field, wire) {
@@ -97,8 +99,38 @@ impl SentencePieceModel {
         if model.pieces.is_empty() {
             bail!("no pieces");
         }
+        // Every model sentencepiece writes has one; without it (a file cut short after the
+        // pieces, say) the normalization would silently fall back to defaults.
+        if !has_normalizer_spec {
+            bail!("no normalizer_spec (a truncated model?)");
+        }
         if model.unk_id >= model.pieces.len() {
             bail!("unk_id {} of {} pieces", model.unk_id, model.pieces.len());
+        }
+        if model.pieces[model.unk_id].kind != PieceKind::Unknown {
+            bail!(
+                "unk_id {} is the piece {:?}, not an unknown piece",
+                model.unk_id,
+                model.pieces[model.unk_id].piece
+            );
+        }
+        for (id, piece) in model.pieces.iter().enumerate() {
+            if !piece.score.is_finite() {
+                bail!(
+                    "piece {id} ({:?}) has the score {}",
+                    piece.piece,
+                    piece.score
+                );
+            }
+            // The unigram model's trie holds a piece as a chain of one node per byte, built
+            // and dropped recursively: a piece of 200 KB overflows the stack.
+            if piece.piece.len() > MAX_PIECE_BYTES {
+                bail!(
+                    "piece {id} is {} bytes long (at most {MAX_PIECE_BYTES}; sentencepiece's \
+                     trainer makes pieces of at most 16 characters)",
+                    piece.piece.len()
+                );
+            }
         }
         Ok(model)
     }
@@ -142,6 +174,9 @@ fn parse_piece(bytes: &[u8]) -> Result<Piece> {
     }
     Ok(piece)
 }
+
+/// The longest piece accepted, in bytes.
+const MAX_PIECE_BYTES: usize = 1024;
 
 const VARINT: u64 = 0;
 const FIXED64: u64 = 1;
@@ -263,6 +298,8 @@ pub fn siglip_tokenizer(path: &Path) -> Result<Tokenizer> {
         Strip::new(true, true).into(),
     ];
     if !model.precompiled_charsmap.is_empty() {
+        check_charsmap(&model.precompiled_charsmap)
+            .with_context(|| format!("{}: invalid precompiled_charsmap", in_file()))?;
         let charsmap = Precompiled::from(&model.precompiled_charsmap)
             .map_err(|e| anyhow::anyhow!("{}: invalid precompiled_charsmap: {e}", in_file()))?;
         normalizers.push(charsmap.into());
@@ -297,6 +334,67 @@ pub fn siglip_tokenizer(path: &Path) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
+/// Checks a precompiled character map as `spm_precompiled` reads it, which indexes without
+/// checking and so panics on a malformed map at the first text: a little-endian u32 trie
+/// size in bytes, the trie (sentencepiece's Darts double array of u32 units), then the
+/// replacement strings, UTF-8, each ended by a NUL. Every node reachable from the root must
+/// have all 255 of its byte transitions inside the array (Darts lays nodes out in blocks of
+/// 256), and every leaf's value must start a replacement inside the strings, on a
+/// character boundary.
+fn check_charsmap(bytes: &[u8]) -> Result<()> {
+    let Some((size, rest)) = bytes.split_first_chunk::<4>() else {
+        bail!("{} bytes, shorter than its trie size", bytes.len());
+    };
+    let trie_bytes = u32::from_le_bytes(*size) as usize;
+    if !trie_bytes.is_multiple_of(4) || trie_bytes > rest.len() || trie_bytes == 0 {
+        bail!(
+            "a trie of {trie_bytes} bytes in {} (a non-empty whole number of 4-byte units)",
+            rest.len()
+        );
+    }
+    let units: Vec<usize> = rest[..trie_bytes]
+        .chunks_exact(4)
+        .map(|unit| u32::from_le_bytes(unit.try_into().expect("4 bytes")) as usize)
+        .collect();
+    let replacements = std::str::from_utf8(&rest[trie_bytes..])
+        .context("its replacement strings are not UTF-8")?;
+    let offset = |unit: usize| (unit >> 10) << ((unit & (1 << 9)) >> 6);
+    let label = |unit: usize| unit & ((1 << 31) | 0xFF);
+    let has_leaf = |unit: usize| (unit >> 8) & 1 == 1;
+    let value = |unit: usize| unit & ((1 << 31) - 1);
+    let mut pending = vec![offset(units[0])];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(node) = pending.pop() {
+        if !seen.insert(node) {
+            continue;
+        }
+        if (node | 0xFF) >= units.len() {
+            bail!("its trie reaches unit {node} of {}", units.len());
+        }
+        for byte in 1..=0xFF {
+            let unit = units[node ^ byte];
+            if label(unit) != byte {
+                continue;
+            }
+            let next = node ^ byte ^ offset(unit);
+            if has_leaf(unit) {
+                let Some(&leaf) = units.get(next) else {
+                    bail!("a leaf at unit {next} of {}", units.len());
+                };
+                let start = value(leaf);
+                if !replacements.is_char_boundary(start) {
+                    bail!(
+                        "a replacement at byte {start} of {} bytes of strings",
+                        replacements.len()
+                    );
+                }
+            }
+            pending.push(next);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +412,7 @@ mod tests {
             bytes.extend(piece);
         }
         bytes.extend([0x12, 2, 0x18, model_type]);
+        bytes.extend([0x1a, 0]);
         bytes
     }
 
@@ -335,6 +434,63 @@ mod tests {
         let err = SentencePieceModel::parse(&bytes[..bytes.len() - 3]).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         assert!(SentencePieceModel::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn models_that_would_silently_mislead_are_refused() {
+        let refused = |bytes: &[u8], expected: &str| {
+            let err = SentencePieceModel::parse(bytes).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        };
+        refused(
+            &proto(&[("<unk>", 0.0, 2), ("▁a", f32::NAN, 1)], 1),
+            "score NaN",
+        );
+        refused(
+            &proto(&[("<unk>", 0.0, 2), ("▁a", f32::INFINITY, 1)], 1),
+            "score inf",
+        );
+        refused(
+            &proto(&[("<pad>", 0.0, 3), ("▁a", -1.0, 1)], 1),
+            "not an unknown piece",
+        );
+        let whole = proto(&[("<unk>", 0.0, 2), ("▁a", -1.0, 1)], 1);
+        refused(&whole[..whole.len() - 2], "no normalizer_spec");
+        // A piece longer than the protobuf helper's one-byte lengths, spelled out.
+        let long = "a".repeat(MAX_PIECE_BYTES + 1);
+        let mut piece = vec![0x0a];
+        piece.extend([0x81, 0x08]); // 1025 as a varint
+        piece.extend(long.as_bytes());
+        let mut bytes = proto(&[("<unk>", 0.0, 2)], 1);
+        bytes.push(0x0a);
+        bytes.extend([0x84, 0x08]); // the piece message's length, 1028
+        bytes.extend(piece);
+        refused(&bytes, "1025 bytes long");
+    }
+
+    #[test]
+    fn malformed_character_maps_are_refused_before_they_are_used() {
+        let map = |trie: &[u32], strings: &[u8]| -> Vec<u8> {
+            let mut bytes = ((trie.len() * 4) as u32).to_le_bytes().to_vec();
+            bytes.extend(trie.iter().flat_map(|u| u.to_le_bytes()));
+            bytes.extend(strings);
+            bytes
+        };
+        assert!(check_charsmap(&[0, 0, 0, 0]).is_err(), "an empty trie");
+        assert!(check_charsmap(&[1, 2]).is_err(), "no trie size");
+        assert!(
+            check_charsmap(&map(&[0; 3], b"")).is_err(),
+            "a trie smaller than a block"
+        );
+        // A root whose only child, byte 'a' (node 0 ^ 'a'), leads to a leaf whose value
+        // points at byte 1 of "é\0": inside a character.
+        let mut trie = vec![0u32; 512];
+        let child = 0x61usize; // the root's offset 0, so the child is at 0 ^ 'a'
+        trie[child] = 0x61 | (1 << 8) | (256 << 10); // label 'a', a leaf, offset 256
+        trie[child ^ 256] = 1; // the leaf's value: byte 1
+        assert!(check_charsmap(&map(&trie, "é\0".as_bytes())).is_err());
+        trie[child ^ 256] = 0;
+        check_charsmap(&map(&trie, "é\0".as_bytes())).unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! (`pre_layrnorm`), none after them, and one on the pooled class token (`post_layernorm`),
 //! then `visual_projection`.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
 use super::architecture;
@@ -20,13 +20,15 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
     let (vision, projection) = match full_model {
         true => (
             sub_config(top, "vision_config")?,
-            Some(int(top, "projection_dim", 512)),
+            Some(int(top, "projection_dim", 512)?),
         ),
         false => {
             let projected = architecture(json) == Some("CLIPVisionModelWithProjection");
             (
                 top.clone(),
-                projected.then(|| int(top, "projection_dim", 512)),
+                projected
+                    .then(|| int(top, "projection_dim", 512))
+                    .transpose()?,
             )
         }
     };
@@ -61,15 +63,16 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
         return Ok(None);
     }
     let text = sub_config(top, "text_config")?;
-    let eos = int(&text, "eos_token_id", 49407);
+    let text_int = |key, default| int(&text, key, default).context("text_config");
+    let eos = text_int("eos_token_id", 49407)?;
     let (hidden_act, layer_norm_eps) = activation_and_eps(&text, "quick_gelu", 1e-5)?;
     let config = TextConfig {
-        vocab_size: int(&text, "vocab_size", 49408),
-        hidden_size: int(&text, "hidden_size", 512),
-        num_hidden_layers: int(&text, "num_hidden_layers", 12),
-        num_attention_heads: int(&text, "num_attention_heads", 8),
-        intermediate_size: int(&text, "intermediate_size", 2048),
-        max_position_embeddings: int(&text, "max_position_embeddings", 77),
+        vocab_size: text_int("vocab_size", 49408)?,
+        hidden_size: text_int("hidden_size", 512)?,
+        num_hidden_layers: text_int("num_hidden_layers", 12)?,
+        num_attention_heads: text_int("num_attention_heads", 8)?,
+        intermediate_size: text_int("intermediate_size", 2048)?,
+        max_position_embeddings: text_int("max_position_embeddings", 77)?,
         hidden_act,
         layer_norm_eps,
         // transformers keeps the highest-id pooling of configs from before its fix of the
@@ -78,7 +81,7 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
             2 => TextPooling::HighestId,
             id => TextPooling::FirstToken(id as u32),
         },
-        projection_dim: int(top, "projection_dim", 512),
+        projection_dim: int(top, "projection_dim", 512)?,
         projection_bias: false,
         causal: true,
         padded: false,
@@ -111,20 +114,27 @@ pub(super) fn fill_vision_defaults(
     }
 }
 
-/// A text config's `hidden_act` and `layer_norm_eps`, with these defaults.
+/// A text config's `hidden_act` and `layer_norm_eps`, with these defaults for missing
+/// keys; a present one of the wrong kind, or an eps outside (0, 1), is an error naming it,
+/// as in the vision config.
 pub(super) fn activation_and_eps(
     text: &Map<String, Value>,
     hidden_act: &str,
     layer_norm_eps: f64,
 ) -> Result<(Activation, f64)> {
-    let act = text
-        .get("hidden_act")
-        .and_then(Value::as_str)
-        .unwrap_or(hidden_act);
-    let eps = text
-        .get("layer_norm_eps")
-        .and_then(Value::as_f64)
-        .unwrap_or(layer_norm_eps);
+    let act = match text.get("hidden_act") {
+        None => hidden_act,
+        Some(value) => value
+            .as_str()
+            .with_context(|| format!("text_config.hidden_act {value} is not a name"))?,
+    };
+    let eps = match text.get("layer_norm_eps") {
+        None => layer_norm_eps,
+        Some(value) => value
+            .as_f64()
+            .with_context(|| format!("text_config.layer_norm_eps {value} is not a number"))?,
+    };
+    crate::model::config::check_eps(eps).context("text_config")?;
     Ok((Activation::from_hf_name(act)?, eps))
 }
 
@@ -144,10 +154,14 @@ pub(super) fn sub_config(top: &Map<String, Value>, key: &str) -> Result<Map<Stri
     Ok(map)
 }
 
-pub(super) fn int(map: &Map<String, Value>, key: &str, default: usize) -> usize {
-    map.get(key)
-        .and_then(Value::as_u64)
-        .map_or(default, |v| v as usize)
+pub(super) fn int(map: &Map<String, Value>, key: &str, default: usize) -> Result<usize> {
+    match map.get(key) {
+        None => Ok(default),
+        Some(value) => value
+            .as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+            .with_context(|| format!("{key} {value} is not a whole number")),
+    }
 }
 
 /// CLIP's module names onto the canonical ones.

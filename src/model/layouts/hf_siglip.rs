@@ -5,7 +5,7 @@
 //! pooling (`head`); the text tower runs without a causal mask and pools its last position
 //! through a projection with a bias (`head`).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::architecture;
@@ -77,19 +77,20 @@ pub fn text_config(json: &Value) -> Result<Option<TextConfig>> {
         return Ok(None);
     }
     let text = sub_config(top, "text_config")?;
+    let text_int = |key, default| int(&text, key, default).context("text_config");
     let (hidden_act, layer_norm_eps) = activation_and_eps(&text, "gelu_pytorch_tanh", 1e-6)?;
-    let hidden_size = int(&text, "hidden_size", 768);
+    let hidden_size = text_int("hidden_size", 768)?;
     let config = TextConfig {
-        vocab_size: int(&text, "vocab_size", 32000),
+        vocab_size: text_int("vocab_size", 32000)?,
         hidden_size,
-        num_hidden_layers: int(&text, "num_hidden_layers", 12),
-        num_attention_heads: int(&text, "num_attention_heads", 12),
-        intermediate_size: int(&text, "intermediate_size", 3072),
-        max_position_embeddings: int(&text, "max_position_embeddings", 64),
+        num_hidden_layers: text_int("num_hidden_layers", 12)?,
+        num_attention_heads: text_int("num_attention_heads", 12)?,
+        intermediate_size: text_int("intermediate_size", 3072)?,
+        max_position_embeddings: text_int("max_position_embeddings", 64)?,
         hidden_act,
         layer_norm_eps,
         pooling: TextPooling::LastToken,
-        projection_dim: int(&text, "projection_size", hidden_size),
+        projection_dim: text_int("projection_size", hidden_size)?,
         projection_bias: true,
         causal: false,
         padded: true,
