@@ -11,7 +11,7 @@ VIT         := $(TARGET_DIR)/release/vit
 PYTHON      ?= python3
 VENV        := .venv
 
-.PHONY: build demo samples test lint fmt clean
+.PHONY: build demo samples test lint fmt clean man
 
 build:
 	$(CARGO) build --release
@@ -51,6 +51,12 @@ test:
 		echo "test: the kernels' tests with VIT_CACHE_SIZES=$$sizes" >&2; \
 		VIT_CACHE_SIZES=$$sizes $(CARGO) test --release --lib -- $(KERNEL_TESTS) || exit $$?; \
 	done
+
+# Man pages from the clap definitions: $(TARGET_DIR)/man/vit.1 and one per subcommand
+# (`man -l target/man/vit-classify.1`).
+man: build
+	$(VIT) man-pages $(TARGET_DIR)/man
+	@echo "man pages in $(TARGET_DIR)/man" >&2
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -780,3 +780,22 @@ fn an_image_on_stdin_is_classified_as_its_file_is() {
     let err = data_error(&vit(&["classify", "-m", &model, "-", "-"]));
     assert!(err.contains("stdin can be read once"), "{err}");
 }
+
+/// Completions for the three shells name every subcommand, and the man pages are written.
+#[test]
+fn completions_and_man_pages_come_from_the_options() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = vit(&["completions", shell]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let script = stdout(&output);
+        for word in ["classify", "embed", "image-backend", "max-image-pixels"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = vit(&["man-pages", dir.path().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let page = std::fs::read_to_string(dir.path().join("vit-classify.1")).unwrap();
+    assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+    assert!(page.contains("image\\-backend"), "{page}");
+}

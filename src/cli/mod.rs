@@ -53,6 +53,19 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Train on a folder of labelled images and save a model `classify` loads.
     Finetune(finetune::FinetuneArgs),
+    /// Print a shell completion script: `vit completions bash > /etc/bash_completion.d/vit`,
+    /// `vit completions zsh > ~/.zfunc/_vit`, `vit completions fish >
+    /// ~/.config/fish/completions/vit.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (vit.1 and one per subcommand) into DIR (`make man`).
+    #[command(hide = true)]
+    ManPages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// How a run ended, for the exit status.
@@ -327,6 +340,8 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Finetune(args) => finetune::run(args),
+        Command::Completions { shell } => completions(shell),
+        Command::ManPages { dir } => man_pages(&dir),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -339,6 +354,24 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Prints the completion script of `shell` on stdout.
+fn completions(shell: clap_complete::Shell) -> Result<Outcome> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "vit", &mut script);
+    std::io::Write::write_all(&mut std::io::stdout(), &script).context("cannot write to stdout")?;
+    Ok(Outcome::Success)
+}
+
+/// Writes `vit.1` and a page per subcommand (`vit-classify.1`, ...) into `dir`.
+fn man_pages(dir: &std::path::Path) -> Result<Outcome> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("{}: cannot write the man pages", dir.display()))?;
+    Ok(Outcome::Success)
 }
 
 /// Whether an error comes from writing to a pipe whose reader has closed it.
