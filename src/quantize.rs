@@ -42,6 +42,32 @@ pub fn config_entry() -> Value {
     })
 }
 
+/// Checks `config.json`'s `quantization` entry against the weights: an int8 folder must say
+/// `"quant_method": "int8"`, and a config that names another method (GPTQ, AWQ, int4, ...)
+/// is refused rather than run as if its weights were plain floats.
+pub fn check_config_entry(config: Option<&Value>, stored_int8: bool) -> Result<()> {
+    let entry = config.and_then(|c| {
+        c.get("quantization")
+            .or_else(|| c.get("quantization_config"))
+    });
+    let method = entry.map(|e| e.get("quant_method").and_then(Value::as_str));
+    match (method, stored_int8) {
+        (None, false) | (Some(Some("int8")), true) => Ok(()),
+        (None, true) => anyhow::bail!(
+            "the weights hold int8 tensors but config.json has no quantization entry \
+             (\"quant_method\": \"int8\")"
+        ),
+        (Some(Some("int8")), false) => {
+            anyhow::bail!("quantization says int8 but the weights hold no int8 tensors")
+        }
+        (Some(method), _) => anyhow::bail!(
+            "quantization method {} is not supported (int8 folders written by vit convert \
+             --dtype int8 are)",
+            method.map_or_else(|| "(none given)".to_string(), |m| format!("{m:?}"))
+        ),
+    }
+}
+
 /// A tensor as written: f32 (or another float dtype), or int8 codes.
 enum Written {
     Float(Tensor),

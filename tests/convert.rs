@@ -9,7 +9,7 @@ use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 use common::{deit_tiny, f32_values, fixture, max_abs_diff, shared_dir, stderr, stdout, vit};
-use serde_json::Value;
+use serde_json::{json, Value};
 use vit::model::weights::read_weights;
 use vit::model::{LoadOptions, LoadedModel, ModelFiles, ModelOptions};
 
@@ -981,4 +981,90 @@ fn int8_folders_with_a_missing_or_misshapen_scale_are_refused_naming_the_tensor(
             stderr(&output)
         );
     }
+}
+
+/// An int8 folder that would run wrong is refused at load, naming the tensor or the config:
+/// a scale that is NaN, infinite or too large for 127 times it; a weight whose dtype is
+/// relabelled from I8 (its bytes would run as float weights); a config whose quantization
+/// entry is missing or names a method vit cannot run.
+#[test]
+fn int8_folders_that_would_run_wrong_are_refused() {
+    let input = fixture("hf/p8_s32_gelu_sharded");
+    let root = tempfile::tempdir().unwrap();
+    let good = root.path().join("good");
+    convert_ok(&[s(&input), "-o", s(&good), "--dtype", "int8"]);
+    let bytes = std::fs::read(good.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let victim = "vit.encoder.layer.0.intermediate.dense.weight";
+    let scale = format!("{victim}_scale");
+    let rows = file.tensor(victim).unwrap().shape()[0];
+    let image = fixture("preprocess/images/rgba_120x90.png");
+    let run = |dir: &Path| vit(&["classify", "-m", s(dir), "--device", "cpu", s(&image)]);
+    // Writes `good` with `scale`'s first value replaced, or `victim` relabelled.
+    let variant = |case: &str, first_scale: Option<f32>, relabel: Option<safetensors::Dtype>| {
+        let dir = root.path().join(case);
+        std::fs::create_dir(&dir).unwrap();
+        for other in ["config.json", "preprocessor_config.json"] {
+            std::fs::copy(good.join(other), dir.join(other)).unwrap();
+        }
+        let mut scales: Vec<u8> = file.tensor(&scale).unwrap().data().to_vec();
+        if let Some(value) = first_scale {
+            scales[..4].copy_from_slice(&value.to_le_bytes());
+        }
+        let mut kept: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
+        for (name, view) in file.tensors() {
+            let view = match (name == scale, name == victim, relabel) {
+                (true, _, _) => {
+                    safetensors::tensor::TensorView::new(view.dtype(), vec![rows], &scales).unwrap()
+                }
+                (_, true, Some(dtype)) => {
+                    safetensors::tensor::TensorView::new(dtype, view.shape().to_vec(), view.data())
+                        .unwrap()
+                }
+                _ => view,
+            };
+            kept.push((name, view));
+        }
+        safetensors::serialize_to_file(kept, None, &dir.join("model.safetensors")).unwrap();
+        dir
+    };
+    for (case, value) in [("nan", f32::NAN), ("inf", f32::INFINITY), ("huge", 1e38)] {
+        let dir = variant(case, Some(value), None);
+        assert_fails(
+            &run(&dir),
+            &format!("tensor {scale} holds {value} for row 0"),
+        );
+    }
+    for (case, dtype) in [
+        ("u8", safetensors::Dtype::U8),
+        ("bool", safetensors::Dtype::BOOL),
+    ] {
+        let dir = variant(case, None, Some(dtype));
+        assert_fails(&run(&dir), &format!("tensor {victim} has scales ({scale})"));
+    }
+    for (case, entry, message) in [
+        ("no_entry", None, "has no quantization entry"),
+        (
+            "int4",
+            Some(json!({"quant_method": "int4"})),
+            "quantization method \"int4\"",
+        ),
+        (
+            "gptq",
+            Some(json!({"quant_method": "gptq"})),
+            "quantization method \"gptq\"",
+        ),
+    ] {
+        let dir = variant(case, None, None);
+        let mut config = read_json(&dir.join("config.json"));
+        match entry {
+            Some(entry) => config["quantization"] = entry,
+            None => {
+                config.as_object_mut().unwrap().remove("quantization");
+            }
+        }
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        assert_fails(&run(&dir), message);
+    }
+    assert!(run(&good).status.success());
 }

@@ -132,6 +132,12 @@ impl LoadedModel {
             }
         };
         let stored_int8 = matches!(&weights, Weights::Mapped(mapped) if mapped.has_int8());
+        crate::quantize::check_config_entry(config_json.as_ref(), stored_int8).with_context(
+            || {
+                let config = files.config.as_ref();
+                format!("{}", config.unwrap_or(&files.weights).display())
+            },
+        )?;
         let int8 = match (stored_int8, options.model.int8) {
             (false, false) => Int8Weights::No,
             (false, true) => Int8Weights::QuantizedAtLoad,

@@ -121,7 +121,9 @@ impl MappedSafetensors {
             let names: HashSet<&str> = stored.iter().map(|e| e.stored_name.as_str()).collect();
             index.check(path, |name| names.contains(name))?;
         }
-        let stored = attach_scales(stored, &int8, |shard| shards[shard].0.as_path())?;
+        let stored = attach_scales(stored, &int8, |shard| {
+            (shards[shard].0.as_path(), &shards[shard].1[..])
+        })?;
         let (layout, renamed) =
             normalized_names(stored.iter().map(|e| e.stored_name.clone()), layout);
         let by_name: HashMap<String, Entry> = stored
@@ -221,14 +223,21 @@ impl MappedSafetensors {
 }
 
 /// Attaches to each int8 tensor `NAME` (the names in `int8`) its scales `NAME_scale`
-/// (dropped from the tensors): one f32 (or other float) value per row. A missing or
-/// misshapen scale is an error naming the tensor and its file (`file_of` a shard).
+/// (dropped from the tensors): one f32 (or other float) value per row, each finite, not
+/// negative and small enough that 127 times it stays finite. A missing, misshapen or
+/// non-finite scale, or scales beside a weight not stored as I8 (relabelled U8 or BOOL, say,
+/// whose bytes would run as float weights), is an error naming the tensor and its file
+/// (`shard` gives a shard's path and bytes).
 fn attach_scales<'a>(
     stored: Vec<Entry>,
     int8: &HashSet<String>,
-    file_of: impl Fn(usize) -> &'a Path,
+    shard: impl Fn(usize) -> (&'a Path, &'a [u8]),
 ) -> Result<Vec<Entry>> {
     let suffix = crate::quantize::SCALE_SUFFIX;
+    let stored_names: HashMap<String, DType> = stored
+        .iter()
+        .map(|e| (e.stored_name.clone(), e.dtype))
+        .collect();
     let mut scales: HashMap<String, Entry> = HashMap::new();
     let mut rest = Vec::with_capacity(stored.len());
     for entry in stored {
@@ -236,11 +245,19 @@ fn attach_scales<'a>(
             Some(base) if int8.contains(base) => {
                 scales.insert(base.to_string(), entry);
             }
+            Some(base) if stored_names.contains_key(base) => {
+                bail!(
+                    "{}: tensor {base} has scales ({}) but is stored as {}, not I8",
+                    shard(entry.shard).0.display(),
+                    entry.stored_name,
+                    stored_names[base].as_str()
+                );
+            }
             _ => rest.push(entry),
         }
     }
     for entry in rest.iter_mut().filter(|e| int8.contains(&e.stored_name)) {
-        let file = file_of(entry.shard).display();
+        let file = shard(entry.shard).0.display();
         let name = &entry.stored_name;
         let Some(scale) = scales.remove(name) else {
             bail!(
@@ -255,6 +272,27 @@ fn attach_scales<'a>(
                 scale.dtype.as_str(),
                 scale.shape,
                 entry.shape
+            );
+        }
+        let (scale_file, bytes) = shard(scale.shard);
+        let values = Tensor::from_raw_buffer(
+            &bytes[scale.bytes.clone()],
+            scale.dtype,
+            &scale.shape,
+            &Device::Cpu,
+        )
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .with_context(|| format!("{}: tensor {name}{suffix}", scale_file.display()))?;
+        if let Some((row, value)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, s)| !(**s >= 0.0 && (**s * 127.0).is_finite()))
+        {
+            bail!(
+                "{}: tensor {name}{suffix} holds {value} for row {row} (a scale must be finite, \
+                 not negative, and 127 times it finite)",
+                scale_file.display()
             );
         }
         entry.scale = Some(Box::new(scale));
