@@ -68,6 +68,49 @@ pub fn top_k(scores: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
         .collect()
 }
 
+/// A rough upper estimate of the memory one image's forward pass needs beyond the weights,
+/// in bytes: the rows a layer holds at once (tokens through the fused q, k, v, the attention
+/// output and the MLP) and every head's attention scores (the standard path holds them all).
+pub fn forward_bytes_estimate(config: &ViTConfig, height: usize, width: usize) -> u64 {
+    let patch = config.patch_size.max(1) as u64;
+    let tokens =
+        (height as u64 / patch) * (width as u64 / patch) + config.variant.prefix_tokens() as u64;
+    let (hidden, mlp) = (config.hidden_size as u64, config.intermediate_size as u64);
+    let rows = tokens * (6 * hidden + 3 * mlp);
+    let scores = config.num_attention_heads as u64 * tokens * tokens;
+    4 * (rows + scores)
+}
+
+/// Refuses an input whose forward pass would not fit in the memory the system has
+/// available (Linux's `MemAvailable`; no check where it cannot be read), naming the size
+/// and the estimate, before anything is allocated.
+fn check_forward_memory(config: &ViTConfig, height: usize, width: usize) -> Result<()> {
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    let needed = forward_bytes_estimate(config, height, width);
+    if needed > available {
+        let gb = |bytes: u64| bytes as f64 / 1e9;
+        let patch = config.patch_size.max(1);
+        bail!(
+            "a forward pass over {} tokens needs about {:.1} GB, more than the {:.1} GB \
+             available",
+            (height / patch) * (width / patch) + config.variant.prefix_tokens(),
+            gb(needed),
+            gb(available)
+        );
+    }
+    Ok(())
+}
+
+/// The memory the system can still give, from `/proc/meminfo`.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// A loaded model with its preprocessing, on a device: classifies and embeds images.
 pub struct Classifier {
     pub model: VisionTransformer,
@@ -100,6 +143,13 @@ impl Classifier {
                 preprocess.with_input_size(size as u32)
             }
         };
+        let (height, width) = preprocess.output_size(640, 480);
+        check_forward_memory(&config, height as usize, width as usize).with_context(|| {
+            match input_size {
+                Some(size) => format!("--image-size {size}"),
+                None => format!("an input of {height}x{width} pixels"),
+            }
+        })?;
         Ok(Self {
             model,
             config,

@@ -799,3 +799,114 @@ fn completions_and_man_pages_come_from_the_options() {
     assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
     assert!(page.contains("image\\-backend"), "{page}");
 }
+
+/// Sizes that would exhaust memory are refused before anything is allocated: an
+/// `--image-size` whose forward pass needs more memory than the machine has (250,001
+/// tokens on a patch-8 model: hundreds of GB of attention scores), and a preprocessor
+/// config whose size is past Pillow's pixel limit.
+#[test]
+fn sizes_that_would_exhaust_memory_are_refused_up_front() {
+    let model = fixture("hf/p8_s32_gelu_sharded").display().to_string();
+    let image = sample_image("odd_301x157.jpg");
+    let err = data_error(&vit(&[
+        "classify",
+        "-m",
+        &model,
+        "--image-size",
+        "4000",
+        &image,
+    ]));
+    assert!(
+        err.contains("--image-size 4000: a forward pass over 250001 tokens needs about")
+            && err.contains("GB available"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("hf/p8_s32_gelu_sharded")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("preprocessor_config.json"),
+        r#"{"size": {"height": 100000, "width": 100000}}"#,
+    )
+    .unwrap();
+    let err = data_error(&vit(&[
+        "classify",
+        "-m",
+        dir.path().to_str().unwrap(),
+        &image,
+    ]));
+    assert!(
+        err.contains("preprocessor_config.json")
+            && err.contains("size 100000x100000 is more than 89478485 pixels"),
+        "{err}"
+    );
+    assert_one_line(&err);
+}
+
+/// Config values that would give NaN or silently different numbers are refused at load,
+/// naming the field: a negative or huge layer-norm eps, a zero image_std, and text_config
+/// values of the wrong kind (read as missing, and so as defaults, before).
+#[test]
+fn configs_that_would_give_nan_or_defaults_are_refused() {
+    let image = sample_image("odd_301x157.jpg");
+    let edited = |source: &str, file: &str, edit: &dyn Fn(&mut Value)| {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture(source)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let path = dir.path().join(file);
+        let mut json: Value = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).unwrap(),
+            Err(_) => serde_json::json!({}),
+        };
+        edit(&mut json);
+        std::fs::write(&path, json.to_string()).unwrap();
+        dir
+    };
+    for (eps, shown) in [(-1.0, "-1"), (1e30, "1000000000000000000000000000000")] {
+        let dir = edited("hf/p8_s32_gelu_sharded", "config.json", &|c| {
+            c["layer_norm_eps"] = eps.into()
+        });
+        let err = data_error(&vit(&[
+            "classify",
+            "-m",
+            dir.path().to_str().unwrap(),
+            &image,
+        ]));
+        assert!(
+            err.contains(&format!("layer_norm_eps {shown} is not in (0, 1)")),
+            "{err}"
+        );
+    }
+    let dir = edited("hf/p8_s32_gelu_sharded", "preprocessor_config.json", &|c| {
+        c["image_std"] = serde_json::json!([0.5, 0.0, 0.5])
+    });
+    let err = data_error(&vit(&[
+        "classify",
+        "-m",
+        dir.path().to_str().unwrap(),
+        &image,
+    ]));
+    assert!(
+        err.contains("image_std 0 is not a non-zero number"),
+        "{err}"
+    );
+    for value in [
+        serde_json::json!(-1),
+        serde_json::json!(2.5),
+        serde_json::json!(null),
+    ] {
+        let dir = edited("clip/clip_p32_s64", "config.json", &|c| {
+            c["text_config"]["num_attention_heads"] = value.clone()
+        });
+        let output = vit(&["embed", "-m", dir.path().to_str().unwrap(), "--text", "cat"]);
+        let err = data_error(&output);
+        assert!(
+            err.contains("text_config: num_attention_heads") && err.contains("not a whole number"),
+            "{value}: {err}"
+        );
+    }
+}
