@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 /// File extensions treated as images when walking folders (case-insensitive).
-pub const IMAGE_EXTENSIONS: [&str; 12] = [
-    "jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "pnm", "ppm", "pgm", "tga",
+pub const IMAGE_EXTENSIONS: [&str; 15] = [
+    "jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "pnm", "ppm", "pgm", "pbm", "pam",
+    "tga", "qoi",
 ];
 
 /// One entry of the work list: an image file, or an argument that yielded none.

@@ -555,7 +555,11 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         true => read_stdin_image()?,
         false => std::fs::read(path).context("cannot read")?,
     };
-    decode_rgb(&bytes)
+    // A format with no signature (TGA) is known by its extension alone.
+    let by_extension = ImageFormat::from_path(path).ok();
+    crate::panics::catch("cannot decode image", || {
+        decode_unguarded(&bytes, by_extension)
+    })
 }
 
 /// The most bytes an image on stdin may have.
@@ -580,7 +584,7 @@ fn read_stdin_image() -> Result<Vec<u8>> {
 
 /// Decodes an image held in memory, as [`load_rgb`] does a file.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
-    crate::panics::catch("cannot decode image", || decode_unguarded(bytes))
+    crate::panics::catch("cannot decode image", || decode_unguarded(bytes, None))
 }
 
 /// The most pixels [`decode_rgb`] decodes (0: no limit); [`MAX_IMAGE_PIXELS`] unless
@@ -607,10 +611,16 @@ fn check_pixels(width: u32, height: u32) -> Result<()> {
     Ok(())
 }
 
-fn decode_unguarded(bytes: &[u8]) -> Result<RgbImage> {
-    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+/// Decodes `bytes`, in the format their signature shows, else `by_extension`'s.
+fn decode_unguarded(bytes: &[u8], by_extension: Option<ImageFormat>) -> Result<RgbImage> {
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .context("cannot read")?;
+    if reader.format().is_none() {
+        if let Some(format) = by_extension {
+            reader.set_format(format);
+        }
+    }
     let is_jpeg = match reader.format() {
         None => bail!("not a recognized image format"),
         Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
@@ -814,6 +824,19 @@ mod tests {
         for cut in [bytes.len() - 2, bytes.len() / 2, 10, 3] {
             assert!(!jpeg_is_complete(&bytes[..cut]), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn formats_without_a_signature_are_read_by_their_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7]));
+        let path = dir.path().join("picture.tga");
+        image.save(&path).unwrap();
+        assert_eq!(load_rgb(&path).unwrap(), image);
+        let renamed = dir.path().join("picture.bin");
+        std::fs::rename(&path, &renamed).unwrap();
+        let err = load_rgb(&renamed).unwrap_err().to_string();
+        assert!(err.contains("not a recognized image format"), "{err}");
     }
 
     #[test]
