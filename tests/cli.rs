@@ -445,12 +445,7 @@ fn vit_gemm_picks_the_cpu_kernel_and_every_kernel_gives_the_same_logits() {
 
 #[test]
 fn a_shard_index_naming_a_tensor_its_shard_lacks_is_named() {
-    let source = fixture("hf/p8_s32_gelu_sharded");
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
+    let dir = common::fixture_copy("hf/p8_s32_gelu_sharded");
     let index_path = dir.path().join("model.safetensors.index.json");
     let mut index: Value =
         serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
@@ -821,11 +816,7 @@ fn sizes_that_would_exhaust_memory_are_refused_up_front() {
             && err.contains("GB available"),
         "{err}"
     );
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture("hf/p8_s32_gelu_sharded")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    let dir = common::fixture_copy("hf/p8_s32_gelu_sharded");
     std::fs::write(
         dir.path().join("preprocessor_config.json"),
         r#"{"size": {"height": 100000, "width": 100000}}"#,
@@ -852,11 +843,7 @@ fn sizes_that_would_exhaust_memory_are_refused_up_front() {
 fn configs_that_would_give_nan_or_defaults_are_refused() {
     let image = sample_image("odd_301x157.jpg");
     let edited = |source: &str, file: &str, edit: &dyn Fn(&mut Value)| {
-        let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(fixture(source)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
+        let dir = common::fixture_copy(source);
         let path = dir.path().join(file);
         let mut json: Value = match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text).unwrap(),

@@ -259,12 +259,7 @@ fn a_clip_folder_without_a_tokenizer_says_so_when_given_text() {
 
 #[test]
 fn an_absurd_text_layer_count_fails_at_once_naming_the_first_missing_layer() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = fixture("clip/clip_p32_s64");
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
+    let dir = common::fixture_copy("clip/clip_p32_s64");
     let config_path = dir.path().join("config.json");
     let mut config: Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
@@ -292,18 +287,13 @@ fn an_absurd_text_layer_count_fails_at_once_naming_the_first_missing_layer() {
 fn crafted_sentencepiece_models_are_clear_errors() {
     let Some(shared) = shared_dir() else { return };
     let reports = shared.join("bug-reports/siglip-spiece");
-    let source = fixture("siglip/siglip_p16_s48");
     for (file, expected) in [
         ("sp122.spiece.model", "invalid precompiled_charsmap"),
         ("sp126.spiece.model", "invalid precompiled_charsmap"),
         ("sp127.spiece.model", "invalid precompiled_charsmap"),
         ("sq084.spiece.model", "bytes long"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(&source).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
+        let dir = common::fixture_copy("siglip/siglip_p16_s48");
         let model = dir.path().join("spiece.model");
         std::fs::copy(reports.join(file), &model).unwrap();
         let output = vit(&[
@@ -333,12 +323,7 @@ fn crafted_sentencepiece_models_are_clear_errors() {
 /// tokens silently: refused, naming the file.
 #[test]
 fn a_tokenizer_without_its_post_processor_is_refused() {
-    let source = fixture("clip/clip_p32_s64");
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    let dir = common::fixture_copy("clip/clip_p32_s64");
     let path = dir.path().join("tokenizer.json");
     let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     json["post_processor"] = Value::Null;

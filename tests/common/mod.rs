@@ -46,6 +46,19 @@ pub fn fixture(relative: &str) -> PathBuf {
     repo().join("tests/fixtures").join(relative)
 }
 
+/// A temporary copy of the fixture folder `relative` (its files, not its subfolders), for a
+/// test to edit.
+pub fn fixture_copy(relative: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(relative)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
 /// Runs the built `vit` binary with `args` (and no hub access).
 pub fn vit(args: &[&str]) -> Output {
     vit_with_env(args, &[])
