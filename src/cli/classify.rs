@@ -38,7 +38,8 @@ pub struct ClassifyArgs {
     /// into --template and compared with the image.
     #[arg(long, value_delimiter = ',', value_name = "LABEL,...")]
     labels: Vec<String>,
-    /// Zero-shot labels, one a line (`-`: stdin), after those of --labels.
+    /// Zero-shot labels, one a line (`-`: stdin), after those of --labels (lines of at most
+    /// 64 KiB; a FIFO with no writer blocks until one opens it).
     #[arg(long, value_name = "FILE")]
     labels_file: Option<PathBuf>,
     /// The text each zero-shot label is put into, in place of its `{}` [default: HF's

@@ -52,7 +52,8 @@ pub struct EmbedArgs {
     /// cosine similarity after --normalize.
     #[arg(long, value_name = "TEXT")]
     text: Vec<String>,
-    /// Embed the texts of FILE, one a line (`-`: stdin), after those of --text.
+    /// Embed the texts of FILE, one a line (`-`: stdin), after those of --text (lines of at
+    /// most 64 KiB; a FIFO with no writer blocks until one opens it).
     #[arg(long, value_name = "FILE")]
     text_file: Option<PathBuf>,
 }

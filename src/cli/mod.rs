@@ -140,7 +140,8 @@ pub struct InputArgs {
     #[arg(value_name = "IMG_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Also take the files or folders listed in FILE, one a line (`-`: stdin), after the
-    /// arguments.
+    /// arguments; lines of at most 64 KiB, at most 10 million of them. A FIFO with no writer
+    /// blocks until one opens it, as it does for any reader.
     #[arg(long, value_name = "FILE")]
     pub files_from: Option<PathBuf>,
     /// Process only shard I of N (I from 0): every N-th input of the sorted list, from the
