@@ -897,3 +897,32 @@ fn configs_that_would_give_nan_or_defaults_are_refused() {
         );
     }
 }
+
+/// Whole-file reads are capped: `/dev/zero` as a file list, a label file or a text file is
+/// a one-line error about its first line, not memory exhausted.
+#[cfg(target_os = "linux")]
+#[test]
+fn endless_list_and_text_files_are_refused() {
+    let model = tiny_model();
+    let image = sample_image("odd_301x157.jpg");
+    let clip = fixture("clip/clip_p32_s64").display().to_string();
+    for args in [
+        vec!["classify", "-m", &model, "--files-from", "/dev/zero"],
+        vec![
+            "classify",
+            "-m",
+            &clip,
+            "--labels-file",
+            "/dev/zero",
+            &image,
+        ],
+        vec!["embed", "-m", &clip, "--text-file", "/dev/zero"],
+    ] {
+        let err = data_error(&vit(&args));
+        assert!(
+            err.contains("/dev/zero: line 1 of the") && err.contains("65536 bytes"),
+            "{err}"
+        );
+        assert_one_line(&err);
+    }
+}
