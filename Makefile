@@ -11,7 +11,7 @@ VIT         := $(TARGET_DIR)/release/vit
 PYTHON      ?= python3
 VENV        := .venv
 
-.PHONY: build demo samples test lint fmt clean man
+.PHONY: build demo samples test lint fmt clean man fuzz
 
 build:
 	$(CARGO) build --release
@@ -50,6 +50,30 @@ test:
 	@for sizes in $(KERNEL_BLOCKINGS); do \
 		echo "test: the kernels' tests with VIT_CACHE_SIZES=$$sizes" >&2; \
 		VIT_CACHE_SIZES=$$sizes $(CARGO) test --release --lib -- $(KERNEL_TESTS) || exit $$?; \
+	done
+
+# fuzz: each target of fuzz/ (vit::fuzzing's entry points) for FUZZ_SECONDS, with cargo-fuzz
+# on nightly (`cargo install cargo-fuzz`; CI needs neither: tests/fuzz_corpora.rs replays the
+# seeds and the crashes on stable in `make test`). Seeds come from the generator's fixtures;
+# the corpus grows in fuzz/corpus/TARGET (not committed), crashes land in
+# fuzz/artifacts/TARGET (commit them, then fix them).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= image preprocessor_config model_config sentencepiece
+
+fuzz:
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$target fuzz/artifacts/$$target; \
+		case $$target in \
+		image) seeds=$$(find tests/fixtures/preprocess/images tests/fixtures/tiff tests/fixtures/cmyk -type f -not -name '*.safetensors');; \
+		preprocessor_config) seeds=$$(find tests/fixtures -name preprocessor_config.json);; \
+		model_config) seeds=$$(find tests/fixtures -name config.json);; \
+		sentencepiece) seeds=$$(find tests/fixtures -name spiece.model);; \
+		esac; \
+		for seed in $$seeds; do cp "$$seed" "fuzz/corpus/$$target/seed-$$(echo $$seed | tr / _)"; done; \
+		echo "fuzz: $$target for $(FUZZ_SECONDS) s" >&2; \
+		(cd fuzz && cargo +nightly fuzz run $$target corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 \
+			-artifact_prefix=artifacts/$$target/) || exit $$?; \
 	done
 
 # Man pages from the clap definitions: $(TARGET_DIR)/man/vit.1 and one per subcommand

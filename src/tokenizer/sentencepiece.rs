@@ -260,7 +260,11 @@ const ASCII_PUNCTUATION: &str = r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]"##;
 /// model's own normalization (its precompiled character map, extra spaces removed, spaces as
 /// `▁`); the unigram model over the whole text; `</s>` after it.
 pub fn siglip_tokenizer(path: &Path) -> Result<Tokenizer> {
-    let model = SentencePieceModel::read(path)?;
+    siglip_tokenizer_of(SentencePieceModel::read(path)?, path)
+}
+
+/// [`siglip_tokenizer`] of a model already read from `path` (named in messages).
+pub fn siglip_tokenizer_of(model: SentencePieceModel, path: &Path) -> Result<Tokenizer> {
     let in_file = || format!("{}", path.display());
     if model.model_type != 1 {
         bail!(
