@@ -72,13 +72,17 @@ pub fn top_k(scores: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
 /// in bytes: the rows a layer holds at once (tokens through the fused q, k, v, the attention
 /// output and the MLP) and every head's attention scores (the standard path holds them all).
 pub fn forward_bytes_estimate(config: &ViTConfig, height: usize, width: usize) -> u64 {
-    let patch = config.patch_size.max(1) as u64;
-    let tokens =
-        (height as u64 / patch) * (width as u64 / patch) + config.variant.prefix_tokens() as u64;
+    let tokens = tokens(config, height, width) as u64;
     let (hidden, mlp) = (config.hidden_size as u64, config.intermediate_size as u64);
     let rows = tokens * (6 * hidden + 3 * mlp);
     let scores = config.num_attention_heads as u64 * tokens * tokens;
     4 * (rows + scores)
+}
+
+/// The tokens of an input of `height x width` pixels: its patches and the prefix tokens.
+fn tokens(config: &ViTConfig, height: usize, width: usize) -> usize {
+    let patch = config.patch_size.max(1);
+    (height / patch) * (width / patch) + config.variant.prefix_tokens()
 }
 
 /// Refuses an input whose forward pass would not fit in the memory the system has
@@ -91,11 +95,10 @@ fn check_forward_memory(config: &ViTConfig, height: usize, width: usize) -> Resu
     let needed = forward_bytes_estimate(config, height, width);
     if needed > available {
         let gb = |bytes: u64| bytes as f64 / 1e9;
-        let patch = config.patch_size.max(1);
         bail!(
             "a forward pass over {} tokens needs about {:.1} GB, more than the {:.1} GB \
              available",
-            (height / patch) * (width / patch) + config.variant.prefix_tokens(),
+            tokens(config, height, width),
             gb(needed),
             gb(available)
         );

@@ -35,7 +35,7 @@ pub const STDIN: &str = "-";
 pub fn collect_inputs(args: &[PathBuf]) -> Vec<Input> {
     let mut inputs = Vec::new();
     for arg in args {
-        if arg.as_os_str() == STDIN {
+        if is_stdin(arg) {
             inputs.push(Input::Image(arg.clone()));
         } else if arg.is_dir() {
             let mut found = Vec::new();
@@ -86,17 +86,27 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// The most lines a list or text file may hold.
 pub const MAX_LINES: usize = 10_000_000;
 
-/// Reads the lines of a file or, for `-`, stdin, as bytes with their line numbers (from 1;
-/// `\r\n` as `\n`; blank lines skipped), refusing a line over [`MAX_LINE_BYTES`] or more than [`MAX_LINES`] lines, so
-/// that `/dev/zero` or a binary file is an error rather than memory exhausted. `what`
-/// names the content in messages ("file list"). A FIFO with no writer blocks until one
-/// opens it, as it does for any POSIX reader.
-pub fn read_lines(path: &Path, what: &str) -> Result<Vec<(usize, Vec<u8>)>> {
-    let name = match path == Path::new("-") {
+/// Whether `path` stands for stdin ([`STDIN`]).
+pub fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == STDIN
+}
+
+/// How messages name `path`: `stdin` for [`STDIN`], else the path.
+pub fn source_name(path: &Path) -> String {
+    match is_stdin(path) {
         true => "stdin".to_string(),
         false => path.display().to_string(),
-    };
-    let reader: Box<dyn BufRead> = match path == Path::new("-") {
+    }
+}
+
+/// Reads the lines of a file or, for `-`, stdin, as bytes with their line numbers (from 1;
+/// `\r\n` as `\n`; blank lines skipped), refusing a line over [`MAX_LINE_BYTES`] or more
+/// than [`MAX_LINES`] lines, so that `/dev/zero` or a binary file is an error rather than
+/// memory exhausted. `what` names the content in messages ("file list"). A FIFO with no
+/// writer blocks until one opens it, as it does for any POSIX reader.
+pub fn read_lines(path: &Path, what: &str) -> Result<Vec<(usize, Vec<u8>)>> {
+    let name = source_name(path);
+    let reader: Box<dyn BufRead> = match is_stdin(path) {
         true => Box::new(std::io::stdin().lock()),
         false => Box::new(std::io::BufReader::new(
             std::fs::File::open(path).with_context(|| format!("{name}: cannot open the {what}"))?,

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use vit::device::{device_name, DTypeRequest, DeviceRequest};
 use vit::hub::{ModelSpec, DEFAULT_MODEL};
-use vit::inputs::{collect_inputs, read_file_list, Input, Shard};
+use vit::inputs::{collect_inputs, is_stdin, read_file_list, Input, Shard};
 use vit::model::{AttentionKernel, Int8Weights, LoadOptions, LoadedModel, ModelOptions};
 use vit::preprocess::{BackendRequest, PreprocessConfig, MAX_IMAGE_PIXELS};
 
@@ -105,8 +105,8 @@ pub struct ModelArgs {
 pub struct ImageBackendArgs {
     /// Preprocess images as HF's torchvision backend (transformers 5's default where
     /// torchvision is installed) or its PIL backend does, bit for bit [default: torchvision
-    /// for HF models (PIL for a Lanczos, box or Hamming resize, as HF keeps those on PIL);
-    /// for timm checkpoints, timm's transform, which runs on PIL images].
+    /// for HF models (PIL for a box or Hamming resize, which torchvision lacks); for timm
+    /// checkpoints, timm's transform, which runs on PIL images].
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub image_backend: Option<ImageBackendArg>,
 }
@@ -167,11 +167,8 @@ impl InputArgs {
             anyhow::bail!("no images given (IMG_OR_DIR arguments or --files-from)");
         }
         let mut paths = self.inputs.clone();
-        let stdin_images = paths.iter().filter(|p| p.as_os_str() == "-").count();
-        let stdin_list = self
-            .files_from
-            .as_ref()
-            .is_some_and(|p| p.as_os_str() == "-");
+        let stdin_images = paths.iter().filter(|p| is_stdin(p)).count();
+        let stdin_list = self.files_from.as_deref().is_some_and(is_stdin);
         if stdin_images + usize::from(stdin_list) > 1 {
             anyhow::bail!("stdin can be read once: give `-` (an image, or --files-from -) once");
         }
@@ -272,10 +269,7 @@ pub fn collect_texts(
 ) -> Result<Vec<String>> {
     let mut texts = inline.to_vec();
     if let Some(path) = file {
-        let name = match path.as_os_str() == "-" {
-            true => "stdin".to_string(),
-            false => path.display().to_string(),
-        };
+        let name = vit::inputs::source_name(path);
         let lines = vit::inputs::read_lines(path, &format!("{what} file"))?;
         for (number, line) in lines {
             let text = String::from_utf8(line)

@@ -551,15 +551,12 @@ fn crop_at(image: &RgbImage, (crop_h, crop_w): (u32, u32), top: i64, left: i64) 
 /// The path `-` reads the image from stdin (at most [`MAX_STDIN_BYTES`]), so that `curl -s
 /// URL | vit classify -` works; stdin holds one image.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = match path.as_os_str() == crate::inputs::STDIN {
+    let bytes = match crate::inputs::is_stdin(path) {
         true => read_stdin_image()?,
         false => std::fs::read(path).context("cannot read")?,
     };
     // A format with no signature (TGA) is known by its extension alone.
-    let by_extension = ImageFormat::from_path(path).ok();
-    crate::panics::catch("cannot decode image", || {
-        decode_unguarded(&bytes, by_extension)
-    })
+    decode(&bytes, ImageFormat::from_path(path).ok())
 }
 
 /// The most bytes an image on stdin may have.
@@ -584,7 +581,14 @@ fn read_stdin_image() -> Result<Vec<u8>> {
 
 /// Decodes an image held in memory, as [`load_rgb`] does a file.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
-    crate::panics::catch("cannot decode image", || decode_unguarded(bytes, None))
+    decode(bytes, None)
+}
+
+/// Decodes `bytes` (see [`decode_unguarded`]), a panic in a decoder being this image's error.
+fn decode(bytes: &[u8], by_extension: Option<ImageFormat>) -> Result<RgbImage> {
+    crate::panics::catch("cannot decode image", || {
+        decode_unguarded(bytes, by_extension)
+    })
 }
 
 /// The most pixels [`decode_rgb`] decodes (0: no limit); [`MAX_IMAGE_PIXELS`] unless
