@@ -179,10 +179,7 @@ fn bad_inputs_are_reported_and_the_rest_classified() {
     let output = vit(&command);
     assert_no_panic(&output);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let lines: Vec<Value> = stdout(&output)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = common::jsonl(&stdout(&output));
     assert_eq!(lines.len(), 5);
     assert!(lines[0]["predictions"].is_array());
     for (line, path) in lines.iter().zip(&args).skip(1) {
@@ -362,10 +359,7 @@ fn folders_of_real_photos_classify_with_the_shared_model() {
         "classify", "-m", &model, "-k", "1", "-f", "jsonl", "-b", "4", &images,
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let lines: Vec<Value> = stdout(&output)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = common::jsonl(&stdout(&output));
     assert_eq!(lines.len(), 26);
     let files: Vec<&str> = lines.iter().map(|l| l["file"].as_str().unwrap()).collect();
     let mut sorted = files.clone();
@@ -608,10 +602,7 @@ fn a_decoder_panic_costs_one_input_not_the_run() {
     ]);
     assert_no_panic(&output);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let lines: Vec<Value> = stdout(&output)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = common::jsonl(&stdout(&output));
     assert_eq!(lines.len(), 3);
     assert!(lines[0]["predictions"].is_array() && lines[2]["predictions"].is_array());
     assert!(lines[1]["error"].is_string(), "{}", lines[1]);

@@ -919,15 +919,30 @@ fn io_logits(io: &Path) -> Tensor {
     candle_core::safetensors::load(io, &Device::Cpu).unwrap()["logits"].clone()
 }
 
+/// The int8 weight the tests below damage.
+const INT8_VICTIM: &str = "vit.encoder.layer.0.intermediate.dense.weight";
+
+/// The tiny sharded fixture converted to an int8 folder `good` under `root`, with the bytes
+/// of its (single) safetensors file.
+fn int8_folder(root: &Path) -> (PathBuf, Vec<u8>) {
+    let good = root.join("good");
+    convert_ok(&[
+        s(&fixture("hf/p8_s32_gelu_sharded")),
+        "-o",
+        s(&good),
+        "--dtype",
+        "int8",
+    ]);
+    let bytes = std::fs::read(good.join("model.safetensors")).unwrap();
+    (good, bytes)
+}
+
 #[test]
 fn int8_folders_with_a_missing_or_misshapen_scale_are_refused_naming_the_tensor() {
-    let input = fixture("hf/p8_s32_gelu_sharded");
     let root = tempfile::tempdir().unwrap();
-    let good = root.path().join("good");
-    convert_ok(&[s(&input), "-o", s(&good), "--dtype", "int8"]);
-    let bytes = std::fs::read(good.join("model.safetensors")).unwrap();
+    let (good, bytes) = int8_folder(root.path());
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let victim = "vit.encoder.layer.0.intermediate.dense.weight";
+    let victim = INT8_VICTIM;
     let scale = format!("{victim}_scale");
     let rows = file.tensor(victim).unwrap().shape()[0];
     let wrong_scale: Vec<u8> = vec![0; 4 * (rows - 1)];
@@ -989,13 +1004,10 @@ fn int8_folders_with_a_missing_or_misshapen_scale_are_refused_naming_the_tensor(
 /// entry is missing or names a method vit cannot run.
 #[test]
 fn int8_folders_that_would_run_wrong_are_refused() {
-    let input = fixture("hf/p8_s32_gelu_sharded");
     let root = tempfile::tempdir().unwrap();
-    let good = root.path().join("good");
-    convert_ok(&[s(&input), "-o", s(&good), "--dtype", "int8"]);
-    let bytes = std::fs::read(good.join("model.safetensors")).unwrap();
+    let (good, bytes) = int8_folder(root.path());
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let victim = "vit.encoder.layer.0.intermediate.dense.weight";
+    let victim = INT8_VICTIM;
     let scale = format!("{victim}_scale");
     let rows = file.tensor(victim).unwrap().shape()[0];
     let image = fixture("preprocess/images/rgba_120x90.png");

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{fixture, max_abs_diff, shared_dir, stderr, stdout, vit, vit_command};
+use common::{fixture, jsonl, max_abs_diff, shared_dir, stderr, stdout, vit, vit_command};
 use serde_json::Value;
 
 /// A small DINOv2 backbone of the family fixtures.
@@ -41,12 +41,6 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .collect();
     assert_eq!(values.len(), shape.iter().product::<usize>());
     (shape, values)
-}
-
-fn jsonl(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The shared DINOv2 on every photo, on both of HF's image backends: torchvision (the

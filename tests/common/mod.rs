@@ -73,6 +73,13 @@ pub fn vit_with_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
     command.output().expect("the vit binary runs")
 }
 
+/// The objects of JSON-lines text, one a line.
+pub fn jsonl(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// stdout as text.
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
