@@ -52,6 +52,7 @@ fn replay(name: &str, seeds: Vec<PathBuf>, target: fn(&[u8])) {
 fn image_inputs_never_panic() {
     let mut seeds = files(&fixture("preprocess/images"), &|_| true);
     seeds.extend(files(&fixture("tiff"), &|n| n.ends_with(".tif")));
+    seeds.extend(files(&fixture("bad_images"), &|_| true));
     seeds.extend(files(&fixture("cmyk"), &|_| true));
     replay("image", seeds, vit::fuzzing::image);
 }
