@@ -58,9 +58,20 @@ test:
 # the corpus grows in fuzz/corpus/TARGET (not committed), crashes land in
 # fuzz/artifacts/TARGET (commit them, then fix them).
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= image preprocessor_config model_config sentencepiece
+FUZZ_TARGETS ?= image preprocessor_config model_config sentencepiece safetensors pickle \
+	int8_folder clip_tokenizer
+# The int8 folder's seed: the tiny sharded fixture converted (config.json, NUL, weights).
+INT8_SEED := fuzz/corpus/int8_folder/seed-p8_s32_gelu_sharded
 
-fuzz:
+fuzz: build
+	@mkdir -p fuzz/corpus/int8_folder fuzz/corpus/clip_tokenizer
+	@rm -rf target/fuzz-int8 && $(VIT) convert tests/fixtures/hf/p8_s32_gelu_sharded \
+		-o target/fuzz-int8 --dtype int8 2>/dev/null && \
+		{ cat target/fuzz-int8/config.json; printf '\0'; cat target/fuzz-int8/model.safetensors; } > $(INT8_SEED)
+	@for vocab in $$(find tests/fixtures -name vocab.json); do \
+		dir=$$(dirname $$vocab); \
+		{ cat $$vocab; printf '\0'; cat $$dir/merges.txt; } > fuzz/corpus/clip_tokenizer/seed-bpe-$$(echo $$dir | tr / _); \
+	done
 	@for target in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$target fuzz/artifacts/$$target; \
 		case $$target in \
@@ -68,6 +79,10 @@ fuzz:
 		preprocessor_config) seeds=$$(find tests/fixtures -name preprocessor_config.json);; \
 		model_config) seeds=$$(find tests/fixtures -name config.json);; \
 		sentencepiece) seeds=$$(find tests/fixtures -name spiece.model);; \
+		safetensors) seeds=$$(find tests/fixtures -name 'model*.safetensors');; \
+		pickle) seeds=$$(find tests/fixtures -name '*.bin' -o -name '*.pt' -o -name '*.pth');; \
+		clip_tokenizer) seeds=$$(find tests/fixtures/clip -name tokenizer.json);; \
+		*) seeds=;; \
 		esac; \
 		for seed in $$seeds; do cp "$$seed" "fuzz/corpus/$$target/seed-$$(echo $$seed | tr / _)"; done; \
 		echo "fuzz: $$target for $(FUZZ_SECONDS) s" >&2; \
