@@ -75,7 +75,8 @@ fuzz: build
 	@for target in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$target fuzz/artifacts/$$target; \
 		case $$target in \
-		image) seeds=$$(find tests/fixtures/preprocess/images tests/fixtures/tiff tests/fixtures/cmyk tests/fixtures/bad_images -type f -not -name '*.safetensors');; \
+		image) seeds=$$(find tests/fixtures/preprocess/images tests/fixtures/tiff tests/fixtures/cmyk tests/fixtures/bad_images \
+			tests/fixtures/formats -type f -not -name '*.safetensors');; \
 		preprocessor_config) seeds=$$(find tests/fixtures -name preprocessor_config.json);; \
 		model_config) seeds=$$(find tests/fixtures -name config.json);; \
 		sentencepiece) seeds=$$(find tests/fixtures -name spiece.model);; \

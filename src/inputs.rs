@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 /// File extensions treated as images when walking folders (case-insensitive).
-pub const IMAGE_EXTENSIONS: [&str; 15] = [
+pub const IMAGE_EXTENSIONS: [&str; 19] = [
     "jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "pnm", "ppm", "pgm", "pbm", "pam",
-    "tga", "qoi",
+    "pfm", "tga", "qoi", "ico", "cur", "avif",
 ];
 
 /// One entry of the work list: an image file, or an argument that yielded none.

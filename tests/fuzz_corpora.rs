@@ -87,6 +87,9 @@ fn image_inputs_never_panic() {
     let mut seeds = files(&fixture("preprocess/images"), &|_| true);
     seeds.extend(files(&fixture("tiff"), &|n| n.ends_with(".tif")));
     seeds.extend(files(&fixture("bad_images"), &|_| true));
+    seeds.extend(files(&fixture("formats"), &|n| {
+        !n.ends_with(".safetensors")
+    }));
     seeds.extend(files(&fixture("cmyk"), &|_| true));
     replay("image", seeds, vit::fuzzing::image);
 }

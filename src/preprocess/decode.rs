@@ -11,6 +11,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use super::tiff::TiffPicture;
 use super::MAX_IMAGE_PIXELS;
+use super::{ico, pfm};
 
 /// Decodes an image file as HF's `load_image` does: EXIF orientation applied, then RGB
 /// (alpha dropped, grayscale and palette expanded), as Pillow's `convert("RGB")` makes it,
@@ -88,24 +89,23 @@ fn check_pixels(width: u32, height: u32) -> Result<()> {
     Ok(())
 }
 
-/// Decodes `bytes`, in the format their signature shows, else `by_extension`'s.
+/// Decodes `bytes`, in the format their signature shows, else `by_extension`'s: those the
+/// `image` crate lacks or mishandles here (PFM, icons and cursors, many TIFF layouts), the
+/// others through it.
 fn decode_unguarded(bytes: &[u8], by_extension: Option<ImageFormat>) -> Result<RgbImage> {
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .context("cannot read")?;
-    if reader.format().is_none() {
-        if let Some(format) = by_extension {
-            reader.set_format(format);
-        }
+    if pfm::is_pfm(bytes) {
+        return pfm::decode(bytes, check_pixels).context("cannot decode PFM");
     }
-    let is_jpeg = match reader.format() {
-        None => bail!("not a recognized image format"),
-        Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
-            bail!("truncated JPEG (no end-of-image marker)")
-        }
-        Some(format) => format == ImageFormat::Jpeg,
-    };
-    if reader.format() == Some(ImageFormat::Tiff) {
+    // TGA has no signature, and some TGA headers start as a cursor's: the extension decides.
+    if by_extension != Some(ImageFormat::Tga) && ico::is_icon(bytes) {
+        return match ico::pick(bytes).context("cannot decode icon")? {
+            ico::Picked::Png(png) => decode_with_image_crate(png, ImageFormat::Png),
+            ico::Picked::SingleIcon(icon) => decode_with_image_crate(&icon, ImageFormat::Ico),
+        };
+    }
+    let format = image::guess_format(bytes).ok().or(by_extension);
+    let format = format.context("not a recognized image format")?;
+    if format == ImageFormat::Tiff {
         let as_gray = super::tiff::palette_as_gray(bytes);
         if let Some(picture) =
             TiffPicture::open(bytes, as_gray.as_deref()).context("cannot decode TIFF")?
@@ -113,16 +113,45 @@ fn decode_unguarded(bytes: &[u8], by_extension: Option<ImageFormat>) -> Result<R
             return decode_tiff(picture);
         }
     }
+    decode_with_image_crate(bytes, format)
+}
+
+/// Decodes `bytes` of `format` with the `image` crate (JPEGs with libjpeg's code).
+fn decode_with_image_crate(bytes: &[u8], format: ImageFormat) -> Result<RgbImage> {
+    match format {
+        ImageFormat::Avif => bail!(
+            "AVIF is not supported (vit has no AVIF decoder); convert it to PNG or JPEG first"
+        ),
+        ImageFormat::Jpeg if !jpeg_is_complete(bytes) => {
+            bail!("truncated JPEG (no end-of-image marker)")
+        }
+        _ => {}
+    }
+    let reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut decoder = reader.into_decoder().context("cannot decode image")?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height)?;
-    let orientation = decoder.orientation().context("cannot decode image")?;
-    let mut image = match is_jpeg {
-        true => DynamicImage::ImageRgb8(decode_jpeg_like_pillow(bytes)?),
-        false => DynamicImage::from_decoder(decoder).context("cannot decode image")?,
+    let orientation = orientation_of(&mut decoder).context("cannot decode image")?;
+    let mut image = match format {
+        ImageFormat::Jpeg => DynamicImage::ImageRgb8(decode_jpeg_like_pillow(bytes)?),
+        _ => DynamicImage::from_decoder(decoder).context("cannot decode image")?,
     };
     image.apply_orientation(orientation);
     Ok(into_rgb8_as_pillow(image))
+}
+
+/// The EXIF orientation of a picture, also where its EXIF chunk keeps JPEG's `Exif\0\0`
+/// prefix (as some writers do in WebP and PNG files, and as Pillow reads them).
+fn orientation_of(decoder: &mut impl ImageDecoder) -> image::ImageResult<Orientation> {
+    let orientation = decoder.orientation()?;
+    if orientation != Orientation::NoTransforms {
+        return Ok(orientation);
+    }
+    let prefixed = decoder.exif_metadata()?.and_then(|chunk| {
+        let tiff = chunk.strip_prefix(b"Exif\0\0")?;
+        Orientation::from_exif_chunk(tiff)
+    });
+    Ok(prefixed.unwrap_or(Orientation::NoTransforms))
 }
 
 /// RGB bytes as Pillow's `convert("RGB")` gives them, but for 16-bit gray: 16-bit colour is
@@ -236,6 +265,43 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every file the generator wrote with Pillow into `formats/` decodes to Pillow's pixels.
+    #[test]
+    fn generated_formats_decode_as_pillow_decodes_them() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
+        let cpu = &candle_core::Device::Cpu;
+        let expected = candle_core::safetensors::load(dir.join("pixels.safetensors"), cpu);
+        let expected = expected.unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != "pixels.safetensors")
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), expected.len(), "{names:?}");
+        for name in names {
+            let pixels = &expected[&name.replace('.', "_")];
+            let image = load_rgb(&dir.join(&name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let (height, width, _) = pixels.dims3().unwrap();
+            let size = (image.height() as usize, image.width() as usize);
+            assert_eq!(size, (height, width), "{name}");
+            let pixels = pixels.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+            assert!(
+                image.as_raw() == &pixels,
+                "{name}: pixels differ from Pillow's"
+            );
+        }
+    }
+
+    #[test]
+    fn avif_is_refused_naming_the_format() {
+        // An AVIF file's start: its `ftyp` box.
+        let mut bytes = b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf".to_vec();
+        bytes.resize(64, 0);
+        let err = decode_rgb(&bytes).unwrap_err().to_string();
+        assert!(err.starts_with("AVIF is not supported"), "{err}");
+    }
 
     #[test]
     fn truncated_jpegs_are_detected() {

@@ -4,6 +4,8 @@
 //! rescale, normalize, bit for bit with either of HF's backends ([`ImageBackend`]).
 
 mod decode;
+mod ico;
+mod pfm;
 mod resize;
 mod tiff;
 
