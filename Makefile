@@ -62,9 +62,16 @@ FUZZ_TARGETS ?= image preprocessor_config model_config sentencepiece safetensors
 	int8_folder clip_tokenizer
 # The int8 folder's seed: the tiny sharded fixture converted (config.json, NUL, weights).
 INT8_SEED := fuzz/corpus/int8_folder/seed-p8_s32_gelu_sharded
+# More image seeds: folders of real files, such as the test images of Pillow
+# (Tests/images) and of the image crate (tests/images), files under 1 MiB taken.
+FUZZ_IMAGE_DIRS ?=
 
 fuzz: build
-	@mkdir -p fuzz/corpus/int8_folder fuzz/corpus/clip_tokenizer
+	@mkdir -p fuzz/corpus/int8_folder fuzz/corpus/clip_tokenizer fuzz/corpus/image
+	@for dir in $(FUZZ_IMAGE_DIRS); do \
+		find "$$dir" -type f -size -1024k -exec sh -c \
+			'cp "$$1" "fuzz/corpus/image/real-$$(cksum < "$$1" | cut -d" " -f1)"' _ {} \; ; \
+	done
 	@rm -rf target/fuzz-int8 && $(VIT) convert tests/fixtures/hf/p8_s32_gelu_sharded \
 		-o target/fuzz-int8 --dtype int8 2>/dev/null && \
 		{ cat target/fuzz-int8/config.json; printf '\0'; cat target/fuzz-int8/model.safetensors; } > $(INT8_SEED)
