@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::device::Precision;
 use crate::model::config::generic_labels;
-use crate::model::config::MlpKind;
+use crate::model::config::{Biases, MlpKind};
 use crate::model::weights::{expected_tensors, StateDict};
 use crate::model::{Activation, Head, ViTConfig, VisionTransformer};
 
@@ -66,7 +66,7 @@ pub fn preset_config(name: &str) -> Result<ViTConfig> {
         image_size: image.parse()?,
         patch_size: patch.trim_start_matches("patch").parse()?,
         num_channels: 3,
-        qkv_bias: true,
+        biases: Biases::with_qkv(true),
         id2label: generic_labels(1000),
         variant: Default::default(),
     })
@@ -127,7 +127,7 @@ pub fn forward_flops(config: &ViTConfig, size: usize) -> u64 {
     let embed = 2 * patches * c * p * p * h;
     let mlp_input = match variant.mlp {
         MlpKind::Standard => i,
-        MlpKind::SwiGlu => 2 * i,
+        MlpKind::SwiGlu | MlpKind::Gated => 2 * i,
     };
     let per_layer = 2 * tokens * h * 3 * h // fused q, k, v
         + 2 * 2 * tokens * tokens * h // scores and context
@@ -249,7 +249,7 @@ pub fn dense_layer_gflops(
     let (h, i) = (config.hidden_size, config.intermediate_size);
     let mlp_in = match config.variant.mlp {
         MlpKind::Standard => i,
-        MlpKind::SwiGlu => 2 * i,
+        MlpKind::SwiGlu | MlpKind::Gated => 2 * i,
     };
     let layers = [
         ("qkv", h, 3 * h, None, false),

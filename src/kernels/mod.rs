@@ -22,6 +22,7 @@ pub mod math;
 pub(crate) mod microkernel;
 pub mod pack;
 pub mod pool;
+pub mod rope;
 
 pub use cache::CacheSizes;
 pub use epilogue::{Activation, Epilogue};

@@ -186,6 +186,25 @@ pub fn fill(
     values
 }
 
+/// Runs `run(i, chunk)` on each chunk of `chunk_len` values of `data` (the last may be
+/// shorter), in parallel as [`for_each`].
+pub fn for_each_chunk_mut(
+    data: &mut [f32],
+    chunk_len: usize,
+    run: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let (len, chunk_len) = (data.len(), chunk_len.max(1));
+    let base = super::SendPtr(data.as_mut_ptr());
+    for_each(len.div_ceil(chunk_len), |i| {
+        let start = i * chunk_len;
+        // SAFETY: chunk i is `start..start + chunk_len` clipped to `data`, which this call
+        // borrows mutably, and disjoint from every other chunk.
+        let chunk =
+            unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk_len.min(len - start)) };
+        run(i, chunk)
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

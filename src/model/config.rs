@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+pub use super::rope::{RotaryCoordinates, RotaryEmbedding};
+
 /// Activation of the MLP blocks, named as in HF's `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -88,6 +90,48 @@ pub enum MlpKind {
     /// `w_out(silu(x1) * x2)` with `[x1, x2] = w_in(x)` (DINOv2 `use_swiglu_ffn`); the
     /// config's `intermediate_size` is the width of `x1`.
     SwiGlu,
+    /// `down(act(gate(x)) * up(x))` with the config's activation (HF DINOv3 `use_gated_mlp`,
+    /// Llama's MLP): the standard MLP's dense layers are `up` and `down`, `gate` comes
+    /// beside `up` and is merged with it into one product at load.
+    Gated,
+}
+
+/// Which dense layers of a block have a bias. HF ViT's `qkv_bias` switches the three input
+/// projections together; DINOv3 has a flag per projection (its key has none by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Biases {
+    pub query: bool,
+    pub key: bool,
+    pub value: bool,
+    /// The attention's output projection.
+    pub output: bool,
+    /// Both dense layers of the MLP (all three of a gated one).
+    pub mlp: bool,
+}
+
+impl Biases {
+    /// HF ViT's `qkv_bias`: the three input projections with or without a bias, the output
+    /// projection and the MLP with one.
+    pub fn with_qkv(qkv: bool) -> Self {
+        Self {
+            query: qkv,
+            key: qkv,
+            value: qkv,
+            output: true,
+            mlp: true,
+        }
+    }
+
+    /// HF ViT's `qkv_bias`, when these biases are expressible by it.
+    pub fn qkv(&self) -> Option<bool> {
+        let same = self.query == self.key && self.key == self.value;
+        (same && self.output && self.mlp).then_some(self.query)
+    }
+
+    /// Whether any of the query, key and value projections has a bias.
+    pub fn any_qkv(&self) -> bool {
+        self.query || self.key || self.value
+    }
 }
 
 /// How position embeddings are resized for an input of another size than the stored grid.
@@ -115,6 +159,11 @@ pub enum Head {
 /// `VisionTransformer`. The default is HF's plain ViT with a classifier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
+    /// Learned absolute position embeddings added to the tokens (all of the family but
+    /// DINOv3).
+    pub absolute_positions: bool,
+    /// Rotary position embeddings applied to queries and keys in every attention (DINOv3).
+    pub rotary: Option<RotaryEmbedding>,
     /// A class token first.
     pub class_token: bool,
     /// A distillation token after the class token (DeiT distilled).
@@ -154,6 +203,8 @@ pub struct Variant {
 impl Default for Variant {
     fn default() -> Self {
         Self {
+            absolute_positions: true,
+            rotary: None,
             class_token: true,
             distillation_token: false,
             register_tokens: 0,
@@ -234,7 +285,7 @@ pub struct BlockConfig {
     pub intermediate_size: usize,
     pub hidden_act: Activation,
     pub layer_norm_eps: f64,
-    pub qkv_bias: bool,
+    pub biases: Biases,
     /// Per-channel scales on the attention and MLP outputs.
     pub layer_scale: bool,
     pub mlp: MlpKind,
@@ -283,7 +334,8 @@ pub struct ViTConfig {
     pub image_size: usize,
     pub patch_size: usize,
     pub num_channels: usize,
-    pub qkv_bias: bool,
+    /// Which dense layers have a bias.
+    pub biases: Biases,
     /// Class names by index; its length is the number of labels (empty without a head).
     pub id2label: Vec<String>,
     /// The family member: tokens, norms, layer scale, MLP, pooling, head.
@@ -408,7 +460,7 @@ impl ViTConfig {
             image_size: raw.image_size.square("image_size")?,
             patch_size: raw.patch_size.square("patch_size")?,
             num_channels: raw.num_channels,
-            qkv_bias: raw.qkv_bias,
+            biases: Biases::with_qkv(raw.qkv_bias),
             id2label,
             variant: Variant::default(),
         })
@@ -448,6 +500,9 @@ impl ViTConfig {
         if self.variant.head == Head::Distilled && !self.variant.distillation_token {
             bail!("a distilled head without a distillation token");
         }
+        if let Some(rotary) = &self.variant.rotary {
+            rotary.check(self.head_dim())?;
+        }
         if self.image_size < self.patch_size {
             bail!(
                 "image_size {} is smaller than patch_size {}",
@@ -466,7 +521,7 @@ impl ViTConfig {
             intermediate_size: self.intermediate_size,
             hidden_act: self.hidden_act,
             layer_norm_eps: self.layer_norm_eps,
-            qkv_bias: self.qkv_bias,
+            biases: self.biases,
             layer_scale: self.variant.layer_scale,
             mlp: self.variant.mlp,
         }
@@ -517,8 +572,10 @@ impl ViTConfig {
             ("image_size", Value::from(self.image_size)),
             ("patch_size", Value::from(self.patch_size)),
             ("num_channels", Value::from(self.num_channels)),
-            ("qkv_bias", Value::from(self.qkv_bias)),
         ];
+        if let Some(qkv) = self.biases.qkv() {
+            entries.push(("qkv_bias", Value::from(qkv)));
+        }
         if self.has_head() {
             let id2label: Map<String, Value> = self
                 .id2label
@@ -569,7 +626,7 @@ mod tests {
         assert_eq!(config.num_hidden_layers, 12);
         assert_eq!(config.hidden_act, Activation::Gelu);
         assert_eq!(config.layer_norm_eps, 1e-12);
-        assert!(config.qkv_bias);
+        assert_eq!(config.biases, Biases::with_qkv(true));
         assert_eq!(config.id2label, vec!["LABEL_0", "LABEL_1"]);
     }
 

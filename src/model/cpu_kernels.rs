@@ -7,9 +7,12 @@
 //! half precision, training) goes through the equivalent candle ops, so these kernels never
 //! stop a gradient and GPU builds need no kernel of their own.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp3, Layout, Result, Shape, Tensor,
+};
 
 pub(crate) use crate::kernels::math::{erf, erf_given_exp, exp};
+use crate::kernels::rope::QkvShape;
 use crate::kernels::{self, pool, Epilogue, Isa};
 pub(crate) use crate::kernels::{SendPtr, View};
 
@@ -487,6 +490,61 @@ pub(crate) fn attention_rows(
 thread_local! {
     /// Each thread's attention scores of one task.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Turns the queries and keys of the patch tokens of a fused q/k/v buffer by their rotary
+/// angles, in place ([`kernels::rope`]).
+struct RotateQueriesAndKeys;
+
+impl InplaceOp3 for RotateQueriesAndKeys {
+    fn name(&self) -> &'static str {
+        "vit-rotate-queries-and-keys"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qkv: &mut CpuStorage,
+        qkv_layout: &Layout,
+        cos: &CpuStorage,
+        cos_layout: &Layout,
+        sin: &CpuStorage,
+        sin_layout: &Layout,
+    ) -> Result<()> {
+        let cos = contiguous_f32(cos, cos_layout, "rotary cosines")?;
+        let sin = contiguous_f32(sin, sin_layout, "rotary sines")?;
+        let &[batch, tokens, 3, heads, head_dim] = qkv_layout.shape().dims() else {
+            candle_core::bail!("rotary embeddings: q/k/v of shape {:?}", qkv_layout.shape());
+        };
+        let (start, end) = qkv_layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("rotary embeddings: strided q/k/v".into()))?;
+        if cos.len() != sin.len() || cos.len() > tokens * head_dim / 2 {
+            candle_core::bail!("rotary tables of {} angles for {tokens} tokens", cos.len());
+        }
+        let CpuStorage::F32(values) = qkv else {
+            candle_core::bail!("rotary embeddings: q/k/v is not f32");
+        };
+        let shape = QkvShape {
+            batch,
+            tokens,
+            heads,
+            head_dim,
+        };
+        kernels::rope::rotate_half_queries_and_keys(&mut values[start..end], shape, cos, sin);
+        Ok(())
+    }
+}
+
+/// The rotary kernel when it applies (`None` otherwise): turns `qkv`, `(batch, tokens, 3,
+/// heads, head_dim)`, in its own storage, so `qkv` must be a buffer nobody else reads (a
+/// projection's fresh output), and returns it.
+pub fn rotate_queries_and_keys(qkv: Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    if !applies(&[&qkv, cos, sin]) {
+        return Ok(None);
+    }
+    let qkv = qkv.contiguous()?;
+    qkv.inplace_op3(cos, sin, &RotateQueriesAndKeys)?;
+    Ok(Some(qkv))
 }
 
 /// The fused attention kernel (its products on `isa`) when it applies, `None` otherwise.

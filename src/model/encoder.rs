@@ -17,6 +17,7 @@ use super::config::{Activation, BlockConfig, Head, MlpKind, Pooling, PosInterpol
 use super::cpu_kernels;
 use super::layers::{LayerNorm, Linear};
 use super::posembed::{interpolate_patch_positions, Resampling};
+use super::rope::{RotaryEmbedding, RotaryTables};
 use crate::kernels::Isa;
 
 /// Choices that change how the network computes, not what it computes.
@@ -98,7 +99,8 @@ pub struct Embeddings {
     /// Class and distillation tokens, `(1, n, hidden)`, when there are any.
     class_tokens: Option<Tensor>,
     register_tokens: Option<Tensor>,
-    position_embeddings: Tensor,
+    /// Learned absolute positions, for the families that have them.
+    position_embeddings: Option<Tensor>,
     patch_embeddings: PatchEmbeddings,
     /// Leading rows of `position_embeddings` for class tokens, then for registers.
     class_positions: usize,
@@ -137,7 +139,10 @@ impl Embeddings {
         Ok(Self {
             class_tokens,
             register_tokens,
-            position_embeddings: vb.get((1, cfg.num_positions(), h), "position_embeddings")?,
+            position_embeddings: match variant.absolute_positions {
+                true => Some(vb.get((1, cfg.num_positions(), h), "position_embeddings")?),
+                false => None,
+            },
             patch_embeddings: PatchEmbeddings::new(vb.pp("patch_embeddings"), cfg, options)?,
             class_positions,
             register_positions,
@@ -152,41 +157,49 @@ impl Embeddings {
 
     /// The patch positions for a `rows` x `cols` grid: the stored ones at the config's grid,
     /// else resized as the checkpoint's library resizes them.
-    fn patch_positions(&self, rows: usize, cols: usize) -> Result<Tensor> {
+    fn patch_positions(&self, positions: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
         let prefix = self.class_positions + self.register_positions;
-        let stored = self
-            .position_embeddings
-            .narrow(1, prefix, self.grid_size * self.grid_size)?;
+        let stored = positions.narrow(1, prefix, self.grid_size * self.grid_size)?;
         if (rows, cols) == (self.grid_size, self.grid_size) {
             return Ok(stored);
         }
         interpolate_patch_positions(&stored, self.grid_size, (rows, cols), self.resampling)
     }
 
+    /// The prefix tokens' rows `first..first + count` of the stored positions, when they
+    /// have them.
+    fn prefix_positions(&self, first: usize, count: usize) -> Result<Option<Tensor>> {
+        match (&self.position_embeddings, count) {
+            (Some(positions), 1..) => Ok(Some(positions.narrow(1, first, count)?)),
+            _ => Ok(None),
+        }
+    }
+
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let (b, _, height, width) = pixel_values.dims4()?;
         let (rows, cols) = (height / self.patch_size, width / self.patch_size);
-        let patches = self
-            .patch_embeddings
-            .forward(pixel_values)?
-            .broadcast_add(&self.patch_positions(rows, cols)?)?;
+        let patches = self.patch_embeddings.forward(pixel_values)?;
+        let patches = match &self.position_embeddings {
+            Some(positions) => {
+                patches.broadcast_add(&self.patch_positions(positions, rows, cols)?)?
+            }
+            None => patches,
+        };
         let hidden = patches.dim(2)?;
         let mut parts = Vec::with_capacity(3);
-        if let Some(tokens) = &self.class_tokens {
-            let tokens = match self.class_positions {
-                0 => tokens.clone(),
-                n => tokens.broadcast_add(&self.position_embeddings.narrow(1, 0, n)?)?,
-            };
-            parts.push(tokens.broadcast_as((b, tokens.dim(1)?, hidden))?);
-        }
-        if let Some(tokens) = &self.register_tokens {
-            let tokens = match self.register_positions {
-                0 => tokens.clone(),
-                n => tokens.broadcast_add(&self.position_embeddings.narrow(
-                    1,
-                    self.class_positions,
-                    n,
-                )?)?,
+        let prefix = [
+            (&self.class_tokens, 0, self.class_positions),
+            (
+                &self.register_tokens,
+                self.class_positions,
+                self.register_positions,
+            ),
+        ];
+        for (tokens, first, positioned) in prefix {
+            let Some(tokens) = tokens else { continue };
+            let tokens = match self.prefix_positions(first, positioned)? {
+                Some(positions) => tokens.broadcast_add(&positions)?,
+                None => tokens.clone(),
             };
             parts.push(tokens.broadcast_as((b, tokens.dim(1)?, hidden))?);
         }
@@ -203,19 +216,49 @@ impl Embeddings {
 fn load_scaled_linear(
     vb: VarBuilder,
     (in_dim, out_dim): (usize, usize),
+    has_bias: bool,
     scale: Option<&Tensor>,
     options: ModelOptions,
 ) -> Result<Linear> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
-    let bias = vb.get(out_dim, "bias")?;
+    let bias = match has_bias {
+        true => Some(vb.get(out_dim, "bias")?),
+        false => None,
+    };
     let (weight, bias) = match scale {
         None => (weight, bias),
         Some(scale) => (
             weight.broadcast_mul(&scale.reshape((out_dim, 1))?)?,
-            (bias * scale)?,
+            bias.map(|bias| bias * scale).transpose()?,
         ),
     };
-    encoder_linear(vec![weight], Some(bias), options)
+    encoder_linear(vec![weight], bias, options)
+}
+
+/// Dense layers stacked along their outputs into one product (query, key and value; a gated
+/// MLP's gate and up projections), with the biases of those that have one and zeros for the
+/// others, or no bias when none has one.
+fn load_stacked_linear(
+    vb: &VarBuilder,
+    parts: &[(&str, bool)],
+    (in_dim, out_dim): (usize, usize),
+    options: ModelOptions,
+) -> Result<Linear> {
+    let mut weights = Vec::with_capacity(parts.len());
+    let mut biases = Vec::with_capacity(parts.len());
+    for &(name, has_bias) in parts {
+        let vb = vb.pp(name);
+        weights.push(vb.get((out_dim, in_dim), "weight")?);
+        biases.push(match has_bias {
+            true => vb.get(out_dim, "bias")?,
+            false => Tensor::zeros(out_dim, vb.dtype(), vb.device())?,
+        });
+    }
+    let bias = match parts.iter().any(|&(_, has_bias)| has_bias) {
+        true => Some(Tensor::cat(&biases, 0)?),
+        false => None,
+    };
+    encoder_linear(weights, bias, options)
 }
 
 /// An encoder's dense layer: int8 when `options` say so.
@@ -250,25 +293,16 @@ impl SelfAttention {
         scale: Option<&Tensor>,
         options: ModelOptions,
     ) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let inner = vb.pp("attention");
-        let mut weights = Vec::with_capacity(3);
-        let mut biases = Vec::with_capacity(3);
-        for name in ["query", "key", "value"] {
-            let vb = inner.pp(name);
-            weights.push(vb.get((h, h), "weight")?);
-            if cfg.qkv_bias {
-                biases.push(vb.get(h, "bias")?);
-            }
-        }
-        let qkv_bias = if cfg.qkv_bias {
-            Some(Tensor::cat(&biases, 0)?)
-        } else {
-            None
-        };
+        let (h, biases) = (cfg.hidden_size, cfg.biases);
+        let projections = [
+            ("query", biases.query),
+            ("key", biases.key),
+            ("value", biases.value),
+        ];
+        let output = vb.pp("output").pp("dense");
         Ok(Self {
-            qkv: encoder_linear(weights, qkv_bias, options)?,
-            output: load_scaled_linear(vb.pp("output").pp("dense"), (h, h), scale, options)?,
+            qkv: load_stacked_linear(&vb.pp("attention"), &projections, (h, h), options)?,
+            output: load_scaled_linear(output, (h, h), biases.output, scale, options)?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
             kernel: options.attention,
@@ -278,18 +312,24 @@ impl SelfAttention {
     }
 
     /// Attention over `xs`, plus `residual` (added by the output projection as it stores);
-    /// `mask` (`(seq, seq)`, added to the scores) for a text tower's causal attention.
+    /// `mask` (`(seq, seq)`, added to the scores) for a text tower's causal attention;
+    /// `rotary`, the angles of the patch grid, turn the patches' queries and keys.
     pub fn forward(
         &self,
         xs: &Tensor,
         residual: Option<&Tensor>,
         mask: Option<&Tensor>,
+        rotary: Option<&RotaryTables>,
     ) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let qkv = self
             .qkv
             .forward(xs)?
             .reshape((b, s, 3, self.num_heads, self.head_dim))?;
+        let qkv = match rotary {
+            Some(tables) => tables.rotate(qkv)?,
+            None => qkv,
+        };
         let context = match mask {
             None => self.kernel.attend(&qkv, self.differentiable, self.isa)?,
             Some(mask) => {
@@ -326,24 +366,41 @@ impl Mlp {
         scale: Option<&Tensor>,
         options: ModelOptions,
     ) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.biases.mlp);
         let (input, output) = match cfg.mlp {
             MlpKind::Standard => (
-                vb.pp("intermediate").pp("dense"),
+                load_scaled_linear(
+                    vb.pp("intermediate").pp("dense"),
+                    (h, i),
+                    bias,
+                    None,
+                    options,
+                )?,
                 vb.pp("output").pp("dense"),
             ),
             MlpKind::SwiGlu => (
-                vb.pp("mlp").pp("weights_in"),
+                load_scaled_linear(
+                    vb.pp("mlp").pp("weights_in"),
+                    (h, 2 * i),
+                    bias,
+                    None,
+                    options,
+                )?,
                 vb.pp("mlp").pp("weights_out"),
             ),
-        };
-        let input_width = match cfg.mlp {
-            MlpKind::Standard => i,
-            MlpKind::SwiGlu => 2 * i,
+            MlpKind::Gated => (
+                load_stacked_linear(
+                    &vb.pp("intermediate"),
+                    &[("gate", bias), ("dense", bias)],
+                    (h, i),
+                    options,
+                )?,
+                vb.pp("output").pp("dense"),
+            ),
         };
         Ok(Self {
-            input: load_scaled_linear(input, (h, input_width), None, options)?,
-            output: load_scaled_linear(output, (i, h), scale, options)?,
+            input,
+            output: load_scaled_linear(output, (i, h), bias, scale, options)?,
             kind: cfg.mlp,
             activation: cfg.hidden_act,
             differentiable: options.differentiable,
@@ -358,10 +415,14 @@ impl Mlp {
                 self.input
                     .forward_fused(xs, Some(self.activation), None, self.differentiable)?
             }
-            MlpKind::SwiGlu => {
+            MlpKind::SwiGlu | MlpKind::Gated => {
                 let both = self.input.forward(xs)?;
                 let width = both.dim(D::Minus1)? / 2;
-                let gate = both.narrow(D::Minus1, 0, width)?.silu()?;
+                let gate = both.narrow(D::Minus1, 0, width)?;
+                let gate = match self.kind {
+                    MlpKind::Gated => activate(&gate, self.activation, self.differentiable)?,
+                    _ => gate.silu()?,
+                };
                 (gate * both.narrow(D::Minus1, width, width)?)?
             }
         };
@@ -416,15 +477,20 @@ impl Layer {
         })
     }
 
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_masked(xs, None)
+    /// The block over `xs`, with the patch grid's rotary angles for families that have them.
+    pub fn forward(&self, xs: &Tensor, rotary: Option<&RotaryTables>) -> Result<Tensor> {
+        self.forward_masked(xs, None, rotary)
     }
 
     /// The block with `mask` added to the attention scores (see [`SelfAttention::forward`]).
-    pub fn forward_masked(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let xs = self
-            .attention
-            .forward(&self.layernorm_before.forward(xs)?, Some(xs), mask)?;
+    pub fn forward_masked(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        rotary: Option<&RotaryTables>,
+    ) -> Result<Tensor> {
+        let normed = self.layernorm_before.forward(xs)?;
+        let xs = self.attention.forward(&normed, Some(xs), mask, rotary)?;
         self.mlp
             .forward(&self.layernorm_after.forward(&xs)?, Some(&xs))
     }
@@ -434,6 +500,10 @@ impl Layer {
 #[derive(Debug, Clone)]
 pub struct Encoder {
     embeddings: Embeddings,
+    /// Rotary position embeddings, turning queries and keys in every layer.
+    rotary: Option<RotaryEmbedding>,
+    patch_size: usize,
+    head_dim: usize,
     pre_layernorm: Option<LayerNorm>,
     layers: Vec<Layer>,
     layernorm: Option<LayerNorm>,
@@ -459,6 +529,9 @@ impl Encoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings,
+            rotary: cfg.variant.rotary,
+            patch_size: cfg.patch_size,
+            head_dim: cfg.head_dim(),
             pre_layernorm,
             layers,
             layernorm: norm("layernorm", cfg.variant.final_norm)?,
@@ -469,11 +542,17 @@ impl Encoder {
     /// after the final norm.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let mut xs = self.embeddings.forward(pixel_values)?;
+        let (_, _, height, width) = pixel_values.dims4()?;
+        let grid = (height / self.patch_size, width / self.patch_size);
+        let rotary = self
+            .rotary
+            .map(|rotary| rotary.tables(grid, self.head_dim, pixel_values.device()))
+            .transpose()?;
         if let Some(norm) = &self.pre_layernorm {
             xs = norm.forward(&xs)?;
         }
         for layer in &self.layers {
-            xs = layer.forward(&xs)?;
+            xs = layer.forward(&xs, rotary.as_ref())?;
         }
         match &self.layernorm {
             Some(norm) => norm.forward(&xs),

@@ -10,6 +10,7 @@ pub mod formats;
 pub mod layers;
 pub mod layouts;
 pub mod posembed;
+pub mod rope;
 pub mod save;
 pub mod text;
 

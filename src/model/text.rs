@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::{Activation, BlockConfig, MlpKind};
+use super::config::{Activation, Biases, BlockConfig, MlpKind};
 use super::encoder::{Layer, ModelOptions};
 use super::layers::{LayerNorm, Linear};
 use super::weights::layer_tensors;
@@ -86,7 +86,7 @@ impl TextConfig {
             intermediate_size: self.intermediate_size,
             hidden_act: self.hidden_act,
             layer_norm_eps: self.layer_norm_eps,
-            qkv_bias: true,
+            biases: Biases::with_qkv(true),
             layer_scale: false,
             mlp: MlpKind::Standard,
         }
@@ -224,7 +224,7 @@ impl TextTransformer {
         };
         let mut xs = xs;
         for layer in &self.layers {
-            xs = layer.forward_masked(&xs, mask.as_ref())?;
+            xs = layer.forward_masked(&xs, mask.as_ref(), None)?;
         }
         let xs = self.final_layer_norm.forward(&xs)?;
         let position = match self.pooling {

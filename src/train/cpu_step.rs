@@ -31,10 +31,12 @@ const ROWS_PER_TASK: usize = 32;
 /// Values handled by one parallel task in the elementwise kernels.
 const VALUES_PER_TASK: usize = 16 * 1024;
 
-/// Whether [`forward_backward`] can take this step: a plain ViT (other members of the family
-/// train through candle's autograd), every parameter trained, on the CPU, in f32.
+/// Whether [`forward_backward`] can take this step: a plain ViT with HF ViT's biases (other
+/// members of the family train through candle's autograd), every parameter trained, on the
+/// CPU, in f32.
 pub fn applies(weights: &Weights) -> bool {
     weights.config.variant.is_plain()
+        && weights.config.biases.qkv().is_some()
         && weights.device.is_cpu()
         && weights.compute_dtype == DType::F32
         && weights.frozen.is_empty()
@@ -186,7 +188,7 @@ impl Params {
                 part("value", "weight")?,
             ]
             .concat();
-            let bias = match weights.config.qkv_bias {
+            let bias = match weights.config.biases.any_qkv() {
                 true => Some(
                     [
                         part("query", "bias")?,
@@ -915,7 +917,7 @@ mod tests {
     fn random_weights(act: Activation, qkv_bias: bool) -> Weights {
         let mut config = tiny_config(3);
         config.hidden_act = act;
-        config.qkv_bias = qkv_bias;
+        config.biases = crate::model::config::Biases::with_qkv(qkv_bias);
         let state = init_weights(&config, 7).unwrap();
         let state = state
             .into_iter()

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::pickle::{read_pytorch, RawTensor, StorageDType};
 use crate::model::attention_pool::attention_pool_tensors;
 use crate::model::config::{
-    generic_labels, Activation, BlockConfig, Head, MlpKind, Pooling, Variant, ViTConfig,
+    generic_labels, Activation, Biases, BlockConfig, Head, MlpKind, Pooling, Variant, ViTConfig,
 };
 use crate::model::layouts::Layout;
 use crate::tokenizer::TokenizerFiles;
@@ -37,10 +37,12 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
             vec![1, variant.register_tokens, h],
         );
     }
-    add(
-        "vit.embeddings.position_embeddings".into(),
-        vec![1, cfg.num_positions(), h],
-    );
+    if variant.absolute_positions {
+        add(
+            "vit.embeddings.position_embeddings".into(),
+            vec![1, cfg.num_positions(), h],
+        );
+    }
     add(
         "vit.embeddings.patch_embeddings.projection.weight".into(),
         vec![h, c, p, p],
@@ -107,26 +109,30 @@ pub fn layer_tensors(prefix: &str, block: &BlockConfig) -> Vec<(String, Vec<usiz
     let (h, i) = (block.hidden_size, block.intermediate_size);
     let mut tensors = Vec::new();
     let mut add = |name: &str, shape: Vec<usize>| tensors.push((format!("{prefix}.{name}"), shape));
-    for qkv in ["query", "key", "value"] {
-        add(&format!("attention.attention.{qkv}.weight"), vec![h, h]);
-        if block.qkv_bias {
-            add(&format!("attention.attention.{qkv}.bias"), vec![h]);
+    let mut dense = |name: &str, (in_dim, out_dim): (usize, usize), bias: bool| {
+        add(&format!("{name}.weight"), vec![out_dim, in_dim]);
+        if bias {
+            add(&format!("{name}.bias"), vec![out_dim]);
         }
-    }
-    add("attention.output.dense.weight", vec![h, h]);
-    add("attention.output.dense.bias", vec![h]);
+    };
+    let biases = block.biases;
+    dense("attention.attention.query", (h, h), biases.query);
+    dense("attention.attention.key", (h, h), biases.key);
+    dense("attention.attention.value", (h, h), biases.value);
+    dense("attention.output.dense", (h, h), biases.output);
     match block.mlp {
         MlpKind::Standard => {
-            add("intermediate.dense.weight", vec![i, h]);
-            add("intermediate.dense.bias", vec![i]);
-            add("output.dense.weight", vec![h, i]);
-            add("output.dense.bias", vec![h]);
+            dense("intermediate.dense", (h, i), biases.mlp);
+            dense("output.dense", (i, h), biases.mlp);
         }
         MlpKind::SwiGlu => {
-            add("mlp.weights_in.weight", vec![2 * i, h]);
-            add("mlp.weights_in.bias", vec![2 * i]);
-            add("mlp.weights_out.weight", vec![h, i]);
-            add("mlp.weights_out.bias", vec![h]);
+            dense("mlp.weights_in", (h, 2 * i), biases.mlp);
+            dense("mlp.weights_out", (i, h), biases.mlp);
+        }
+        MlpKind::Gated => {
+            dense("intermediate.gate", (h, i), biases.mlp);
+            dense("intermediate.dense", (h, i), biases.mlp);
+            dense("output.dense", (i, h), biases.mlp);
         }
     }
     for norm in ["layernorm_before", "layernorm_after"] {
@@ -505,9 +511,11 @@ pub fn infer_config(
         image_size: grid * patch_size,
         patch_size,
         num_channels,
-        qkv_bias: weights
-            .shape("vit.encoder.layer.0.attention.attention.query.bias")
-            .is_some(),
+        biases: Biases::with_qkv(
+            weights
+                .shape("vit.encoder.layer.0.attention.attention.query.bias")
+                .is_some(),
+        ),
         id2label: default_labels(num_labels),
         variant: Variant::default(),
     };
@@ -653,7 +661,7 @@ mod tests {
         assert_eq!(inferred.image_size, 8);
         assert_eq!(inferred.patch_size, 4);
         assert_eq!(inferred.num_labels(), 3);
-        assert!(inferred.qkv_bias);
+        assert_eq!(inferred.biases, Biases::with_qkv(true));
         assert_eq!(infer_config(&weights, None).unwrap().num_attention_heads, 1);
     }
 

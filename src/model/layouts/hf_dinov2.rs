@@ -91,8 +91,9 @@ pub fn hf_config(
     };
     let base_ratio = base.and_then(|b| b.get("mlp_ratio")).cloned();
     let mlp_ratio = match (variant.mlp, base_ratio) {
-        (MlpKind::SwiGlu, Some(ratio)) => ratio,
-        (MlpKind::SwiGlu, None) => Value::from(4),
+        // A gated MLP has no DINOv2 layout (`Layout::of_variant` refuses it).
+        (MlpKind::SwiGlu | MlpKind::Gated, Some(ratio)) => ratio,
+        (MlpKind::SwiGlu | MlpKind::Gated, None) => Value::from(4),
         // transformers types `mlp_ratio` as an int.
         (MlpKind::Standard, _) if config.intermediate_size.is_multiple_of(config.hidden_size) => {
             Value::from(config.intermediate_size / config.hidden_size)

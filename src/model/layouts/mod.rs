@@ -7,6 +7,7 @@
 pub mod hf_clip;
 pub mod hf_deit;
 pub mod hf_dinov2;
+pub mod hf_dinov3;
 pub mod hf_siglip;
 pub mod hf_vit;
 pub mod timm;
@@ -28,6 +29,8 @@ pub enum Layout {
     HfDeit,
     /// HF `dinov2` and `dinov2_with_registers`: `Dinov2Model`, `Dinov2ForImageClassification`.
     HfDinov2,
+    /// HF `dinov3_vit`: `DINOv3ViTModel`, `DINOv3ViTBackbone`.
+    HfDinov3,
     /// timm's `VisionTransformer` and `VisionTransformerDistilled`, as timm's hub repos hold
     /// them.
     Timm,
@@ -51,11 +54,17 @@ impl Layout {
             None | Some("vit") => Self::HfVit,
             Some("deit") => Self::HfDeit,
             Some("dinov2" | "dinov2_with_registers") => Self::HfDinov2,
+            Some("dinov3_vit") => Self::HfDinov3,
+            Some("dinov3_convnext") => bail!(
+                "model_type \"dinov3_convnext\" is a ConvNeXt, not a vision transformer: vit \
+                 runs the DINOv3 ViTs (dinov3_vit)"
+            ),
             Some("clip" | "clip_vision_model") => Self::HfClip,
             Some("siglip" | "siglip_vision_model") => Self::HfSiglip,
             Some(other) => bail!(
                 "model_type {other:?} is not supported (supported: vit, deit, dinov2, \
-                 dinov2_with_registers, clip, clip_vision_model, siglip, siglip_vision_model)"
+                 dinov2_with_registers, dinov3_vit, clip, clip_vision_model, siglip, \
+                 siglip_vision_model)"
             ),
         })
     }
@@ -80,6 +89,7 @@ impl Layout {
             Self::HfVit => hf_vit::config(json),
             Self::HfDeit => hf_deit::config(json),
             Self::HfDinov2 => hf_dinov2::config(json),
+            Self::HfDinov3 => hf_dinov3::config(json),
             Self::Timm => timm::config(json, shapes, num_heads),
             Self::HfClip => hf_clip::config(json),
             Self::HfSiglip => hf_siglip::config(json),
@@ -110,6 +120,7 @@ impl Layout {
     pub fn unused_by_design(self, canonical: &str, config: &ViTConfig) -> bool {
         match self {
             Self::HfSiglip => hf_siglip::unused_by_design(canonical, config),
+            Self::HfDinov3 => hf_dinov3::unused_by_design(canonical, config),
             _ => false,
         }
     }
@@ -131,6 +142,7 @@ impl Layout {
             Self::HfVit => hf_vit::canonical_name(stored),
             Self::HfDeit => hf_deit::canonical_name(stored),
             Self::HfDinov2 => hf_dinov2::canonical_name(stored),
+            Self::HfDinov3 => hf_dinov3::canonical_name(stored),
             Self::Timm => timm::canonical_name(stored),
             Self::HfClip => hf_clip::canonical_name(stored),
             Self::HfSiglip => hf_siglip::canonical_name(stored),
@@ -141,7 +153,9 @@ impl Layout {
     /// The HF layout that holds `variant`: DeiT for a distillation token, DINOv2 for layer
     /// scale, else ViT; an error for variants no HF layout of the family has.
     pub fn of_variant(variant: &Variant) -> Result<Self> {
-        let layout = if variant.distillation_token {
+        let layout = if variant.rotary.is_some() {
+            Self::HfDinov3
+        } else if variant.distillation_token {
             Self::HfDeit
         } else if variant.layer_scale || variant.register_tokens > 0 {
             Self::HfDinov2
@@ -180,9 +194,24 @@ impl Layout {
                 head: variant.head,
                 pooling: variant.pooling,
                 register_tokens: variant.register_tokens,
-                mlp: variant.mlp,
+                mlp: match variant.mlp {
+                    MlpKind::Gated => MlpKind::SwiGlu,
+                    other => other,
+                },
                 pos_interpolation: variant.pos_interpolation,
                 layer_scale: true,
+                ..plain
+            },
+            Self::HfDinov3 => Variant {
+                absolute_positions: false,
+                rotary: variant.rotary,
+                register_tokens: variant.register_tokens,
+                mlp: match variant.mlp {
+                    MlpKind::SwiGlu => MlpKind::Standard,
+                    other => other,
+                },
+                layer_scale: true,
+                head: Head::None,
                 ..plain
             },
         }
@@ -203,6 +232,7 @@ impl Layout {
             Self::HfVit | Self::Timm | Self::HfClip | Self::HfSiglip => hf_vit::hf_config(config),
             Self::HfDeit => hf_deit::hf_config(config),
             Self::HfDinov2 => hf_dinov2::hf_config(config, base),
+            Self::HfDinov3 => hf_dinov3::hf_config(config),
         };
         map.insert("architectures".into(), serde_json::json!([architecture]));
         map.insert("model_type".into(), Value::from(model_type));
@@ -220,6 +250,7 @@ impl Layout {
             }
             Self::HfDeit => hf_deit::stored_name(canonical, config),
             Self::HfDinov2 => hf_dinov2::stored_name(canonical, config),
+            Self::HfDinov3 => hf_dinov3::stored_name(canonical),
         }
     }
 
@@ -229,6 +260,7 @@ impl Layout {
             Self::HfVit => "HF vit",
             Self::HfDeit => "HF deit",
             Self::HfDinov2 => "HF dinov2",
+            Self::HfDinov3 => "HF dinov3_vit",
             Self::Timm => "timm",
             Self::HfClip => "HF clip",
             Self::HfSiglip => "HF siglip",
@@ -239,6 +271,15 @@ impl Layout {
 /// Which options of `variant` differ from `expected`, for messages.
 fn describe_difference(variant: &Variant, expected: &Variant) -> String {
     let mut differences = Vec::new();
+    if variant.rotary.is_some() {
+        differences.push("rotary position embeddings".to_string());
+    }
+    if variant.absolute_positions != expected.absolute_positions {
+        differences.push("no absolute position embeddings".to_string());
+    }
+    if variant.mlp == MlpKind::Gated {
+        differences.push("a gated MLP".to_string());
+    }
     if variant.class_token != expected.class_token {
         differences.push("no class token".to_string());
     }

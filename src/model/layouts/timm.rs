@@ -10,7 +10,9 @@
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::model::config::{Activation, Head, Pooling, PosInterpolation, Variant, ViTConfig};
+use crate::model::config::{
+    Activation, Biases, Head, Pooling, PosInterpolation, Variant, ViTConfig,
+};
 use crate::model::weights::{count_layers, default_labels, TensorShapes};
 use crate::preprocess::{ImageBackend, PreprocessConfig, Resample, ResizeTarget};
 
@@ -193,6 +195,8 @@ pub fn config(
         None => default_labels(labels),
     };
     let variant = Variant {
+        absolute_positions: true,
+        rotary: None,
         class_token,
         distillation_token,
         register_tokens,
@@ -223,9 +227,11 @@ pub fn config(
         image_size: grid * patch,
         patch_size: patch,
         num_channels: channels,
-        qkv_bias: shapes
-            .shape("vit.encoder.layer.0.attention.attention.query.bias")
-            .is_some(),
+        biases: Biases::with_qkv(
+            shapes
+                .shape("vit.encoder.layer.0.attention.attention.query.bias")
+                .is_some(),
+        ),
         id2label,
         variant,
     };

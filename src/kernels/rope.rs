@@ -1,0 +1,131 @@
+//! Rotary position embeddings applied in place to the queries and keys of a fused q/k/v
+//! projection, in the rotate-half layout (HF's `rotate_half`): the pair of a head's values
+//! `(x[i], x[i + d/2])` turns by the `i`-th angle of its token.
+
+use super::pool;
+
+/// Tokens rotated by one parallel task.
+const TOKENS_PER_TASK: usize = 16;
+
+/// The shape of a fused q/k/v buffer, `(batch, tokens, 3, heads, head_dim)` row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QkvShape {
+    pub batch: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// Rotates the queries and keys of the last `patches` tokens of each sequence of `qkv`
+/// (the tokens before them, class and register tokens, keep theirs), values untouched.
+/// `cos` and `sin` hold `head_dim / 2` values per patch: the angles of the pairs.
+///
+/// Panics if the buffers do not have the sizes `shape` gives.
+pub fn rotate_half_queries_and_keys(qkv: &mut [f32], shape: QkvShape, cos: &[f32], sin: &[f32]) {
+    let QkvShape {
+        batch,
+        tokens,
+        heads,
+        head_dim,
+    } = shape;
+    let half = head_dim / 2;
+    let row = 3 * heads * head_dim;
+    assert!(
+        head_dim.is_multiple_of(2),
+        "rotary head_dim {head_dim} is odd"
+    );
+    assert_eq!(qkv.len(), batch * tokens * row, "q/k/v buffer size");
+    assert_eq!(cos.len(), sin.len(), "rotary tables");
+    let patches = cos.len() / half.max(1);
+    assert!(
+        patches <= tokens,
+        "{patches} rotated patches of {tokens} tokens"
+    );
+    let prefix = tokens - patches;
+    pool::for_each_chunk_mut(qkv, TOKENS_PER_TASK * row, |chunk_index, chunk| {
+        let first = chunk_index * TOKENS_PER_TASK;
+        for (offset, token_row) in chunk.chunks_exact_mut(row).enumerate() {
+            let token = (first + offset) % tokens;
+            let Some(patch) = token.checked_sub(prefix) else {
+                continue;
+            };
+            let angles = patch * half..(patch + 1) * half;
+            let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
+            // Queries, then keys: the first two thirds of the row.
+            for head in token_row[..2 * heads * head_dim].chunks_exact_mut(head_dim) {
+                rotate_half(head, cos, sin);
+            }
+        }
+    });
+}
+
+/// `x * cos + rotate_half(x) * sin` for one head, in place.
+#[inline]
+fn rotate_half(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let (low, high) = head.split_at_mut(cos.len());
+    for (((x, y), c), s) in low.iter_mut().zip(high).zip(cos).zip(sin) {
+        let (a, b) = (*x, *y);
+        *x = a * c - b * s;
+        *y = b * c + a * s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HF's formula on one head: `q * cos + rotate_half(q) * sin` with the angle tables
+    /// repeated over both halves.
+    fn reference(head: &[f32], cos: &[f32], sin: &[f32]) -> Vec<f32> {
+        let half = head.len() / 2;
+        (0..head.len())
+            .map(|i| {
+                let rotated = match i < half {
+                    true => -head[i + half],
+                    false => head[i - half],
+                };
+                head[i] * cos[i % half] + rotated * sin[i % half]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn patches_turn_as_hf_rotates_them_and_prefix_tokens_and_values_stay() {
+        let shape = QkvShape {
+            batch: 2,
+            tokens: 37,
+            heads: 3,
+            head_dim: 8,
+        };
+        let (row, half, prefix) = (3 * 3 * 8, 4, 2);
+        let patches = shape.tokens - prefix;
+        let original: Vec<f32> = (0..shape.batch * shape.tokens * row)
+            .map(|i| ((i * 7919) % 101) as f32 / 10.0 - 5.0)
+            .collect();
+        let angles: Vec<f32> = (0..patches * half).map(|i| i as f32 * 0.37).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let mut qkv = original.clone();
+        rotate_half_queries_and_keys(&mut qkv, shape, &cos, &sin);
+        for b in 0..shape.batch {
+            for t in 0..shape.tokens {
+                let start = (b * shape.tokens + t) * row;
+                let (got, was) = (&qkv[start..start + row], &original[start..start + row]);
+                if t < prefix {
+                    assert_eq!(got, was, "prefix token {t} moved");
+                    continue;
+                }
+                let p = t - prefix;
+                let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+                for head in 0..2 * shape.heads {
+                    let at = head * shape.head_dim..(head + 1) * shape.head_dim;
+                    let expected = reference(&was[at.clone()], c, s);
+                    for (g, e) in got[at].iter().zip(&expected) {
+                        assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{g} vs {e}");
+                    }
+                }
+                assert_eq!(got[2 * 24..], was[2 * 24..], "values of token {t} moved");
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! 2D rotary position embeddings: the position-encoding component that turns each patch
+//! token's queries and keys by angles of its place on the patch grid (DINOv3), instead of
+//! (or beside) learned absolute embeddings added to the tokens.
+
+use candle_core::{Device, Result, Tensor, D};
+
+use super::cpu_kernels;
+
+/// Where a family puts the patches on each axis of the grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RotaryCoordinates {
+    /// Patch centres normalised to `[-1, 1]` per axis, `(i + 0.5) / n * 2 - 1`, so that
+    /// every resolution spans the same range; angle `2 pi * coordinate * theta^(-4j/d)` for
+    /// `j < d/4` on each axis, rows' angles then columns' (HF DINOv3).
+    NormalizedCentres,
+}
+
+/// 2D rotary embeddings as a config describes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RotaryEmbedding {
+    /// The base period (`rope_theta`).
+    pub theta: f64,
+    pub coordinates: RotaryCoordinates,
+}
+
+impl RotaryEmbedding {
+    /// Checks that heads of `head_dim` can be rotated: four values per frequency (two axes,
+    /// two halves).
+    pub fn check(&self, head_dim: usize) -> anyhow::Result<()> {
+        if !head_dim.is_multiple_of(4) {
+            anyhow::bail!("rotary embeddings need a head size divisible by 4, not {head_dim}");
+        }
+        if !(self.theta.is_finite() && self.theta > 0.0) {
+            anyhow::bail!("rope_theta {} is not a positive number", self.theta);
+        }
+        Ok(())
+    }
+
+    /// The cosines and sines of the angles of a `rows` x `cols` grid's patches, row-major,
+    /// `head_dim / 2` per patch (the rotate-half layout repeats them over both halves).
+    pub fn angles(&self, (rows, cols): (usize, usize), head_dim: usize) -> (Vec<f32>, Vec<f32>) {
+        let quarter = head_dim / 4;
+        // As HF computes them in f32: 1 / theta^(4j/d), then 2 pi * coordinate * frequency.
+        let frequencies: Vec<f32> = (0..quarter)
+            .map(|j| 1.0 / (self.theta as f32).powf(4.0 * j as f32 / head_dim as f32))
+            .collect();
+        let centre = |i: usize, n: usize| 2.0 * ((i as f32 + 0.5) / n as f32) - 1.0;
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for row in 0..rows {
+            for col in 0..cols {
+                let RotaryCoordinates::NormalizedCentres = self.coordinates;
+                for coordinate in [centre(row, rows), centre(col, cols)] {
+                    let turn = 2.0 * std::f32::consts::PI * coordinate;
+                    for frequency in &frequencies {
+                        let angle = turn * frequency;
+                        cos.push(angle.cos());
+                        sin.push(angle.sin());
+                    }
+                }
+            }
+        }
+        (cos, sin)
+    }
+
+    /// The tables of a grid on `device`, `(patches, head_dim / 2)` each.
+    pub fn tables(
+        &self,
+        grid: (usize, usize),
+        head_dim: usize,
+        device: &Device,
+    ) -> Result<RotaryTables> {
+        let (cos, sin) = self.angles(grid, head_dim);
+        let shape = (grid.0 * grid.1, head_dim / 2);
+        Ok(RotaryTables {
+            cos: Tensor::from_vec(cos, shape, device)?,
+            sin: Tensor::from_vec(sin, shape, device)?,
+        })
+    }
+}
+
+/// The angles of one input's patch grid, computed once per forward pass and used by every
+/// layer.
+#[derive(Debug, Clone)]
+pub struct RotaryTables {
+    /// `(patches, head_dim / 2)`, f32.
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl RotaryTables {
+    /// Rotates the queries and keys of the patch tokens (the last `patches` of each sequence)
+    /// of `qkv`, `(batch, tokens, 3, heads, head_dim)`; prefix tokens and values keep theirs.
+    /// In place by the CPU kernel for inference, with candle's ops otherwise (gradients, GPUs,
+    /// other dtypes): `qkv` is taken because the kernel reuses its storage.
+    pub fn rotate(&self, qkv: Tensor) -> Result<Tensor> {
+        if let Some(rotated) =
+            cpu_kernels::rotate_queries_and_keys(qkv.clone(), &self.cos, &self.sin)?
+        {
+            return Ok(rotated);
+        }
+        let (_, tokens, _, _, head_dim) = qkv.dims5()?;
+        let patches = self.cos.dim(0)?;
+        let prefix = tokens - patches;
+        let dtype = qkv.dtype();
+        // (patches, head_dim), both halves, broadcast over heads: (patches, 1, head_dim).
+        let full = |table: &Tensor| -> Result<Tensor> {
+            Tensor::cat(&[table, table], D::Minus1)?
+                .to_dtype(dtype)?
+                .unsqueeze(1)
+        };
+        let (cos, sin) = (full(&self.cos)?, full(&self.sin)?);
+        let half = head_dim / 2;
+        let turn = |part: Tensor| -> Result<Tensor> {
+            let patches_part = part.narrow(1, prefix, patches)?;
+            let low = patches_part.narrow(D::Minus1, 0, half)?;
+            let high = patches_part.narrow(D::Minus1, half, half)?;
+            let rotated_half = Tensor::cat(&[&high.neg()?, &low], D::Minus1)?;
+            let turned = (patches_part.broadcast_mul(&cos)? + rotated_half.broadcast_mul(&sin)?)?;
+            match prefix {
+                0 => Ok(turned),
+                _ => Tensor::cat(&[&part.narrow(1, 0, prefix)?, &turned], 1),
+            }
+        };
+        let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2);
+        let (q, k, v) = (turn(part(0)?)?, turn(part(1)?)?, part(2)?);
+        Tensor::stack(&[q, k, v], 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dinov3(theta: f64) -> RotaryEmbedding {
+        RotaryEmbedding {
+            theta,
+            coordinates: RotaryCoordinates::NormalizedCentres,
+        }
+    }
+
+    #[test]
+    fn angles_follow_hf_dinov3() {
+        // head_dim 8: frequencies 1 and 100^-0.5; a 1 x 2 grid has centres y 0, x -0.5, 0.5.
+        let (cos, _) = dinov3(100.0).angles((1, 2), 8);
+        let pi = std::f32::consts::PI;
+        let expected = [
+            0f32.cos(),
+            0f32.cos(),
+            (-pi).cos(),
+            (-pi * 0.1).cos(),
+            0f32.cos(),
+            0f32.cos(),
+            pi.cos(),
+            (pi * 0.1).cos(),
+        ];
+        for (got, want) in cos.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{cos:?}");
+        }
+    }
+
+    #[test]
+    fn the_kernel_and_candle_ops_rotate_alike() -> Result<()> {
+        let device = Device::Cpu;
+        let tables = dinov3(37.5).tables((3, 4), 8, &device)?;
+        let qkv = Tensor::randn(0f32, 1., (2, 14, 3, 2, 8), &device)?;
+        let kernel = tables.rotate(qkv.copy()?)?;
+        // A variable tracks gradients, which sends it through candle's ops.
+        let tracked = candle_core::Var::from_tensor(&qkv)?;
+        let ops = tables.rotate(tracked.as_tensor().clone())?;
+        let diff = (kernel - ops.detach())?.abs()?.flatten_all()?.max(0)?;
+        assert!(diff.to_scalar::<f32>()? < 1e-6);
+        Ok(())
+    }
+}
