@@ -174,6 +174,7 @@ impl LoadedModel {
             (None, Some(json), Layout::Timm) => {
                 layouts::timm::preprocess(json, &config).with_context(in_config)?
             }
+            (None, _, Layout::HfDinov3) => PreprocessConfig::dinov3(),
             _ => PreprocessConfig::default(),
         };
         let text_config = match &config_json {

@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use decode::{decode_rgb, load_rgb, set_max_image_pixels, MAX_STDIN_BYTES};
-pub use resize::{resize_rgb8, resize_rgb8_torch, Resample, TorchFilter, TorchResize};
+pub use resize::{
+    resize_planes_torch, resize_rgb8, resize_rgb8_torch, Resample, TorchFilter, TorchResize,
+};
 
 /// One preprocessed image: `(3, height, width)` values, channel-first.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +139,10 @@ pub struct PreprocessConfig {
     pub rescale_factor: Option<f64>,
     /// `(mean, std)` per channel; `None` when `do_normalize` is false.
     pub normalize: Option<([f32; 3], [f32; 3])>,
+    /// Rescale first and resize the float image, then crop and normalize it
+    /// (`DINOv3ViTImageProcessor`, on HF's torchvision backend only), instead of resizing
+    /// the 8-bit image.
+    pub rescale_before_resize: bool,
 }
 
 impl Default for PreprocessConfig {
@@ -153,12 +159,20 @@ impl Default for PreprocessConfig {
             backend: ImageBackend::HfTorchvision,
             rescale_factor: Some(1.0 / 255.0),
             normalize: Some(([0.5; 3], [0.5; 3])),
+            rescale_before_resize: false,
         }
     }
 }
 
+/// The image processor HF names in `image_processor_type` whose steps run in another order.
+const RESCALE_FIRST_PROCESSOR: &str = "DINOv3ViTImageProcessor";
+
+/// ImageNet's mean and std (`IMAGENET_DEFAULT_MEAN`, `IMAGENET_DEFAULT_STD`).
+const IMAGENET_MEAN_STD: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+
 #[derive(Deserialize)]
 struct RawPreprocessConfig {
+    image_processor_type: Option<String>,
     do_resize: Option<bool>,
     size: Option<Value>,
     resample: Option<u32>,
@@ -223,6 +237,16 @@ fn three(values: Vec<f32>, key: &str) -> Result<[f32; 3]> {
 }
 
 impl PreprocessConfig {
+    /// `DINOv3ViTImageProcessor`'s defaults: 224x224 bilinear after rescaling, ImageNet's
+    /// mean and std, no crop (what a DINOv3 folder without `preprocessor_config.json` gets).
+    pub fn dinov3() -> Self {
+        Self {
+            normalize: Some(IMAGENET_MEAN_STD),
+            rescale_before_resize: true,
+            ..Self::default()
+        }
+    }
+
     /// Reads a `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -234,7 +258,12 @@ impl PreprocessConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         let raw: RawPreprocessConfig =
             serde_json::from_str(text).context("invalid preprocessor config")?;
-        let defaults = Self::default();
+        let rescale_before_resize =
+            raw.image_processor_type.as_deref() == Some(RESCALE_FIRST_PROCESSOR);
+        let defaults = match rescale_before_resize {
+            true => Self::dinov3(),
+            false => Self::default(),
+        };
         let resize = match (raw.do_resize.unwrap_or(true), &raw.size) {
             (false, _) => None,
             (true, Some(size)) => Some(parse_size(size, "size")?),
@@ -257,9 +286,13 @@ impl PreprocessConfig {
             true => Some(raw.rescale_factor.unwrap_or(1.0 / 255.0)),
             false => None,
         };
+        if rescale_before_resize && TorchFilter::of(resample).is_none() {
+            bail!("{RESCALE_FIRST_PROCESSOR} with resample {resample:?} is not supported (bilinear, bicubic or Lanczos)");
+        }
         let normalize = match raw.do_normalize.unwrap_or(true) {
             true => {
-                let (default_mean, default_std) = defaults.normalize.expect("ViT normalizes");
+                let (default_mean, default_std) =
+                    defaults.normalize.expect("HF's defaults normalize");
                 let mean = raw.image_mean.map(|m| three(m, "image_mean")).transpose()?;
                 let std = raw.image_std.map(|s| three(s, "image_std")).transpose()?;
                 let (mean, std) = (mean.unwrap_or(default_mean), std.unwrap_or(default_std));
@@ -296,6 +329,7 @@ impl PreprocessConfig {
             backend: ImageBackend::HfTorchvision,
             rescale_factor,
             normalize,
+            rescale_before_resize,
         }
         .with_backend(ImageBackend::HfTorchvision))
     }
@@ -304,6 +338,12 @@ impl PreprocessConfig {
     /// to that backend ([`PreprocessConfig::with_backend`]); timm's transform runs on PIL
     /// images, so it takes `Pil` as itself and refuses `Torchvision`.
     pub fn on_backend(&self, request: Option<BackendRequest>) -> Result<Self> {
+        if self.rescale_before_resize && request == Some(BackendRequest::Pil) {
+            bail!(
+                "--image-backend pil: {RESCALE_FIRST_PROCESSOR} has only HF's torchvision \
+                 backend (--image-backend torchvision, the default)"
+            );
+        }
         Ok(match (request, self.backend) {
             (None, _) | (Some(BackendRequest::Pil), ImageBackend::Timm) => self.clone(),
             (Some(BackendRequest::Torchvision), ImageBackend::Timm) => bail!(
@@ -370,8 +410,12 @@ impl PreprocessConfig {
             None => json!({"height": 224, "width": 224}),
         };
         let (mean, std) = self.normalize.unwrap_or(([0.5; 3], [0.5; 3]));
+        let processor = match self.rescale_before_resize {
+            true => RESCALE_FIRST_PROCESSOR,
+            false => "ViTImageProcessor",
+        };
         let mut value = json!({
-            "image_processor_type": "ViTImageProcessor",
+            "image_processor_type": processor,
             "do_resize": self.resize.is_some(),
             "size": size,
             "resample": pil_code(self.resample),
@@ -404,7 +448,62 @@ impl PreprocessConfig {
 
     /// Preprocesses one RGB image into `(3, height, width)` pixel values, channel-first.
     pub fn pixel_values(&self, image: &RgbImage) -> PixelValues {
-        self.normalized(&self.resized_and_cropped(image))
+        match self.rescale_before_resize {
+            true => self.rescaled_then_resized(image),
+            false => self.normalized(&self.resized_and_cropped(image)),
+        }
+    }
+
+    /// `DINOv3ViTImageProcessor`'s order on HF's torchvision backend: the uint8 image times
+    /// the factor in f32, PyTorch's antialiased resize of the floats, the centre crop
+    /// (zero padding), then `(x - mean) / std` in f32.
+    fn rescaled_then_resized(&self, image: &RgbImage) -> PixelValues {
+        let (width, height) = (image.width() as usize, image.height() as usize);
+        let plane = width * height;
+        let factor = self.rescale_factor.map_or(1.0, |f| f as f32);
+        let mut values = vec![0f32; 3 * plane];
+        for (i, pixel) in image.pixels().enumerate() {
+            for (c, &v) in pixel.0.iter().enumerate() {
+                values[c * plane + i] = v as f32 * factor;
+            }
+        }
+        let (mut height, mut width) = (height, width);
+        if let Some(target) = self.resize {
+            let (w, h) = resized_dimensions(target, width as u32, height as u32);
+            let filter = TorchFilter::of(self.resample).expect("checked when parsed");
+            values =
+                resize_planes_torch(&values, (height, width), (h as usize, w as usize), filter);
+            (height, width) = (h as usize, w as usize);
+        }
+        if let Some((crop_h, crop_w)) = self.center_crop {
+            let crop = self.backend.crop();
+            let top = crop.start(height as u32, crop_h);
+            let left = crop.start(width as u32, crop_w);
+            let (crop_h, crop_w) = (crop_h as usize, crop_w as usize);
+            let source = |c: usize, y: usize, x: usize| {
+                let (y, x) = (y as i64 + top, x as i64 + left);
+                let inside = (0..height as i64).contains(&y) && (0..width as i64).contains(&x);
+                match inside {
+                    true => values[(c * height + y as usize) * width + x as usize],
+                    false => 0.0,
+                }
+            };
+            values = (0..3)
+                .flat_map(|c| (0..crop_h).flat_map(move |y| (0..crop_w).map(move |x| (c, y, x))))
+                .map(|(c, y, x)| source(c, y, x))
+                .collect();
+            (height, width) = (crop_h, crop_w);
+        }
+        if let Some((mean, std)) = self.normalize {
+            for (c, plane) in values.chunks_exact_mut(height * width).enumerate() {
+                plane.iter_mut().for_each(|v| *v = (*v - mean[c]) / std[c]);
+            }
+        }
+        PixelValues {
+            height,
+            width,
+            data: values,
+        }
     }
 
     /// The image as the model sees it, before rescaling: resized and centre-cropped.

@@ -89,6 +89,18 @@ pub enum TorchFilter {
     Lanczos,
 }
 
+impl TorchFilter {
+    /// The antialiased interpolation torchvision runs for PIL's filter `resample`, if any.
+    pub fn of(resample: Resample) -> Option<Self> {
+        match resample {
+            Resample::Bilinear => Some(Self::Bilinear),
+            Resample::Bicubic => Some(Self::Bicubic),
+            Resample::Lanczos => Some(Self::Lanczos),
+            _ => None,
+        }
+    }
+}
+
 /// How PyTorch resizes a uint8 image for torchvision's `resize(antialias=True)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TorchResize {
@@ -135,6 +147,98 @@ pub fn resize_rgb8_torch(src: &RgbImage, width: u32, height: u32, how: TorchResi
         false => rows.clone(),
     };
     RgbImage::from_raw(width, height, out).expect("buffer matches the output size")
+}
+
+/// Resizes channel-first f32 planes (`channels x in_height x in_width`) as PyTorch's
+/// `interpolate(mode=..., antialias=True, align_corners=False)` does on a float tensor
+/// (torchvision's `resize` of an image already rescaled, as `DINOv3ViTImageProcessor` runs
+/// it): ATen's separable passes, width first, each skipped when its size is unchanged, with
+/// the windows, weights and sums in f32.
+pub fn resize_planes_torch(
+    planes: &[f32],
+    (in_height, in_width): (usize, usize),
+    (height, width): (usize, usize),
+    filter: TorchFilter,
+) -> Vec<f32> {
+    let channels = planes.len() / (in_height * in_width).max(1);
+    if height == 0 || width == 0 || in_height == 0 || in_width == 0 {
+        return vec![0.0; channels * height * width];
+    }
+    let horizontal;
+    let planes = match width != in_width {
+        true => {
+            let windows = FloatWindows::torch(in_width, width, filter);
+            horizontal = planes
+                .chunks_exact(in_width)
+                .flat_map(|row| (0..width).map(|x| windows.sample(x, |i| row[i])))
+                .collect::<Vec<f32>>();
+            &horizontal
+        }
+        false => planes,
+    };
+    if height == in_height {
+        return planes.to_vec();
+    }
+    let windows = FloatWindows::torch(in_height, height, filter);
+    let plane_len = in_height * width;
+    planes
+        .chunks_exact(plane_len)
+        .flat_map(|plane| {
+            let windows = &windows;
+            (0..height).flat_map(move |y| {
+                (0..width).map(move |x| windows.sample(y, |i| plane[i * width + x]))
+            })
+        })
+        .collect()
+}
+
+/// f32 weights resampling one axis, as ATen computes them for float tensors
+/// (`_compute_indices_min_size_weights_aa` with `scalar_t = float`).
+struct FloatWindows {
+    /// Per output sample: first input index and weights.
+    windows: Vec<(usize, Vec<f32>)>,
+}
+
+impl FloatWindows {
+    fn torch(in_size: usize, out_size: usize, filter: TorchFilter) -> Self {
+        let scale = in_size as f32 / out_size as f32;
+        let (kernel, interp_size): (fn(f64) -> f64, f32) = match filter {
+            TorchFilter::Bilinear => (torch_bilinear_filter, 2.0),
+            TorchFilter::Bicubic => (torch_bicubic_filter, 4.0),
+            TorchFilter::Lanczos => (lanczos_filter, 6.0),
+        };
+        let support = match scale >= 1.0 {
+            true => interp_size * 0.5 * scale,
+            false => interp_size * 0.5,
+        };
+        let inv_scale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+        let windows = (0..out_size)
+            .map(|i| {
+                let center = scale * (i as f32 + 0.5);
+                // `as i64` truncates toward zero like C++'s `static_cast<int64_t>`.
+                let first = ((center - support + 0.5) as i64).max(0);
+                let end = ((center + support + 0.5) as i64).min(in_size as i64);
+                let mut weights: Vec<f32> = (first..end)
+                    .map(|j| kernel(f64::from((j as f32 - center + 0.5) * inv_scale)) as f32)
+                    .collect();
+                let total: f32 = weights.iter().sum();
+                if total != 0.0 {
+                    weights.iter_mut().for_each(|w| *w /= total);
+                }
+                (first as usize, weights)
+            })
+            .collect();
+        Self { windows }
+    }
+
+    /// Output sample `i`: `input(first + j) * weight[j]` summed in order, in f32.
+    fn sample(&self, i: usize, input: impl Fn(usize) -> f32) -> f32 {
+        let (first, weights) = &self.windows[i];
+        weights
+            .iter()
+            .enumerate()
+            .fold(0.0, |sum, (j, w)| sum + input(first + j) * w)
+    }
 }
 
 /// ATen's antialiasing triangle (`HelperInterpLinear::aa_filter`).

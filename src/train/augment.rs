@@ -42,6 +42,7 @@ impl Augment {
                 backend: crate::preprocess::ImageBackend::HfPil,
                 rescale_factor: model.rescale_factor,
                 normalize: model.normalize,
+                rescale_before_resize: false,
             },
         }
     }

@@ -368,6 +368,7 @@ pub fn timm_preprocess(
         backend,
         rescale_factor: Some(1.0 / 255.0),
         normalize: Some((mean, std)),
+        rescale_before_resize: false,
     };
     Ok((config, how))
 }
