@@ -24,8 +24,8 @@ use crate::model::layouts::timm::{self, default_heads, timm_preprocess};
 use crate::model::layouts::Layout as ModelLayout;
 use crate::model::save::{save_safetensors, write_json};
 use crate::model::weights::{
-    canonical_state_dict, check_state_dict, expected_tensors, infer_config, read_weights,
-    read_weights_as, ModelFiles, StateDict,
+    canonical_state_dict, check_state_dict, expected_tensors, infer_config, read_weights_as,
+    ModelFiles, StateDict,
 };
 use crate::preprocess::{ImageBackend, PreprocessConfig};
 
@@ -162,8 +162,18 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
         && std::io::stderr().is_terminal()
         && input_bytes(files) >= PROGRESS_MIN_BYTES;
 
+    // The names of an HF folder are read in the layout its config.json names (timm's and
+    // config-less checkpoints are told apart by their names below).
+    let hf_layout = match &files.config {
+        Some(path) => match ModelLayout::of_config(&read_json(path)?) {
+            Ok(ModelLayout::Timm) => None,
+            Ok(layout) => Some(layout),
+            Err(err) => return Err(err.context(path.display().to_string())),
+        },
+        None => None,
+    };
     let spinner = spinner(show_progress, &files.weights);
-    let source = read_weights(&files.weights);
+    let source = read_weights_as(&files.weights, hf_layout.or(Some(ModelLayout::HfVit)));
     spinner.finish_and_clear();
     let source = source?;
 
@@ -276,7 +286,7 @@ fn quantize_staged(
     let mut weight_map = serde_json::Map::new();
     for index in 0..shards.len() {
         let file = shard_file(index, shards.len());
-        let report = quantize_file(&dir.join(&file))?;
+        let report = quantize_file(&dir.join(&file), target)?;
         total.tensors += report.tensors;
         total.elements += report.elements;
         total.bytes += report.bytes;
@@ -564,6 +574,11 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
                 timm_preprocess(pretrained, config.image_size, ImageBackend::HfTorchvision)?;
             Preprocessor::Made(made, how)
         }
+        (None, Layout::Hf) if config.variant.rotary.is_some() => Preprocessor::Made(
+            PreprocessConfig::dinov3().with_input_size(config.image_size as u32),
+            "HF DINOv3ViTImageProcessor defaults (rescale, bilinear resize, ImageNet mean/std)"
+                .into(),
+        ),
         (None, Layout::Hf) => Preprocessor::Made(
             PreprocessConfig::default().with_input_size(config.image_size as u32),
             "HF ViTImageProcessor defaults (bilinear resize, mean/std 0.5)".into(),

@@ -21,11 +21,12 @@ use safetensors::{Dtype, View};
 use serde_json::{json, Value};
 
 use crate::kernels::int8::quantize::quantize_channel;
+use crate::model::Layout;
 
 /// The suffix of a quantized weight's scales.
 pub const SCALE_SUFFIX: &str = "_scale";
 
-/// Whether the tensor `name` of `shape` is quantized in an int8 folder: a 2-D weight of an
+/// Whether the tensor of canonical name `name` and `shape` is quantized in an int8 folder: a 2-D weight of an
 /// encoder layer (the dense layers; norms, layer scales and biases are 1-D).
 pub fn is_quantized_weight(name: &str, shape: &[usize]) -> bool {
     name.contains("encoder.layer.") && name.ends_with(".weight") && shape.len() == 2
@@ -119,15 +120,15 @@ pub struct Quantized {
     pub names: Vec<String>,
 }
 
-/// Rewrites the safetensors file `path` with its encoder dense weights as int8 and their
-/// scales (into a temporary file beside it, then renamed over it).
-pub fn quantize_file(path: &Path) -> Result<Quantized> {
+/// Rewrites the safetensors file `path`, stored in `layout`'s names, with its encoder dense
+/// weights as int8 and their scales (into a temporary file beside it, then renamed over it).
+pub fn quantize_file(path: &Path, layout: Layout) -> Result<Quantized> {
     let source = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut written: BTreeMap<String, Written> = BTreeMap::new();
     let mut report = Quantized::default();
     for (name, tensor) in source {
-        if !is_quantized_weight(&name, tensor.dims()) {
+        if !is_quantized_weight(&layout.canonical_name(&name), tensor.dims()) {
             report.bytes += (tensor.elem_count() * tensor.dtype().size_in_bytes()) as u64;
             written.insert(name, Written::Float(tensor.contiguous()?));
             continue;

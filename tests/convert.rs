@@ -1080,3 +1080,62 @@ fn int8_folders_that_would_run_wrong_are_refused() {
     }
     assert!(run(&good).status.success());
 }
+
+/// An HF DINOv3 folder converts in its own layout (names, config keys, the DINOv3
+/// processor): unchanged it gives HF's tokens, in bf16 and int8 it stays close to them.
+#[test]
+fn dinov3_folders_convert_in_their_layout_to_bf16_and_int8() {
+    use vit::model::EmbeddingKind;
+    let source = fixture("dinov3/gated_reg_p4_s24");
+    let io = candle_core::safetensors::load(source.join("io.safetensors"), &Device::Cpu).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // The relative error (of the tokens' norm) each dtype may bring: f32 none beyond the
+    // order of sums; bf16 rounds each weight to 2^-9 of itself, int8 each weight to half a
+    // step of 1/127 of its row's largest and each activation to half of 1/255 of its row's
+    // range, through the six products of two layers and the normalizations between them.
+    for (dtype, bound) in [("f32", 1e-5), ("bf16", 0.03), ("int8", 0.05)] {
+        let out = root.path().join(dtype);
+        let output = convert(&[s(&source), "-o", s(&out), "--dtype", dtype]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{dtype}: {}",
+            stderr(&output)
+        );
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["model_type"], "dinov3_vit", "{dtype}");
+        assert_eq!(config["key_bias"], false, "{dtype}");
+        let preprocessor = std::fs::read_to_string(out.join("preprocessor_config.json")).unwrap();
+        assert!(preprocessor.contains("DINOv3ViTImageProcessor"), "{dtype}");
+        let loaded = LoadedModel::load(
+            &ModelFiles::local(&out).unwrap(),
+            &LoadOptions {
+                device: Device::Cpu,
+                dtype: DType::F32,
+                num_heads: None,
+                model: ModelOptions::default(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{dtype}: {e:#}"));
+        assert!(
+            loaded.unused_tensors.is_empty(),
+            "{dtype}: {:?}",
+            loaded.unused_tensors
+        );
+        let ours = loaded
+            .model
+            .embed(&io["pixel_values_1"], EmbeddingKind::Tokens)
+            .unwrap();
+        let (ours, hf) = (f32_values(&ours), f32_values(&io["tokens_1"]));
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+        let error =
+            norm(&mut ours.iter().zip(&hf).map(|(a, b)| a - b)) / norm(&mut hf.iter().copied());
+        eprintln!("{dtype}: relative error {error}");
+        assert!(
+            error < bound,
+            "{dtype}: tokens {error} from HF's, relatively"
+        );
+    }
+}
