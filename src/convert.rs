@@ -166,14 +166,14 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
     // config-less checkpoints are told apart by their names below).
     let hf_layout = match &files.config {
         Some(path) => match ModelLayout::of_config(&read_json(path)?) {
-            Ok(ModelLayout::Timm) => None,
+            Ok(layout) if layout == ModelLayout::TIMM => None,
             Ok(layout) => Some(layout),
             Err(err) => return Err(err.context(path.display().to_string())),
         },
         None => None,
     };
     let spinner = spinner(show_progress, &files.weights);
-    let source = read_weights_as(&files.weights, hf_layout.or(Some(ModelLayout::HfVit)));
+    let source = read_weights_as(&files.weights, hf_layout.or(Some(ModelLayout::HF_VIT)));
     spinner.finish_and_clear();
     let source = source?;
 
@@ -501,7 +501,7 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
     let mut tensors = match layout {
         Layout::Hf => source.clone(),
         Layout::Timm => {
-            canonical_state_dict(source.clone(), ModelLayout::Timm).with_context(in_weights)?
+            canonical_state_dict(source.clone(), ModelLayout::TIMM).with_context(in_weights)?
         }
     };
     let mut notes = Vec::new();
@@ -927,12 +927,14 @@ fn refuse_image_text_models(files: &ModelFiles) -> Result<()> {
     };
     let config = read_json(path)?;
     // An unknown model_type is left to the weights' own detection, as before.
-    if let Ok(layout @ (ModelLayout::HfClip | ModelLayout::HfSiglip)) =
-        ModelLayout::of_config(&config)
+    let image_text = [ModelLayout::HF_CLIP, ModelLayout::HF_SIGLIP];
+    if let Some(layout) = ModelLayout::of_config(&config)
+        .ok()
+        .filter(|layout| image_text.contains(layout))
     {
         bail!(
             "{}: an {} model is read as it is (classify, embed, bench): `vit convert` writes \
-             HF ViT, DeiT and DINOv2 models from PyTorch and timm checkpoints",
+             HF ViT, DeiT, DINOv2 and DINOv3 models from PyTorch and timm checkpoints",
             path.display(),
             layout.name()
         );
@@ -1116,7 +1118,7 @@ mod tests {
             ("head.weight".to_string(), tensor(&[3, 2])),
         ]
         .into();
-        let mapped = canonical_state_dict(weights.clone(), ModelLayout::Timm).unwrap();
+        let mapped = canonical_state_dict(weights.clone(), ModelLayout::TIMM).unwrap();
         let key = |part: &str| {
             mapped[&format!("vit.encoder.layer.3.attention.attention.{part}.weight")]
                 .flatten_all()
@@ -1152,7 +1154,7 @@ mod tests {
             ("head.weight".to_string(), tensor(&[3, 2])),
         ]
         .into();
-        let tensors = canonical_state_dict(weights, ModelLayout::Timm).unwrap();
+        let tensors = canonical_state_dict(weights, ModelLayout::TIMM).unwrap();
         let options = ConvertOptions {
             layout: None,
             dtype: None,
@@ -1170,7 +1172,7 @@ mod tests {
             "{err}"
         );
         let bad_qkv: StateDict = [("blocks.0.attn.qkv.weight".to_string(), tensor(&[4, 2]))].into();
-        let err = canonical_state_dict(bad_qkv, ModelLayout::Timm)
+        let err = canonical_state_dict(bad_qkv, ModelLayout::TIMM)
             .unwrap_err()
             .to_string();
         assert!(

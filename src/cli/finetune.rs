@@ -357,7 +357,7 @@ fn start_new(
                 (Some(json), _) => layout
                     .config(json, &weights, *num_heads)
                     .with_context(|| format!("{}", files.config.as_ref().unwrap().display()))?,
-                (None, Layout::Timm) => layout
+                (None, layout) if layout == Layout::TIMM => layout
                     .config(&no_config, &weights, *num_heads)
                     .with_context(|| format!("{}", files.weights.display()))?,
                 (None, _) => infer_config(&weights, *num_heads)
@@ -371,12 +371,9 @@ fn start_new(
                     files.weights.display()
                 );
             }
-            let preprocess = match (&files.preprocessor, &base_config, layout) {
-                (Some(path), _, _) => PreprocessConfig::from_file(path)?,
-                (None, Some(json), Layout::Timm) => {
-                    vit::model::layouts::timm::preprocess(json, &config)?
-                }
-                _ => PreprocessConfig::default(),
+            let preprocess = match &files.preprocessor {
+                Some(path) => PreprocessConfig::from_file(path)?,
+                None => layout.default_preprocess(base_config.as_ref(), &config)?,
             };
             // The model's preprocessing gives its input size (DINOv2 stores positions for
             // 518 pixels and is fed 224), else its config.

@@ -433,7 +433,7 @@ impl ViTConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         let json: Value = serde_json::from_str(text).context("invalid config.json")?;
         let layout = super::layouts::Layout::of_config(&json)?;
-        if layout == super::layouts::Layout::Timm {
+        if layout == super::layouts::Layout::TIMM {
             bail!("a timm config.json describes its model through its weights: load the folder");
         }
         let no_tensors = super::weights::StateDict::new();

@@ -162,20 +162,18 @@ impl LoadedModel {
             (Some(json), _) => layout
                 .config(json, shapes, options.num_heads)
                 .with_context(in_config)?,
-            (None, Layout::Timm) => layout
+            (None, layout) if layout == Layout::TIMM => layout
                 .config(&no_config, shapes, options.num_heads)
                 .with_context(in_weights)?,
             (None, _) => {
                 weights::infer_config(shapes, options.num_heads).with_context(in_weights)?
             }
         };
-        let preprocess = match (&files.preprocessor, &config_json, layout) {
-            (Some(path), _, _) => PreprocessConfig::from_file(path)?,
-            (None, Some(json), Layout::Timm) => {
-                layouts::timm::preprocess(json, &config).with_context(in_config)?
-            }
-            (None, _, Layout::HfDinov3) => PreprocessConfig::dinov3(),
-            _ => PreprocessConfig::default(),
+        let preprocess = match &files.preprocessor {
+            Some(path) => PreprocessConfig::from_file(path)?,
+            None => layout
+                .default_preprocess(config_json.as_ref(), &config)
+                .with_context(in_weights)?,
         };
         let text_config = match &config_json {
             Some(json) => layout.text_config(json).with_context(in_config)?,

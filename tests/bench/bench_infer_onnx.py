@@ -1,8 +1,11 @@
 """Inference throughput of ONNX Runtime on the CPU, for `make bench-compare`.
 
-  --model DIR   an HF ViTForImageClassification folder (e.g. one written by
-                bench_infer_torch.py --save-random). Exported once with torch.onnx.export
-                (opset 17, dynamic batch axis, input `pixel_values`, output `logits`) to
+  --model DIR   an HF model folder (e.g. one written by bench_infer_torch.py --save-random),
+                loaded as bench_infer_torch.py loads it (the class its config.json names:
+                ViTForImageClassification, DINOv3ViTModel, ...). Exported once with
+                torch.onnx.export (opset 17, dynamic batch axis, input `pixel_values`; outputs
+                `logits` for a classifier, `last_hidden_state` and `pooler_output` for a
+                backbone without a head such as DINOv3ViTModel) to
                 DIR/model.onnx unless that file exists (--onnx PATH to use another file), then
                 timed with onnxruntime.InferenceSession on the CPUExecutionProvider:
                 intra_op_num_threads N, inter_op_num_threads 1, ORT_ENABLE_ALL, random f32
@@ -11,12 +14,13 @@
 
   --dtypes f32,int8   int8 is the same export through onnxruntime.quantization.quantize_dynamic
                 (per-channel int8 weights, QInt8; activations quantized per call, ORT's
-                default), written once to DIR/model.int8.onnx; its logits' distance to
+                default), written once to DIR/model.int8.onnx; its outputs' distance to
                 PyTorch's goes to stderr (quantization moves them: not checked).
 
-Before timing, ORT's logits are checked once against PyTorch's on the same input (batch 2, so
+Before timing, ORT's outputs are checked once against PyTorch's on the same input (batch 2, so
 that the dynamic batch axis is exercised): the max abs difference goes to stderr, and the
-script fails above 1e-3 (a stale DIR/model.onnx from other weights fails here: delete it).
+script fails above 1e-3 for logits, 1e-4 for a backbone's hidden states (a stale
+DIR/model.onnx from other weights fails here: delete it).
 """
 
 import argparse
@@ -30,9 +34,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from transformers import ViTForImageClassification
 
-TOLERANCE = 1e-3
+from bench_infer_torch import image_size_of, load_model, output_names
+
+# Max abs difference allowed between ORT's f32 outputs and PyTorch's, per output.
+TOLERANCE = {"logits": 1e-3, "last_hidden_state": 1e-4, "pooler_output": 1e-4}
 
 
 def percentile(sorted_values, q):
@@ -41,23 +47,38 @@ def percentile(sorted_values, q):
     return sorted_values[index]
 
 
-class Logits(torch.nn.Module):
-    """The HF model with a plain tensor in and the logits tensor out, for the exporters."""
+def outputs_of(model):
+    """The exported outputs: a classifier's logits, a backbone's last_hidden_state and
+    pooler_output (DINOv3ViTModel: the class token after the final norm)."""
+    return ["logits"] if output_names(model) == "logits" else ["last_hidden_state", "pooler_output"]
+
+
+class Outputs(torch.nn.Module):
+    """The HF model with a plain tensor in and plain tensors out, for the exporters."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.names = outputs_of(model)
 
     def forward(self, pixel_values):
-        return self.model(pixel_values=pixel_values).logits
+        out = self.model(pixel_values=pixel_values)
+        return tuple(getattr(out, name) for name in self.names)
+
+
+def torch_outputs(model, pixels):
+    with torch.inference_mode():
+        out = model(pixel_values=torch.from_numpy(pixels))
+    return [getattr(out, name).numpy() for name in outputs_of(model)]
 
 
 def export(model, path, image_size):
     """Writes `path` (temp file, then rename); returns which exporter wrote it."""
-    wrapped = Logits(model).eval()
+    wrapped = Outputs(model).eval()
+    names = wrapped.names
     dummy = torch.randn(1, 3, image_size, image_size)
-    common = dict(input_names=["pixel_values"], output_names=["logits"], opset_version=17)
-    dynamic_axes = {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}
+    common = dict(input_names=["pixel_values"], output_names=names, opset_version=17)
+    dynamic_axes = {"pixel_values": {0: "batch"}, **{name: {0: "batch"} for name in names}}
     attempts = [
         # The TorchScript exporter: opset 17 natively, no onnxscript needed. Recent torch
         # defaults to the dynamo exporter, so it has to be asked for.
@@ -123,23 +144,20 @@ def quantized(path):
     return out
 
 
-def logits_distance(sess, model, image_size):
+def distances(sess, model, image_size):
+    """{output: max abs difference between ORT's and PyTorch's} on one random batch of 2."""
     pixels = np.random.default_rng(1).standard_normal((2, 3, image_size, image_size), dtype=np.float32)
-    (ours,) = sess.run(["logits"], {"pixel_values": pixels})
-    with torch.inference_mode():
-        theirs = model(pixel_values=torch.from_numpy(pixels)).logits.numpy()
-    return float(np.max(np.abs(ours - theirs)))
+    names = outputs_of(model)
+    ours = sess.run(names, {"pixel_values": pixels})
+    theirs = torch_outputs(model, pixels)
+    return {name: float(np.max(np.abs(a - b))) for name, a, b in zip(names, ours, theirs)}
 
 
 def check(sess, model, image_size):
-    pixels = np.random.default_rng(1).standard_normal((2, 3, image_size, image_size), dtype=np.float32)
-    (ours,) = sess.run(["logits"], {"pixel_values": pixels})
-    with torch.inference_mode():
-        theirs = model(pixel_values=torch.from_numpy(pixels)).logits.numpy()
-    diff = float(np.max(np.abs(ours - theirs)))
-    print(f"onnxruntime vs torch logits (batch 2): max abs diff {diff:.2e}", file=sys.stderr, flush=True)
-    if not diff <= TOLERANCE:
-        sys.exit(f"onnxruntime's logits differ from PyTorch's by {diff:.2e} > {TOLERANCE:g}")
+    for name, diff in distances(sess, model, image_size).items():
+        print(f"onnxruntime vs torch {name} (batch 2): max abs diff {diff:.2e}", file=sys.stderr, flush=True)
+        if not diff <= TOLERANCE[name]:
+            sys.exit(f"onnxruntime's {name} differs from PyTorch's by {diff:.2e} > {TOLERANCE[name]:g}")
 
 
 def main():
@@ -154,8 +172,8 @@ def main():
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    model = ViTForImageClassification.from_pretrained(args.model, attn_implementation="eager").eval()
-    size = model.config.image_size
+    model = load_model(args.model, "eager")
+    size = image_size_of(model.config)
     path = args.onnx or os.path.join(args.model, "model.onnx")
     if not os.path.exists(path):
         start = time.perf_counter()
@@ -168,29 +186,30 @@ def main():
             check(sess, model, size)
         elif dtype == "int8":
             sess = session(quantized(path), args.threads)
-            distance = logits_distance(sess, model, size)
-            print(f"onnxruntime int8 vs torch f32 logits (batch 2): max abs diff {distance:.2e}", file=sys.stderr, flush=True)
+            for name, distance in distances(sess, model, size).items():
+                print(f"onnxruntime int8 vs torch f32 {name} (batch 2): max abs diff {distance:.2e}", file=sys.stderr, flush=True)
         else:
             print(f"bench_infer_onnx: no {dtype} row for ONNX Runtime (f32 and int8 only)", file=sys.stderr)
             continue
         sessions.append((dtype, sess))
+    names = outputs_of(model)
     del model
     for dtype, sess in sessions:
-        time_session(sess, dtype, size, args)
+        time_session(sess, dtype, size, names, args)
 
 
-def time_session(sess, dtype, size, args):
+def time_session(sess, dtype, size, names, args):
     method = sess.get_modelmeta().custom_metadata_map.get("exporter", "unknown")
     rng = np.random.default_rng(0)
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         feed = {"pixel_values": rng.standard_normal((batch, 3, size, size), dtype=np.float32)}
         for _ in range(args.warmup):
-            sess.run(["logits"], feed)
+            sess.run(names, feed)
         latencies = []
         budget_end = time.perf_counter() + args.seconds
         while len(latencies) < 3 or time.perf_counter() < budget_end:
             start = time.perf_counter()
-            sess.run(["logits"], feed)
+            sess.run(names, feed)
             latencies.append(time.perf_counter() - start)
         latencies.sort()
         mean = sum(latencies) / len(latencies)
@@ -198,6 +217,7 @@ def time_session(sess, dtype, size, args):
             "framework": f"onnxruntime {ort.__version__}",
             "provider": "CPUExecutionProvider",
             "export": method,
+            "output": names[0],
             "threads": args.threads,
             "dtype": dtype,
             "quantization": "quantize_dynamic per-channel QInt8" if dtype == "int8" else None,

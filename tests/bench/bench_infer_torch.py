@@ -2,11 +2,19 @@
 
 Two jobs:
 
-  --save-random DIR   writes a ViTForImageClassification with random weights (HF's own
-                      initialisation, seed 0) for a config (ViT-B/16 224 by default) as an HF
-                      model folder, so that `vit bench --model DIR` and this script time the very
-                      same weights.
-  --model DIR         times the eager forward pass of that folder the way `vit bench` does:
+  --save-random DIR   writes a model with random weights (HF's own initialisation, seed 0) as an
+                      HF model folder (safetensors), so that `vit bench --model DIR` and this
+                      script time the very same weights. --family vit (default): a
+                      ViTForImageClassification (ViT-B/16 224 unless the size flags say
+                      otherwise). --family dinov3: a DINOv3ViTModel backbone (no head) with the
+                      released ViT/16 checkpoints' config (facebook/dinov3-vits16-pretrain-lvd1689m:
+                      4 register tokens, RoPE theta 100, layer scale, no key bias, plain GELU MLP
+                      4x wide, LayerNorm eps 1e-5; --hidden-size/--layers/--heads pick S or B) and
+                      DINOv3ViTImageProcessor's preprocessor_config.json.
+  --model DIR         times the eager forward pass of that folder (any HF model folder: the class
+                      its config.json's `architectures` names, e.g. ViTForImageClassification
+                      (logits) or DINOv3ViTModel (last_hidden_state and pooler_output), else
+                      AutoModel) the way `vit bench` does:
                       torch.set_num_threads(N), inference_mode, random pixels, warm-up
                       iterations, then as many timed iterations as fit in --seconds. Prints one
                       JSON line per (dtype, batch) row with images/s and latency percentiles.
@@ -20,7 +28,8 @@ import sys
 import time
 
 import torch
-from transformers import ViTConfig, ViTForImageClassification
+import transformers
+from transformers import AutoConfig, AutoModel, ViTConfig, ViTForImageClassification
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -42,8 +51,11 @@ def percentile(sorted_values, q):
     return sorted_values[max(1, min(len(sorted_values), math.ceil(q * len(sorted_values)))) - 1]
 
 
-def save_random(out_dir, hidden, layers, heads, image_size, patch_size):
+def save_random(out_dir, hidden, layers, heads, image_size, patch_size, family="vit", registers=4):
     torch.manual_seed(0)
+    if family == "dinov3":
+        save_random_dinov3(out_dir, hidden, layers, heads, image_size, patch_size, registers)
+        return
     config = ViTConfig(
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -56,10 +68,67 @@ def save_random(out_dir, hidden, layers, heads, image_size, patch_size):
     ViTForImageClassification(config).save_pretrained(out_dir, safe_serialization=True)
 
 
+def save_random_dinov3(out_dir, hidden, layers, heads, image_size, patch_size, registers):
+    """A DINOv3ViTModel as facebook/dinov3-vit{s,b}16-pretrain-lvd1689m configure it (their
+    config.json: DINOv3ViTConfig's defaults, which are ViT-S/16's, with 4 register tokens; B/16
+    is 768 wide with 12 heads), random weights, and the processor those folders ship."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
+
+    config = DINOv3ViTConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_register_tokens=registers,
+        rope_theta=100.0,
+        layerscale_value=1.0,
+        query_bias=True,
+        key_bias=False,
+        value_bias=True,
+        proj_bias=True,
+        mlp_bias=True,
+        use_gated_mlp=False,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
+    DINOv3ViTModel(config).save_pretrained(out_dir, safe_serialization=True)
+    DINOv3ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out_dir)
+
+
+def model_class(model_dir):
+    """The class config.json's `architectures` names (e.g. ViTForImageClassification,
+    DINOv3ViTModel), else AutoModel: the same model `vit` loads from the folder."""
+    config = AutoConfig.from_pretrained(model_dir)
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    return AutoModel
+
+
+def load_model(model_dir, attn):
+    model = model_class(model_dir).from_pretrained(model_dir, attn_implementation=attn)
+    return model.eval()
+
+
+def image_size_of(config):
+    size = config.image_size
+    return size[0] if isinstance(size, (list, tuple)) else size
+
+
+def output_names(model):
+    """What the timed forward returns: `logits` for classifiers, else the backbone's
+    last_hidden_state (and pooler_output, the class token after the final norm)."""
+    return "logits" if model.config.architectures and "ForImageClassification" in model.config.architectures[0] \
+        else "last_hidden_state"
+
+
 def time_rows(args):
-    model = ViTForImageClassification.from_pretrained(args.model, attn_implementation=args.attn)
-    model.eval()
-    size = model.config.image_size
+    model = load_model(args.model, args.attn)
+    size = args.image_size or image_size_of(model.config)
+    output = output_names(model)
     for name in float_dtypes(args.dtypes):
         dtype = DTYPES[name]
         model = model.to(dtype)
@@ -79,6 +148,9 @@ def time_rows(args):
             print(json.dumps({
                 "framework": f"torch {torch.__version__} + transformers",
                 "attn": args.attn,
+                "model_class": type(model).__name__,
+                "output": output,
+                "image_size": size,
                 "threads": torch.get_num_threads(),
                 "dtype": name,
                 "batch": batch,
@@ -110,10 +182,15 @@ def time_peak(dtypes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--save-random", metavar="DIR")
+    parser.add_argument("--family", choices=["vit", "dinov3"], default="vit",
+                        help="--save-random's model: vit (ViTForImageClassification) or dinov3 (DINOv3ViTModel)")
     parser.add_argument("--hidden-size", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--registers", type=int, default=4, help="--family dinov3: register tokens")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="--save-random: the config's image size (224); --model: the timed input's size "
+                             "(default the config's)")
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--model", metavar="DIR")
     parser.add_argument("--dtypes", default="f32")
@@ -127,7 +204,8 @@ def main():
 
     torch.set_num_threads(args.threads)
     if args.save_random:
-        save_random(args.save_random, args.hidden_size, args.layers, args.heads, args.image_size, args.patch_size)
+        save_random(args.save_random, args.hidden_size, args.layers, args.heads, args.image_size or 224,
+                    args.patch_size, args.family, args.registers)
     if args.peak:
         time_peak(args.dtypes)
     if args.model:

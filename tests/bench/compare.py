@@ -7,6 +7,11 @@ peaks behind that ceiling (machine_peaks.py, and vit's own kernel from `vit benc
   python3 compare.py --peaks PEAKS_JSONL \\
       --model NAME VIT_JSONL TORCH_JSONL ORT_JSONL [--model NAME2 VIT2 TORCH2 ORT2 ...]
 
+Models may be classifiers (the peers time the forward to the logits) or backbones without a
+head, such as DINOv3ViTModel (the peers time the forward to last_hidden_state and
+pooler_output, `vit bench` to the model's embedding): the rows are the same, and the header
+says which from the peers' `output` field.
+
 The achieved GFLOP/s of a row is images/s x the model's GFLOP per image (as `vit bench`
 counts it: the same for all three, as they run the same weights); the ceiling is the best f32
 product at 2048^3 or 4096^3 among vit's kernel, numpy's BLAS and torch.mm on this machine and
@@ -148,7 +153,10 @@ def main():
             o = next(iter(ort_rows.values()))
             peers.append(f"{o['framework']} ({o.get('export', 'exporter unknown')})")
         params = f", {first['params'] / 1e6:.1f}M params" if first.get("params") else ""
-        print(f"\n{name} ({first.get('model', '?')}{params}, {gflop:.2f} GFLOP per image)")
+        size = f" at {first['image_size']} px" if first.get("image_size") else ""
+        outputs = {r.get("output") for r in list(torch_rows.values()) + list(ort_rows.values())} - {None}
+        kind = "" if outputs <= {"logits"} else f"; backbone, peers time the forward to {'/'.join(sorted(outputs))}"
+        print(f"\n{name} ({first.get('model', '?')}{params}, {gflop:.2f} GFLOP per image{size}{kind})")
         print(f"peers: {'; '.join(peers) or 'none'}")
         print(line_format.format(*header))
         for key in sorted(vit_rows, key=lambda k: (k[0] != "f32", k[0], k[1])):

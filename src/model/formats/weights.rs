@@ -221,7 +221,7 @@ pub fn is_safetensors(path: &Path) -> bool {
 /// (`model.safetensors.index.json` or `pytorch_model.bin.index.json`), or a PyTorch
 /// `.bin`/`.pth`/`.pt`.
 pub fn read_weights(path: &Path) -> Result<StateDict> {
-    read_weights_as(path, Some(Layout::HfVit))
+    read_weights_as(path, Some(Layout::HF_VIT))
 }
 
 /// Reads a weights file as [`read_weights`] does, with the tensors renamed from `layout`'s
@@ -666,7 +666,7 @@ mod tests {
     }
 
     fn normalize(dict: StateDict) -> StateDict {
-        let (_, renamed) = normalized_names(dict.keys().cloned(), Some(Layout::HfVit));
+        let (_, renamed) = normalized_names(dict.keys().cloned(), Some(Layout::HF_VIT));
         rename_state_dict(dict, renamed).unwrap()
     }
 

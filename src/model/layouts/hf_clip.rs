@@ -7,9 +7,10 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
-use super::architecture;
+use super::{architecture, model_type_is, CheckpointLayout};
 use crate::model::config::{Activation, Head, Pooling, PosInterpolation, ViTConfig};
 use crate::model::text::{ContrastiveLoss, TextConfig, TextPooling};
+use crate::model::weights::TensorShapes;
 
 /// The image tower of an HF CLIP `config.json`, with `CLIPVisionConfig`'s defaults.
 pub fn config(json: &Value) -> Result<ViTConfig> {
@@ -237,6 +238,36 @@ pub fn unit_dims(canonical: &str) -> usize {
         "vit.embeddings.cls_token" => 2,
         "vit.embeddings.position_embeddings" => 1,
         _ => 0,
+    }
+}
+
+/// HF `clip` and `clip_vision_model`: `CLIPModel`, `CLIPVisionModel`,
+/// `CLIPVisionModelWithProjection` (read only).
+pub struct HfClip;
+
+impl CheckpointLayout for HfClip {
+    fn name(&self) -> &'static str {
+        "HF clip"
+    }
+
+    fn reads_config(&self, json: &Value) -> bool {
+        model_type_is(json, &["clip", "clip_vision_model"])
+    }
+
+    fn config(&self, json: &Value, _: &dyn TensorShapes, _: Option<usize>) -> Result<ViTConfig> {
+        config(json)
+    }
+
+    fn text_config(&self, json: &Value) -> Result<Option<TextConfig>> {
+        text_config(json)
+    }
+
+    fn canonical_name(&self, stored: &str) -> Option<String> {
+        canonical_name(stored)
+    }
+
+    fn unit_dims(&self, canonical: &str) -> usize {
+        unit_dims(canonical)
     }
 }
 

@@ -6,8 +6,9 @@
 use anyhow::Result;
 use serde_json::Value;
 
-use super::{architecture, hf_vit};
-use crate::model::config::{generic_labels, Head, Pooling, ViTConfig};
+use super::{architecture, hf_vit, model_type_is, CheckpointLayout, HfConfigKeys};
+use crate::model::config::{generic_labels, Head, Pooling, Variant, ViTConfig};
+use crate::model::weights::TensorShapes;
 
 /// The architecture of an HF DeiT `config.json` (DeiT's keys and defaults are ViT's).
 pub fn config(json: &Value) -> Result<ViTConfig> {
@@ -68,6 +69,49 @@ pub fn canonical_name(stored: &str) -> Option<String> {
         return Some(format!("classifier.{rest}"));
     }
     hf_vit::canonical_name(stored)
+}
+
+/// HF `deit`: `DeiTModel`, `DeiTForImageClassification`,
+/// `DeiTForImageClassificationWithTeacher`.
+pub struct HfDeit;
+
+impl CheckpointLayout for HfDeit {
+    fn name(&self) -> &'static str {
+        "HF deit"
+    }
+
+    fn reads_config(&self, json: &Value) -> bool {
+        model_type_is(json, &["deit"])
+    }
+
+    fn config(&self, json: &Value, _: &dyn TensorShapes, _: Option<usize>) -> Result<ViTConfig> {
+        config(json)
+    }
+
+    fn canonical_name(&self, stored: &str) -> Option<String> {
+        canonical_name(stored)
+    }
+
+    /// Variants with a distillation token, pooled as their head says.
+    fn writes(&self, variant: &Variant) -> Option<Variant> {
+        (variant.rotary.is_none() && variant.distillation_token).then_some(Variant {
+            head: variant.head,
+            pooling: match variant.head {
+                Head::Distilled => Pooling::ClassDistillationAverage,
+                _ => Pooling::Class,
+            },
+            distillation_token: true,
+            ..Variant::default()
+        })
+    }
+
+    fn hf_config(&self, config: &ViTConfig, _: Option<&Value>) -> HfConfigKeys {
+        hf_config(config)
+    }
+
+    fn stored_name(&self, canonical: &str, config: &ViTConfig) -> String {
+        stored_name(canonical, config)
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,13 @@
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
-use super::{architecture, transformers5_layer_name};
-use crate::model::config::{generic_labels, Head, MlpKind, Pooling, PosInterpolation, ViTConfig};
+use super::{
+    architecture, model_type_is, transformers5_layer_name, CheckpointLayout, HfConfigKeys,
+};
+use crate::model::config::{
+    generic_labels, Head, MlpKind, Pooling, PosInterpolation, Variant, ViTConfig,
+};
+use crate::model::weights::TensorShapes;
 
 /// The architecture of an HF DINOv2 `config.json`, with `Dinov2Config`'s defaults.
 pub fn config(json: &Value) -> Result<ViTConfig> {
@@ -179,6 +184,55 @@ pub fn canonical_name(stored: &str) -> Option<String> {
         transformers5_layer_name(rest)?
     };
     Some(format!("vit.encoder.layer.{layer}.{rest}"))
+}
+
+/// HF `dinov2` and `dinov2_with_registers`: `Dinov2Model`, `Dinov2ForImageClassification`.
+pub struct HfDinov2;
+
+impl CheckpointLayout for HfDinov2 {
+    fn name(&self) -> &'static str {
+        "HF dinov2"
+    }
+
+    fn reads_config(&self, json: &Value) -> bool {
+        model_type_is(json, &["dinov2", "dinov2_with_registers"])
+    }
+
+    fn config(&self, json: &Value, _: &dyn TensorShapes, _: Option<usize>) -> Result<ViTConfig> {
+        config(json)
+    }
+
+    fn canonical_name(&self, stored: &str) -> Option<String> {
+        canonical_name(stored)
+    }
+
+    /// Variants with layer scale or registers (and learned positions): their head, pooling,
+    /// registers, MLP (SwiGLU, not a gated MLP of another activation) and interpolation kept.
+    fn writes(&self, variant: &Variant) -> Option<Variant> {
+        let mine = variant.rotary.is_none()
+            && !variant.distillation_token
+            && (variant.layer_scale || variant.register_tokens > 0);
+        mine.then_some(Variant {
+            head: variant.head,
+            pooling: variant.pooling,
+            register_tokens: variant.register_tokens,
+            mlp: match variant.mlp {
+                MlpKind::Gated => MlpKind::SwiGlu,
+                other => other,
+            },
+            pos_interpolation: variant.pos_interpolation,
+            layer_scale: true,
+            ..Variant::default()
+        })
+    }
+
+    fn hf_config(&self, config: &ViTConfig, base: Option<&Value>) -> HfConfigKeys {
+        hf_config(config, base)
+    }
+
+    fn stored_name(&self, canonical: &str, config: &ViTConfig) -> String {
+        stored_name(canonical, config)
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
-use super::architecture;
+use super::{architecture, model_type_is, CheckpointLayout, HfConfigKeys};
 use crate::model::config::{
-    Biases, Head, MlpKind, Pooling, RotaryCoordinates, RotaryEmbedding, ViTConfig,
+    Biases, Head, MlpKind, Pooling, RotaryCoordinates, RotaryEmbedding, Variant, ViTConfig,
 };
+use crate::model::weights::TensorShapes;
+use crate::preprocess::PreprocessConfig;
 
 /// The architectures this layout reads.
 const ARCHITECTURES: [&str; 2] = ["DINOv3ViTModel", "DINOv3ViTBackbone"];
@@ -174,6 +176,59 @@ pub fn stored_name(canonical: &str) -> String {
 pub fn unused_by_design(canonical: &str, config: &ViTConfig) -> bool {
     canonical == "vit.embeddings.mask_token"
         || (canonical == "vit.embeddings.register_tokens" && config.variant.register_tokens == 0)
+}
+
+/// HF `dinov3_vit`: `DINOv3ViTModel`, `DINOv3ViTBackbone`.
+pub struct HfDinov3;
+
+impl CheckpointLayout for HfDinov3 {
+    fn name(&self) -> &'static str {
+        "HF dinov3_vit"
+    }
+
+    fn reads_config(&self, json: &Value) -> bool {
+        model_type_is(json, &["dinov3_vit"])
+    }
+
+    fn config(&self, json: &Value, _: &dyn TensorShapes, _: Option<usize>) -> Result<ViTConfig> {
+        config(json)
+    }
+
+    fn default_preprocess(&self, _: Option<&Value>, _: &ViTConfig) -> Result<PreprocessConfig> {
+        Ok(PreprocessConfig::dinov3())
+    }
+
+    fn canonical_name(&self, stored: &str) -> Option<String> {
+        canonical_name(stored)
+    }
+
+    fn unused_by_design(&self, canonical: &str, config: &ViTConfig) -> bool {
+        unused_by_design(canonical, config)
+    }
+
+    /// Variants with rotary embeddings: their rotary embedding, registers and MLP kept.
+    fn writes(&self, variant: &Variant) -> Option<Variant> {
+        variant.rotary.is_some().then_some(Variant {
+            absolute_positions: false,
+            rotary: variant.rotary,
+            register_tokens: variant.register_tokens,
+            mlp: match variant.mlp {
+                MlpKind::SwiGlu => MlpKind::Standard,
+                other => other,
+            },
+            layer_scale: true,
+            head: Head::None,
+            ..Variant::default()
+        })
+    }
+
+    fn hf_config(&self, config: &ViTConfig, _: Option<&Value>) -> HfConfigKeys {
+        hf_config(config)
+    }
+
+    fn stored_name(&self, canonical: &str, _: &ViTConfig) -> String {
+        stored_name(canonical)
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::architecture;
 use super::hf_clip::{
     activation_and_eps, fill_vision_defaults, int, layer_name, sub_config, text_name,
 };
+use super::{architecture, model_type_is, CheckpointLayout};
 use crate::model::config::{generic_labels, Head, Pooling, PosInterpolation, ViTConfig};
 use crate::model::text::{ContrastiveLoss, TextConfig, TextPooling};
+use crate::model::weights::TensorShapes;
 
 const CLASSIFIER: &str = "SiglipForImageClassification";
 
@@ -172,6 +173,44 @@ pub fn unused_by_design(canonical: &str, config: &ViTConfig) -> bool {
 /// a `(patches, hidden)` table.
 pub fn unit_dims(canonical: &str) -> usize {
     usize::from(canonical == "vit.embeddings.position_embeddings")
+}
+
+/// HF `siglip` and `siglip_vision_model`: `SiglipModel`, `SiglipVisionModel`,
+/// `SiglipForImageClassification` (read only).
+pub struct HfSiglip;
+
+impl CheckpointLayout for HfSiglip {
+    fn name(&self) -> &'static str {
+        "HF siglip"
+    }
+
+    fn reads_config(&self, json: &Value) -> bool {
+        model_type_is(json, &["siglip", "siglip_vision_model"])
+    }
+
+    fn config(&self, json: &Value, _: &dyn TensorShapes, _: Option<usize>) -> Result<ViTConfig> {
+        config(json)
+    }
+
+    fn text_config(&self, json: &Value) -> Result<Option<TextConfig>> {
+        text_config(json)
+    }
+
+    fn canonical_name(&self, stored: &str) -> Option<String> {
+        canonical_name(stored)
+    }
+
+    fn fused_parts(&self, stored: &str) -> Option<Vec<String>> {
+        fused_parts(stored)
+    }
+
+    fn unit_dims(&self, canonical: &str) -> usize {
+        unit_dims(canonical)
+    }
+
+    fn unused_by_design(&self, canonical: &str, config: &ViTConfig) -> bool {
+        unused_by_design(canonical, config)
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 use anyhow::Result;
 use serde_json::Value;
 
-use super::{architecture, transformers5_layer_name};
-use crate::model::config::{generic_labels, Head, ViTConfig};
+use super::{
+    architecture, model_type_is, transformers5_layer_name, CheckpointLayout, HfConfigKeys,
+};
+use crate::model::config::{generic_labels, Head, Variant, ViTConfig};
+use crate::model::weights::TensorShapes;
 
 /// The architecture of an HF ViT `config.json`; `ViTModel` has no head.
 pub fn config(json: &Value) -> Result<ViTConfig> {
@@ -63,6 +66,48 @@ pub fn canonical_name(stored: &str) -> Option<String> {
         false => transformers5_layer_name(rest)?,
     };
     Some(format!("vit.encoder.layer.{layer}.{rest}"))
+}
+
+/// HF `vit`: `ViTModel`, `ViTForImageClassification` (and configs without a `model_type`).
+pub struct HfVit;
+
+impl CheckpointLayout for HfVit {
+    fn name(&self) -> &'static str {
+        "HF vit"
+    }
+
+    fn reads_config(&self, json: &Value) -> bool {
+        json.get("model_type").is_none() || model_type_is(json, &["vit"])
+    }
+
+    fn config(&self, json: &Value, _: &dyn TensorShapes, _: Option<usize>) -> Result<ViTConfig> {
+        config(json)
+    }
+
+    fn canonical_name(&self, stored: &str) -> Option<String> {
+        canonical_name(stored)
+    }
+
+    /// The plain variant, with or without its head.
+    fn writes(&self, variant: &Variant) -> Option<Variant> {
+        let plain = Variant::default();
+        let other_layout = variant.rotary.is_some()
+            || variant.distillation_token
+            || variant.layer_scale
+            || variant.register_tokens > 0;
+        (!other_layout).then_some(Variant {
+            head: variant.head,
+            ..plain
+        })
+    }
+
+    fn hf_config(&self, config: &ViTConfig, _: Option<&Value>) -> HfConfigKeys {
+        hf_config(config)
+    }
+
+    fn stored_name(&self, canonical: &str, config: &ViTConfig) -> String {
+        stored_name(canonical, config)
+    }
 }
 
 #[cfg(test)]

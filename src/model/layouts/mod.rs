@@ -1,8 +1,7 @@
 //! Checkpoint layouts: how each library names a ViT-family model's tensors and describes it in
 //! `config.json`, mapped onto the one encoder of [`super::encoder`] (its canonical tensor
 //! names, [`super::weights::expected_tensors`], and a [`ViTConfig`] with its [`Variant`]).
-//!
-//! [`Variant`]: super::config::Variant
+//! Each layout is one [`CheckpointLayout`] in its own file, registered in [`LAYOUTS`].
 
 pub mod hf_clip;
 pub mod hf_deit;
@@ -15,206 +14,227 @@ pub mod timm;
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
-use super::config::{Head, MlpKind, Pooling, Variant, ViTConfig};
+use super::config::{MlpKind, Variant, ViTConfig};
 use super::text::TextConfig;
 use super::weights::TensorShapes;
+use crate::preprocess::PreprocessConfig;
 
-/// A checkpoint layout that `vit` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// HF `vit`: `ViTModel`, `ViTForImageClassification`.
-    HfVit,
-    /// HF `deit`: `DeiTModel`, `DeiTForImageClassification`,
-    /// `DeiTForImageClassificationWithTeacher`.
-    HfDeit,
-    /// HF `dinov2` and `dinov2_with_registers`: `Dinov2Model`, `Dinov2ForImageClassification`.
-    HfDinov2,
-    /// HF `dinov3_vit`: `DINOv3ViTModel`, `DINOv3ViTBackbone`.
-    HfDinov3,
-    /// timm's `VisionTransformer` and `VisionTransformerDistilled`, as timm's hub repos hold
-    /// them.
-    Timm,
-    /// HF `clip` and `clip_vision_model`: `CLIPModel`, `CLIPVisionModel`,
-    /// `CLIPVisionModelWithProjection`.
-    HfClip,
-    /// HF `siglip` and `siglip_vision_model`: `SiglipModel`, `SiglipVisionModel`,
-    /// `SiglipForImageClassification`.
-    HfSiglip,
+/// What `vit` knows of one checkpoint layout: how its library names a ViT-family model's
+/// tensors and describes it in `config.json`, and, for the HF layouts `convert` writes, how
+/// to write it back. A family is one implementation of this trait in one file, registered
+/// in [`LAYOUTS`].
+pub trait CheckpointLayout: Sync {
+    /// The layout's name in messages (`HF vit`, `timm`).
+    fn name(&self) -> &'static str;
+
+    /// Whether `config.json` describes a model of this layout (by its `model_type`).
+    fn reads_config(&self, json: &Value) -> bool;
+
+    /// Whether the stored tensor names (without config) are this layout's.
+    fn reads_names(&self, _names: &[String]) -> bool {
+        false
+    }
+
+    /// The architecture `config.json` describes, in this layout; `shapes` (by canonical
+    /// name) and `num_heads` for the layouts that read it off the tensors.
+    fn config(
+        &self,
+        json: &Value,
+        shapes: &dyn TensorShapes,
+        num_heads: Option<usize>,
+    ) -> Result<ViTConfig>;
+
+    /// The text tower `config.json` describes, for image-text models.
+    fn text_config(&self, _json: &Value) -> Result<Option<TextConfig>> {
+        Ok(None)
+    }
+
+    /// The preprocessing of a folder without `preprocessor_config.json` (`json`: its
+    /// `config.json`, if any): HF's `ViTImageProcessor` defaults unless the layout says.
+    fn default_preprocess(
+        &self,
+        _json: Option<&Value>,
+        _config: &ViTConfig,
+    ) -> Result<PreprocessConfig> {
+        Ok(PreprocessConfig::default())
+    }
+
+    /// The canonical name of a stored tensor, `None` for names the layout does not know.
+    fn canonical_name(&self, stored: &str) -> Option<String>;
+
+    /// The canonical names a fused stored tensor is split into along its rows (timm's `qkv`,
+    /// SigLIP's pooling `in_proj`), if it is one.
+    fn fused_parts(&self, _stored: &str) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Leading unit dimensions the canonical tensor `canonical` has over this layout's.
+    fn unit_dims(&self, _canonical: &str) -> usize {
+        0
+    }
+
+    /// Whether the checkpoint also keeps `canonical` without using it for what `config`
+    /// computes (so that it is not reported as unused).
+    fn unused_by_design(&self, _canonical: &str, _config: &ViTConfig) -> bool {
+        false
+    }
+
+    /// For the HF layouts `convert` writes: whether this is the layout to write `variant` in,
+    /// and the variant the layout holds with `variant`'s free choices kept (to compare
+    /// against). `None` for layouts that are only read.
+    fn writes(&self, _variant: &Variant) -> Option<Variant> {
+        None
+    }
+
+    /// `model_type`, `architectures` and the layout's own `config.json` keys for `config`
+    /// (`base`, the config it was read from); HF ViT's for the layouts that are only read.
+    fn hf_config(&self, config: &ViTConfig, _base: Option<&Value>) -> HfConfigKeys {
+        hf_vit::hf_config(config)
+    }
+
+    /// The name this layout stores a canonical tensor under (what `save_pretrained` writes);
+    /// HF ViT's for the layouts that are only read.
+    fn stored_name(&self, canonical: &str, config: &ViTConfig) -> String {
+        hf_vit::stored_name(canonical, config)
+    }
+}
+
+/// A layout's `model_type`, architecture and own keys.
+pub type HfConfigKeys = (&'static str, &'static str, Vec<(&'static str, Value)>);
+
+/// Every layout `vit` reads, in the order they are tried (timm's configs before HF ViT's,
+/// which takes configs without a `model_type`).
+pub static LAYOUTS: [&dyn CheckpointLayout; 7] = [
+    &timm::Timm,
+    &hf_vit::HfVit,
+    &hf_deit::HfDeit,
+    &hf_dinov2::HfDinov2,
+    &hf_dinov3::HfDinov3,
+    &hf_clip::HfClip,
+    &hf_siglip::HfSiglip,
+];
+
+/// A checkpoint layout that `vit` reads: one of [`LAYOUTS`].
+#[derive(Clone, Copy)]
+pub struct Layout(&'static dyn CheckpointLayout);
+
+impl PartialEq for Layout {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name() == other.0.name()
+    }
+}
+
+impl Eq for Layout {}
+
+impl std::fmt::Debug for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
 }
 
 impl Layout {
-    /// The layout a `config.json` describes, by its `model_type` (timm's configs have an
-    /// `architecture` instead).
+    /// HF `vit`: `ViTModel`, `ViTForImageClassification`.
+    pub const HF_VIT: Self = Self(&hf_vit::HfVit);
+    /// timm's `VisionTransformer` and `VisionTransformerDistilled`, as timm's hub repos hold
+    /// them.
+    pub const TIMM: Self = Self(&timm::Timm);
+    /// HF `clip` and `clip_vision_model`.
+    pub const HF_CLIP: Self = Self(&hf_clip::HfClip);
+    /// HF `siglip` and `siglip_vision_model`.
+    pub const HF_SIGLIP: Self = Self(&hf_siglip::HfSiglip);
+
+    /// The layout a `config.json` describes.
     pub fn of_config(json: &Value) -> Result<Self> {
-        let model_type = json.get("model_type").and_then(Value::as_str);
-        if model_type.is_none() && json.get("architecture").is_some() {
-            return Ok(Self::Timm);
+        if let Some(layout) = LAYOUTS.iter().find(|layout| layout.reads_config(json)) {
+            return Ok(Self(*layout));
         }
-        Ok(match model_type {
-            None | Some("vit") => Self::HfVit,
-            Some("deit") => Self::HfDeit,
-            Some("dinov2" | "dinov2_with_registers") => Self::HfDinov2,
-            Some("dinov3_vit") => Self::HfDinov3,
+        match json.get("model_type").and_then(Value::as_str) {
             Some("dinov3_convnext") => bail!(
                 "model_type \"dinov3_convnext\" is a ConvNeXt, not a vision transformer: vit \
                  runs the DINOv3 ViTs (dinov3_vit)"
             ),
-            Some("clip" | "clip_vision_model") => Self::HfClip,
-            Some("siglip" | "siglip_vision_model") => Self::HfSiglip,
-            Some(other) => bail!(
-                "model_type {other:?} is not supported (supported: vit, deit, dinov2, \
+            other => bail!(
+                "model_type {} is not supported (supported: vit, deit, dinov2, \
                  dinov2_with_registers, dinov3_vit, clip, clip_vision_model, siglip, \
-                 siglip_vision_model)"
+                 siglip_vision_model)",
+                other.map_or_else(|| "null".to_string(), |t| format!("{t:?}"))
             ),
-        })
-    }
-
-    /// The layout of a checkpoint without `config.json`, by its tensor names.
-    pub fn of_names(names: &[String]) -> Self {
-        match timm::has_timm_names(names) {
-            true => Self::Timm,
-            false => Self::HfVit,
         }
     }
 
-    /// The architecture `config.json` describes, in this layout; timm's is read off the
-    /// tensors (`shapes`, by canonical name), with `num_heads` for a config without them.
+    /// The layout of a checkpoint without `config.json`, by its tensor names (HF ViT's unless
+    /// another layout claims them).
+    pub fn of_names(names: &[String]) -> Self {
+        LAYOUTS
+            .iter()
+            .find(|layout| layout.reads_names(names))
+            .map_or(Self::HF_VIT, |layout| Self(*layout))
+    }
+
+    /// The architecture `config.json` describes, in this layout.
     pub fn config(
         self,
         json: &Value,
         shapes: &(impl TensorShapes + ?Sized),
         num_heads: Option<usize>,
     ) -> Result<ViTConfig> {
-        match self {
-            Self::HfVit => hf_vit::config(json),
-            Self::HfDeit => hf_deit::config(json),
-            Self::HfDinov2 => hf_dinov2::config(json),
-            Self::HfDinov3 => hf_dinov3::config(json),
-            Self::Timm => timm::config(json, shapes, num_heads),
-            Self::HfClip => hf_clip::config(json),
-            Self::HfSiglip => hf_siglip::config(json),
-        }
+        self.0.config(json, &ShapesOf(shapes), num_heads)
     }
 
     /// The text tower `config.json` describes, for image-text models.
     pub fn text_config(self, json: &Value) -> Result<Option<TextConfig>> {
-        match self {
-            Self::HfClip => hf_clip::text_config(json),
-            Self::HfSiglip => hf_siglip::text_config(json),
-            _ => Ok(None),
-        }
+        self.0.text_config(json)
+    }
+
+    /// See [`CheckpointLayout::default_preprocess`].
+    pub fn default_preprocess(
+        self,
+        json: Option<&Value>,
+        config: &ViTConfig,
+    ) -> Result<PreprocessConfig> {
+        self.0.default_preprocess(json, config)
     }
 
     /// Leading unit dimensions the canonical tensor `canonical` has over this layout's.
     pub fn unit_dims(self, canonical: &str) -> usize {
-        match self {
-            Self::HfClip => hf_clip::unit_dims(canonical),
-            Self::HfSiglip => hf_siglip::unit_dims(canonical),
-            _ => 0,
-        }
+        self.0.unit_dims(canonical)
     }
 
-    /// Whether the checkpoint's library also keeps `canonical` without using it for what
-    /// `config` computes (SiglipForImageClassification's logits read the token mean, not its
-    /// attention pooling), so that it is not reported as unused.
+    /// See [`CheckpointLayout::unused_by_design`].
     pub fn unused_by_design(self, canonical: &str, config: &ViTConfig) -> bool {
-        match self {
-            Self::HfSiglip => hf_siglip::unused_by_design(canonical, config),
-            Self::HfDinov3 => hf_dinov3::unused_by_design(canonical, config),
-            _ => false,
-        }
+        self.0.unused_by_design(canonical, config)
     }
 
-    /// The canonical names a fused stored tensor is split into along its rows (timm's
-    /// `qkv`, SigLIP's pooling `in_proj`), if it is one.
+    /// See [`CheckpointLayout::fused_parts`].
     pub fn fused_parts(self, stored: &str) -> Option<Vec<String>> {
-        match self {
-            Self::Timm => timm::fused_parts(stored),
-            Self::HfSiglip => hf_siglip::fused_parts(stored),
-            _ => None,
-        }
+        self.0.fused_parts(stored)
     }
 
     /// The canonical name of a stored tensor (after DataParallel's `module.` is stripped);
     /// names the layout does not know are kept as they are (and reported as unused).
     pub fn canonical_name(self, stored: &str) -> String {
-        let renamed = match self {
-            Self::HfVit => hf_vit::canonical_name(stored),
-            Self::HfDeit => hf_deit::canonical_name(stored),
-            Self::HfDinov2 => hf_dinov2::canonical_name(stored),
-            Self::HfDinov3 => hf_dinov3::canonical_name(stored),
-            Self::Timm => timm::canonical_name(stored),
-            Self::HfClip => hf_clip::canonical_name(stored),
-            Self::HfSiglip => hf_siglip::canonical_name(stored),
-        };
-        renamed.unwrap_or_else(|| stored.to_string())
+        self.0
+            .canonical_name(stored)
+            .unwrap_or_else(|| stored.to_string())
     }
 
-    /// The HF layout that holds `variant`: DeiT for a distillation token, DINOv2 for layer
-    /// scale, else ViT; an error for variants no HF layout of the family has.
+    /// The HF layout that holds `variant` (the first of [`LAYOUTS`] that writes it); an error
+    /// for variants no HF layout of the family has.
     pub fn of_variant(variant: &Variant) -> Result<Self> {
-        let layout = if variant.rotary.is_some() {
-            Self::HfDinov3
-        } else if variant.distillation_token {
-            Self::HfDeit
-        } else if variant.layer_scale || variant.register_tokens > 0 {
-            Self::HfDinov2
-        } else {
-            Self::HfVit
-        };
-        let expected = layout.variant(variant);
-        if *variant != expected {
-            bail!(
-                "this variant has no HF counterpart in the ViT family (ViT, DeiT, DINOv2): {}",
-                describe_difference(variant, &expected)
-            );
+        for layout in LAYOUTS {
+            let Some(expected) = layout.writes(variant) else {
+                continue;
+            };
+            if *variant != expected {
+                bail!(
+                    "this variant has no HF counterpart in the ViT family (ViT, DeiT, DINOv2, \
+                     DINOv3): {}",
+                    describe_difference(variant, &expected)
+                );
+            }
+            return Ok(Self(layout));
         }
-        Ok(layout)
-    }
-
-    /// The variant of this layout with `variant`'s free choices (head, pooling, registers,
-    /// MLP) kept, to compare against.
-    fn variant(self, variant: &Variant) -> Variant {
-        let plain = Variant::default();
-        match self {
-            Self::HfVit | Self::Timm | Self::HfClip | Self::HfSiglip => Variant {
-                head: variant.head,
-                ..plain
-            },
-            Self::HfDeit => Variant {
-                head: variant.head,
-                pooling: match variant.head {
-                    Head::Distilled => Pooling::ClassDistillationAverage,
-                    _ => Pooling::Class,
-                },
-                distillation_token: true,
-                ..plain
-            },
-            Self::HfDinov2 => Variant {
-                head: variant.head,
-                pooling: variant.pooling,
-                register_tokens: variant.register_tokens,
-                mlp: match variant.mlp {
-                    MlpKind::Gated => MlpKind::SwiGlu,
-                    other => other,
-                },
-                pos_interpolation: variant.pos_interpolation,
-                layer_scale: true,
-                ..plain
-            },
-            Self::HfDinov3 => Variant {
-                absolute_positions: false,
-                rotary: variant.rotary,
-                register_tokens: variant.register_tokens,
-                mlp: match variant.mlp {
-                    MlpKind::SwiGlu => MlpKind::Standard,
-                    other => other,
-                },
-                layer_scale: true,
-                head: Head::None,
-                ..plain
-            },
-        }
+        bail!("no HF layout writes {variant:?}")
     }
 
     /// The `config.json` of `config` in this layout, on top of `base`'s other keys.
@@ -226,14 +246,7 @@ impl Layout {
         for key in ["num_labels", "id2label", "label2id"] {
             map.remove(key);
         }
-        // timm checkpoints are written in the HF layout of their variant (`of_variant`), which
-        // is never CLIP's or SigLIP's.
-        let (model_type, architecture, specific) = match self {
-            Self::HfVit | Self::Timm | Self::HfClip | Self::HfSiglip => hf_vit::hf_config(config),
-            Self::HfDeit => hf_deit::hf_config(config),
-            Self::HfDinov2 => hf_dinov2::hf_config(config, base),
-            Self::HfDinov3 => hf_dinov3::hf_config(config),
-        };
+        let (model_type, architecture, specific) = self.0.hf_config(config, base);
         map.insert("architectures".into(), serde_json::json!([architecture]));
         map.insert("model_type".into(), Value::from(model_type));
         for (key, value) in config.common_hf_entries().into_iter().chain(specific) {
@@ -244,28 +257,33 @@ impl Layout {
 
     /// The name this layout stores a canonical tensor under (what `save_pretrained` writes).
     pub fn stored_name(self, canonical: &str, config: &ViTConfig) -> String {
-        match self {
-            Self::HfVit | Self::Timm | Self::HfClip | Self::HfSiglip => {
-                hf_vit::stored_name(canonical, config)
-            }
-            Self::HfDeit => hf_deit::stored_name(canonical, config),
-            Self::HfDinov2 => hf_dinov2::stored_name(canonical, config),
-            Self::HfDinov3 => hf_dinov3::stored_name(canonical),
-        }
+        self.0.stored_name(canonical, config)
     }
 
-    /// The architecture name of the head of `config`, for messages.
+    /// The layout's name, for messages.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::HfVit => "HF vit",
-            Self::HfDeit => "HF deit",
-            Self::HfDinov2 => "HF dinov2",
-            Self::HfDinov3 => "HF dinov3_vit",
-            Self::Timm => "timm",
-            Self::HfClip => "HF clip",
-            Self::HfSiglip => "HF siglip",
-        }
+        self.0.name()
     }
+}
+
+/// `&impl TensorShapes` as the `&dyn TensorShapes` the trait takes.
+struct ShapesOf<'a, T: TensorShapes + ?Sized>(&'a T);
+
+impl<T: TensorShapes + ?Sized> TensorShapes for ShapesOf<'_, T> {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.0.shape(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0.names()
+    }
+}
+
+/// Whether `config.json`'s `model_type` is one of `types`.
+pub(crate) fn model_type_is(json: &Value, types: &[&str]) -> bool {
+    json.get("model_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| types.contains(&t))
 }
 
 /// Which options of `variant` differ from `expected`, for messages.

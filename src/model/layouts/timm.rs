@@ -10,6 +10,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+use super::CheckpointLayout;
 use crate::model::config::{
     Activation, Biases, Head, Pooling, PosInterpolation, Variant, ViTConfig,
 };
@@ -371,6 +372,55 @@ pub fn timm_preprocess(
         rescale_before_resize: false,
     };
     Ok((config, how))
+}
+
+/// timm's `VisionTransformer` and `VisionTransformerDistilled`, as timm's hub repos hold them
+/// (read only: `convert` writes them in their variant's HF layout).
+pub struct Timm;
+
+impl CheckpointLayout for Timm {
+    fn name(&self) -> &'static str {
+        "timm"
+    }
+
+    /// timm's configs have an `architecture` and no `model_type`.
+    fn reads_config(&self, json: &Value) -> bool {
+        json.get("model_type").is_none() && json.get("architecture").is_some()
+    }
+
+    fn reads_names(&self, names: &[String]) -> bool {
+        has_timm_names(names)
+    }
+
+    fn config(
+        &self,
+        json: &Value,
+        shapes: &dyn TensorShapes,
+        num_heads: Option<usize>,
+    ) -> Result<ViTConfig> {
+        config(json, shapes, num_heads)
+    }
+
+    /// timm's eval transform of the config's `pretrained_cfg`; HF ViT's defaults for a
+    /// checkpoint without `config.json`.
+    fn default_preprocess(
+        &self,
+        json: Option<&Value>,
+        config: &ViTConfig,
+    ) -> Result<PreprocessConfig> {
+        match json {
+            Some(json) => preprocess(json, config),
+            None => Ok(PreprocessConfig::default()),
+        }
+    }
+
+    fn canonical_name(&self, stored: &str) -> Option<String> {
+        canonical_name(stored)
+    }
+
+    fn fused_parts(&self, stored: &str) -> Option<Vec<String>> {
+        fused_parts(stored)
+    }
 }
 
 #[cfg(test)]
