@@ -429,10 +429,11 @@ fn bad_requests_fail_cleanly_without_touching_earlier_outputs() {
     );
 }
 
-/// DeiT and DINOv2 (fixtures of HF's own layouts) train through autograd, whole or with a
-/// frozen backbone, and come out as the HF classifier of their family.
+/// DeiT, DINOv2 and DINOv3 (fixtures of HF's own layouts) train through autograd, whole or
+/// with a frozen backbone, and come out as the classifier of their family (HF's; vit's own
+/// for DINOv3, which transformers has none of).
 #[test]
-fn deit_and_dinov2_train_and_are_saved_as_their_hf_classifiers() {
+fn deit_dinov2_and_dinov3_train_and_are_saved_as_their_family_classifiers() {
     let setup = Setup::new(8, 3, &["a"]);
     for (fixture_name, freeze, architecture) in [
         (
@@ -450,9 +451,19 @@ fn deit_and_dinov2_train_and_are_saved_as_their_hf_classifiers() {
             false,
             "DeiTForImageClassification",
         ),
+        (
+            "dinov3/gated_reg_p4_s24",
+            true,
+            "DINOv3ViTForImageClassification",
+        ),
+        (
+            "dinov3/plain_p4_s20",
+            false,
+            "DINOv3ViTForImageClassification",
+        ),
     ] {
         let model = common::fixture(fixture_name).display().to_string();
-        let out = format!("out-{}", architecture.to_lowercase());
+        let out = format!("out-{}", fixture_name.replace('/', "-"));
         let mut args = setup.args(&out, &["--epochs", "3", "--image-size", "32"]);
         args[4] = model;
         if freeze {

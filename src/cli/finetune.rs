@@ -365,7 +365,10 @@ fn start_new(
             };
             let unused = check_state_dict(&weights, &config)
                 .with_context(|| format!("{}", files.weights.display()))?;
-            for name in unused {
+            for name in unused
+                .into_iter()
+                .filter(|name| !layout.unused_by_design(name, &config))
+            {
                 log!(
                     "vit: warning: {}: ignoring unused tensor {name}",
                     files.weights.display()

@@ -90,7 +90,8 @@ pub fn adapt_base(
             from_labels: config.num_labels(),
         }
     };
-    if image_size != config.image_size {
+    // Learned positions are resized to the new grid; rotary ones are computed for any grid.
+    if image_size != config.image_size && config.variant.absolute_positions {
         let name = "vit.embeddings.position_embeddings";
         let positions = &weights[name];
         let grid = config.grid_size();

@@ -5,19 +5,28 @@
 //! `proj_bias`, `mlp_bias`); a plain or gated MLP. The model pools the class token after the
 //! final norm (`pooler_output`). Training-time position augmentations (`pos_embed_shift`,
 //! `_jitter`, `_rescale`) do not apply to inference and are ignored.
+//!
+//! transformers (5.23) has no DINOv3 classifier; `vit finetune` writes one as
+//! `DINOv3ViTForImageClassification`: the backbone's tensors, then a linear `classifier` on
+//! the class token and the mean of the patch tokens, concatenated (as HF's
+//! `Dinov2ForImageClassification`). HF's `DINOv3ViTModel` loads its backbone.
 
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
 use super::{architecture, model_type_is, CheckpointLayout, HfConfigKeys};
 use crate::model::config::{
-    Biases, Head, MlpKind, Pooling, RotaryCoordinates, RotaryEmbedding, Variant, ViTConfig,
+    generic_labels, Biases, Head, MlpKind, Pooling, RotaryCoordinates, RotaryEmbedding, Variant,
+    ViTConfig,
 };
 use crate::model::weights::TensorShapes;
 use crate::preprocess::PreprocessConfig;
 
-/// The architectures this layout reads.
-const ARCHITECTURES: [&str; 2] = ["DINOv3ViTModel", "DINOv3ViTBackbone"];
+/// The architectures this layout reads: HF's two backbones and `vit`'s classifier.
+const ARCHITECTURES: [&str; 3] = ["DINOv3ViTModel", "DINOv3ViTBackbone", CLASSIFIER];
+
+/// The classifier `vit finetune` writes.
+const CLASSIFIER: &str = "DINOv3ViTForImageClassification";
 
 /// The architecture of an HF DINOv3 ViT `config.json`, with `DINOv3ViTConfig`'s defaults.
 pub fn config(json: &Value) -> Result<ViTConfig> {
@@ -25,7 +34,10 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
         bail!("config.json is not a JSON object");
     };
     if let Some(other) = architecture(json).filter(|a| !ARCHITECTURES.contains(a)) {
-        bail!("architecture {other:?} is not supported for dinov3_vit (supported: DINOv3ViTModel, DINOv3ViTBackbone)");
+        bail!(
+            "architecture {other:?} is not supported for dinov3_vit (supported: {})",
+            ARCHITECTURES.join(", ")
+        );
     }
     let mut map: Map<String, Value> = map.clone();
     let defaults = [
@@ -74,9 +86,20 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
         true => MlpKind::Gated,
         false => MlpKind::Standard,
     };
-    variant.pooling = Pooling::Class;
-    variant.head = Head::None;
-    config.id2label = Vec::new();
+    match architecture(&json) == Some(CLASSIFIER) {
+        true => {
+            variant.pooling = Pooling::ClassAndMean;
+            variant.head = Head::Linear;
+            if config.id2label.is_empty() {
+                config.id2label = generic_labels(2);
+            }
+        }
+        false => {
+            variant.pooling = Pooling::Class;
+            variant.head = Head::None;
+            config.id2label = Vec::new();
+        }
+    }
     config.validate()?;
     Ok(config)
 }
@@ -106,7 +129,11 @@ pub fn hf_config(config: &ViTConfig) -> (&'static str, &'static str, Vec<(&'stat
         ("num_register_tokens", Value::from(variant.register_tokens)),
         ("use_gated_mlp", Value::from(variant.mlp == MlpKind::Gated)),
     ];
-    ("dinov3_vit", "DINOv3ViTModel", keys)
+    let architecture = match config.has_head() {
+        true => CLASSIFIER,
+        false => "DINOv3ViTModel",
+    };
+    ("dinov3_vit", architecture, keys)
 }
 
 /// Pairs of DINOv3 module names and canonical ones inside a layer.
@@ -123,7 +150,7 @@ const LAYER_NAMES: [(&str, &str); 9] = [
 ];
 
 /// Pairs of DINOv3 names and canonical ones outside the layers.
-const OTHER_NAMES: [(&str, &str); 5] = [
+const OTHER_NAMES: [(&str, &str); 6] = [
     ("embeddings.cls_token", "vit.embeddings.cls_token"),
     (
         "embeddings.register_tokens",
@@ -135,6 +162,7 @@ const OTHER_NAMES: [(&str, &str); 5] = [
     ),
     ("embeddings.mask_token", "vit.embeddings.mask_token"),
     ("norm.", "vit.layernorm."),
+    ("classifier.", "classifier."),
 ];
 
 /// DINOv3's names onto the canonical ones: `layer.N.` (`model.layer.N.` in memory) is
@@ -206,8 +234,13 @@ impl CheckpointLayout for HfDinov3 {
         unused_by_design(canonical, config)
     }
 
-    /// Variants with rotary embeddings: their rotary embedding, registers and MLP kept.
+    /// Variants with rotary embeddings: their rotary embedding, registers and MLP kept, a
+    /// backbone or `vit`'s classifier.
     fn writes(&self, variant: &Variant) -> Option<Variant> {
+        let (head, pooling) = match variant.head {
+            Head::None => (Head::None, Pooling::Class),
+            _ => (Head::Linear, Pooling::ClassAndMean),
+        };
         variant.rotary.is_some().then_some(Variant {
             absolute_positions: false,
             rotary: variant.rotary,
@@ -217,7 +250,8 @@ impl CheckpointLayout for HfDinov3 {
                 other => other,
             },
             layer_scale: true,
-            head: Head::None,
+            head,
+            pooling,
             ..Variant::default()
         })
     }
@@ -277,7 +311,7 @@ mod tests {
             canonical_name("model.layer.0.norm1.weight").as_deref(),
             Some("vit.encoder.layer.0.layernorm_before.weight")
         );
-        assert_eq!(canonical_name("classifier.weight"), None);
+        assert_eq!(canonical_name("pooler.dense.weight"), None);
     }
 
     #[test]
