@@ -120,10 +120,15 @@ clean:
 # bench-compare: `vit bench` against two peers on the same machine, in one run: PyTorch + HF
 # transformers (tests/bench/bench_infer_torch.py, eager forward with SDPA attention) and ONNX Runtime
 # (tests/bench/bench_infer_onnx.py: the same HF model exported once to DIR/model.onnx, opset
-# 17, CPUExecutionProvider, ORT_ENABLE_ALL; its logits checked against PyTorch's first), on two
-# random models with HF's own initialisation (written once by bench_infer_torch.py
-# --save-random): ViT-B/16 224 and a DeiT-Tiny-sized ViT (hidden 192, 12 layers, 3 heads, MLP
-# 768, patch 16, 224). Same threads, batch sizes and seconds per row for all three; dtypes
+# 17, CPUExecutionProvider, ORT_ENABLE_ALL; its outputs checked against PyTorch's first), on
+# four random models with HF's own initialisation (written once by bench_infer_torch.py
+# --save-random): ViT-B/16 224, a DeiT-Tiny-sized ViT (hidden 192, 12 layers, 3 heads, MLP
+# 768, patch 16, 224) and two DINOv3 backbones (DINOv3ViTModel, no head: PyTorch and ORT time
+# the forward to last_hidden_state and pooler_output, vit its embedding) with the configs of
+# facebook/dinov3-vit{s,b}16-pretrain-lvd1689m at 224 (patch 16, 4 registers, RoPE theta 100,
+# layer scale, no key bias, GELU MLP 4x; S/16 384 wide with 6 heads, B/16 768 with 12, 12
+# layers each; DINOv3ViTImageProcessor's preprocessor_config.json beside). Same threads,
+# batch sizes and seconds per row for all three; dtypes
 # BENCH_DTYPES (f32,int8; bf16 possible): f32 and bf16 for PyTorch, f32 and int8 for ORT
 # (int8: the export through quantize_dynamic, per-channel QInt8), all of them for vit.
 # Then tests/bench/machine_peaks.py measures the machine's f32 matrix-product ceiling (numpy's
@@ -134,6 +139,8 @@ clean:
 # each peer, and each side's share of that ceiling; then the peaks. All outputs (JSONL, and
 # compare.py's table in compare.txt) land in $(BENCH_OUT). torch, transformers, onnxruntime,
 # onnx and onnxscript are installed from PyPI into $(VENV) on first use.
+# bench-compare-dinov3: the same for the two DINOv3 models alone (and the peaks), into
+# $(BENCH_OUT)/compare-dinov3.txt.
 
 BENCH_OUT     ?= target/bench
 BENCH_THREADS ?= 2
@@ -143,8 +150,10 @@ BENCH_SECONDS ?= 10
 BENCH_ROUNDS  ?= 2
 BENCH_MODEL   := $(BENCH_OUT)/vit-base-patch16-224-random
 BENCH_DEIT    := $(BENCH_OUT)/deit-tiny-patch16-224-random
+BENCH_DINO_S  := $(BENCH_OUT)/dinov3-vits16-random
+BENCH_DINO_B  := $(BENCH_OUT)/dinov3-vitb16-random
 
-.PHONY: bench-compare
+.PHONY: bench-compare bench-compare-dinov3
 
 $(VENV)/.torch:
 	@$(VENV)/bin/python -c 'import torch, transformers' 2>/dev/null || \
@@ -162,6 +171,14 @@ $(BENCH_MODEL)/config.json: | $(VENV)/.torch
 $(BENCH_DEIT)/config.json: | $(VENV)/.torch
 	$(VENV)/bin/python tests/bench/bench_infer_torch.py --save-random $(BENCH_DEIT) \
 		--hidden-size 192 --layers 12 --heads 3
+
+$(BENCH_DINO_S)/config.json: | $(VENV)/.torch
+	$(VENV)/bin/python tests/bench/bench_infer_torch.py --save-random $(BENCH_DINO_S) --family dinov3 \
+		--hidden-size 384 --layers 12 --heads 6
+
+$(BENCH_DINO_B)/config.json: | $(VENV)/.torch
+	$(VENV)/bin/python tests/bench/bench_infer_torch.py --save-random $(BENCH_DINO_B) --family dinov3 \
+		--hidden-size 768 --layers 12 --heads 12
 
 # $(call bench-one,MODEL_DIR,NAME,EXTRA_VIT_FLAGS): vit, then PyTorch, then ORT on one model,
 # BENCH_ROUNDS times in alternation (a shared machine's speed drifts over minutes: compare.py
@@ -183,15 +200,63 @@ for round in $$(seq $(BENCH_ROUNDS)); do \
 done
 endef
 
-bench-compare: build $(BENCH_MODEL)/config.json $(BENCH_DEIT)/config.json | $(VENV)/.onnx
+# The machine's matrix-product peaks, into $(BENCH_OUT)/peaks.jsonl: BENCH_PEAK_SIZES (n of the
+# n^3 products) and BENCH_PEAK_SECONDS per library and size (at least two calls each:
+# torch._int_mm, about 1 GOP/s on a 2-core Zen 3, takes minutes at 4096^3).
+BENCH_PEAK_SIZES   ?= 2048,4096
+BENCH_PEAK_SECONDS ?= 3
+define bench-peaks
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/python tests/bench/machine_peaks.py \
+	--threads $(BENCH_THREADS) --sizes $(BENCH_PEAK_SIZES) --seconds $(BENCH_PEAK_SECONDS) > $(BENCH_OUT)/peaks.jsonl
+endef
+
+# compare.py's --model arguments for a NAME of bench-one: $(call bench-rows,LABEL,NAME).
+bench-rows = --model $(1) $(BENCH_OUT)/$(2)-vit.jsonl $(BENCH_OUT)/$(2)-torch.jsonl $(BENCH_OUT)/$(2)-ort.jsonl
+
+bench-compare: build $(BENCH_MODEL)/config.json $(BENCH_DEIT)/config.json \
+		$(BENCH_DINO_S)/config.json $(BENCH_DINO_B)/config.json | $(VENV)/.onnx
 	$(call bench-one,$(BENCH_MODEL),vit-b16,--peak)
 	$(call bench-one,$(BENCH_DEIT),deit-tiny,)
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/python tests/bench/machine_peaks.py \
-		--threads $(BENCH_THREADS) > $(BENCH_OUT)/peaks.jsonl
+	$(call bench-one,$(BENCH_DINO_S),dinov3-s16,)
+	$(call bench-one,$(BENCH_DINO_B),dinov3-b16,)
+	$(bench-peaks)
 	@$(PYTHON) tests/bench/compare.py --peaks $(BENCH_OUT)/peaks.jsonl \
-		--model ViT-B/16 $(BENCH_OUT)/vit-b16-vit.jsonl $(BENCH_OUT)/vit-b16-torch.jsonl $(BENCH_OUT)/vit-b16-ort.jsonl \
-		--model DeiT-Tiny $(BENCH_OUT)/deit-tiny-vit.jsonl $(BENCH_OUT)/deit-tiny-torch.jsonl $(BENCH_OUT)/deit-tiny-ort.jsonl \
+		$(call bench-rows,ViT-B/16,vit-b16) $(call bench-rows,DeiT-Tiny,deit-tiny) \
+		$(call bench-rows,DINOv3-S/16,dinov3-s16) $(call bench-rows,DINOv3-B/16,dinov3-b16) \
 		> $(BENCH_OUT)/compare.txt && cat $(BENCH_OUT)/compare.txt
+
+bench-compare-dinov3: build $(BENCH_DINO_S)/config.json $(BENCH_DINO_B)/config.json | $(VENV)/.onnx
+	$(call bench-one,$(BENCH_DINO_S),dinov3-s16,--peak)
+	$(call bench-one,$(BENCH_DINO_B),dinov3-b16,)
+	$(bench-peaks)
+	@$(PYTHON) tests/bench/compare.py --peaks $(BENCH_OUT)/peaks.jsonl \
+		$(call bench-rows,DINOv3-S/16,dinov3-s16) $(call bench-rows,DINOv3-B/16,dinov3-b16) \
+		> $(BENCH_OUT)/compare-dinov3.txt && cat $(BENCH_OUT)/compare-dinov3.txt
+
+# bench-dense: dense features at high resolution (tests/bench/bench_dense.py): every token of
+# one shared photo ($(DENSE_IMAGE)) through the DINOv3-S/16 above at $(DENSE_SIZE) px (1024:
+# 4,096 patch tokens), batch 1, f32, $(BENCH_THREADS) threads. vit: `vit embed --pool tokens
+# --image-size $(DENSE_SIZE)` from a cold process (wall time and peak RSS, from wait4), and
+# `vit bench --image-size $(DENSE_SIZE) --batch-sizes 1` for the warm forward; PyTorch +
+# transformers (SDPA) on the same image and processor in a process of its own (load,
+# preprocess, first forward, then warm forwards for $(DENSE_SECONDS) s; its peak RSS). One
+# JSON line per side into $(BENCH_OUT)/dense.jsonl, then a summary line: the weights' size,
+# vit's peak RSS against "at most the weights + 300 MB", the speed ratio vit/PyTorch (warm
+# p50, and cold) and the tokens' largest difference.
+DENSE_IMAGE   ?= $(SHARED)/images/coco_000000039769_two_cats.png
+DENSE_SIZE    ?= 1024
+DENSE_SECONDS ?= $(BENCH_SECONDS)
+DENSE_WARMUP  ?= 2
+DENSE_MIN_ITERS ?= 3
+
+.PHONY: bench-dense
+bench-dense: build $(BENCH_DINO_S)/config.json | $(VENV)/.torch
+	@mkdir -p $(BENCH_OUT)
+	$(VENV)/bin/python tests/bench/bench_dense.py --model $(BENCH_DINO_S) --image $(DENSE_IMAGE) \
+		--vit $(VIT) --image-size $(DENSE_SIZE) --threads $(BENCH_THREADS) --seconds $(DENSE_SECONDS) \
+		--warmup $(DENSE_WARMUP) --min-iters $(DENSE_MIN_ITERS) --out $(BENCH_OUT)/dense > $(BENCH_OUT)/dense.jsonl || \
+		{ cat $(BENCH_OUT)/dense.jsonl; exit 1; }
+	@cat $(BENCH_OUT)/dense.jsonl
 
 # bench-zero-shot: `vit classify --labels` against HF's zero-shot-image-classification pipeline
 # (tests/bench/bench_zero_shot.py), on a random CLIP ViT-B/32 (HF's initialisation and the

@@ -16,8 +16,8 @@ kernel's ru_maxrss of that child alone) and its wall time around it:
                --seconds S`: the warm forward pass (after warm-up), p50 latency.
   torch        this script with --torch-child: loads the folder (the class its config.json
                names, SDPA attention), preprocesses IMG with the folder's image processor at NxN,
-               times the first (cold) forward and then warm ones (2 warm-up, then at least 3,
-               for S seconds), inference_mode, torch.set_num_threads(T); writes
+               times the first (cold) forward and then warm ones (--warmup 2, then at least
+               --min-iters 3, for S seconds), inference_mode, torch.set_num_threads(T); writes
                last_hidden_state to OUT/dense-torch-tokens.npy.
 
 Prints one JSON line per side (`vit`, `torch`) and a summary line: the weights' size (the
@@ -88,7 +88,7 @@ def torch_child(args):
             model(pixel_values=pixels)
         latencies = []
         budget_end = time.perf_counter() + args.seconds
-        while len(latencies) < 3 or time.perf_counter() < budget_end:
+        while len(latencies) < args.min_iters or time.perf_counter() < budget_end:
             t0 = time.perf_counter()
             model(pixel_values=pixels)
             latencies.append(time.perf_counter() - t0)
@@ -121,6 +121,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--min-iters", type=int, default=3, help="PyTorch's timed forwards, at least (smoke tests: 1)")
     parser.add_argument("--out", metavar="DIR", default="target/bench/dense")
     parser.add_argument("--strict", action="store_true", help="exit 1 when vit's peak RSS misses the target")
     parser.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
@@ -144,7 +145,7 @@ def main():
 
     torch_cmd = [sys.executable, os.path.abspath(__file__), "--torch-child", "--model", args.model, "--image", args.image,
                  "--image-size", str(args.image_size), "--threads", str(args.threads), "--seconds", str(args.seconds),
-                 "--warmup", str(args.warmup), "--out", args.out]
+                 "--warmup", str(args.warmup), "--min-iters", str(args.min_iters), "--out", args.out]
     torch_wall, torch_rss, torch_out = run_child(torch_cmd)
     torch_row = next(json.loads(l) for l in torch_out.splitlines() if l.startswith("{"))
 
@@ -161,7 +162,7 @@ def main():
     vit_row = {"side": "vit", **common,
                "embed": {"wall_s": embed_wall, "peak_rss_bytes": embed_rss, "tokens": list(vit_tokens.shape),
                          "command": " ".join(embed_cmd)},
-               "bench": {"latency_ms": bench["latency_ms"], "iters": bench.get("iters"),
+               "bench": {"latency_ms": bench["latency_ms"],
                          "peak_memory_bytes": bench.get("peak_memory_bytes"), "peak_rss_bytes": bench_rss,
                          "gflop_per_image": bench.get("gflop_per_image"), "wall_s": bench_wall}}
     cold_torch = torch_row["load_s"] + torch_row["preprocess_s"] + torch_row["first_forward_s"]
