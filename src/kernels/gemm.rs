@@ -304,11 +304,7 @@ unsafe fn portable(
 ) {
     let (k, n) = b.dims();
     // B (p, j) = W (j, p).
-    let weight = View {
-        ptr: b.plain_weight().as_ptr(),
-        row_stride: 1,
-        col_stride: k as isize,
-    };
+    let weight = View::of(b.plain_weight(), n, k).transposed();
     gemm_crate(c, ldc, (m, n, k), a, weight, epilogue, parallel);
     finish_rows(c, ldc, (m, n), epilogue);
 }

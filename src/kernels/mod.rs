@@ -10,10 +10,15 @@
 //! - [`pool`]: the threads that run the parallel steps of a forward pass.
 //! - [`int8`]: int8 dense layers (per-channel weights, activations quantized per row) on
 //!   the same split and threads.
+//! - [`rows`]: layer norm, exact GELU and softmax over rows, in vector lanes; [`attention`]:
+//!   softmax attention from a fused q/k/v buffer; [`rope`]: rotary embeddings turned in
+//!   place; `dense`: the training step's products over slices.
 
+pub mod attention;
 #[cfg(test)]
 pub(crate) mod bounds;
 pub mod cache;
+pub(crate) mod dense;
 pub mod epilogue;
 pub mod gemm;
 pub mod int8;
@@ -23,6 +28,9 @@ pub(crate) mod microkernel;
 pub mod pack;
 pub mod pool;
 pub mod rope;
+pub mod rows;
+
+use std::marker::PhantomData;
 
 pub use cache::CacheSizes;
 pub use epilogue::{Activation, Epilogue};
@@ -79,28 +87,36 @@ unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
     /// The pointer `offset` values in (a method, so that closures capture the whole
     /// `SendPtr`, which is `Send`, not its raw field).
-    pub(crate) fn at(self, offset: usize) -> *mut T {
-        // SAFETY: callers pass offsets inside the buffer.
+    ///
+    /// # Safety
+    /// `offset` must stay inside the buffer the pointer addresses (`pointer::add`'s rule).
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut T {
+        // SAFETY: the caller keeps the offset inside the buffer.
         unsafe { self.0.add(offset) }
     }
 }
 
-/// A strided view of a matrix: element `(r, c)` at `ptr + r * row_stride + c * col_stride`.
+/// A strided view of a `rows x cols` matrix: element `(r, c)` at `ptr + r * row_stride + c *
+/// col_stride`. Built only over a slice that holds every element (checked), which it borrows
+/// for `'a`: the compiler, not a comment, keeps the data alive and unwritten while a product
+/// reads it.
 #[derive(Debug, Clone, Copy)]
-pub struct View {
-    pub ptr: *const f32,
-    pub row_stride: isize,
-    pub col_stride: isize,
+pub struct View<'a> {
+    pub(in crate::kernels) ptr: *const f32,
+    pub(in crate::kernels) row_stride: isize,
+    pub(in crate::kernels) col_stride: isize,
+    pub(in crate::kernels) rows: usize,
+    pub(in crate::kernels) cols: usize,
+    pub(in crate::kernels) data: PhantomData<&'a [f32]>,
 }
 
-// SAFETY: a view only reads; whoever builds one over shared data keeps it alive and unwritten
-// while the product that reads it runs.
-unsafe impl Send for View {}
-unsafe impl Sync for View {}
+// SAFETY: a view only reads the slice it borrows (shared, so nobody writes it meanwhile).
+unsafe impl Send for View<'_> {}
+unsafe impl Sync for View<'_> {}
 
-impl View {
+impl<'a> View<'a> {
     /// `rows x cols` row-major values of `data` (checked to be there).
-    pub fn of(data: &[f32], rows: usize, cols: usize) -> Self {
+    pub fn of(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(
             data.len() >= rows * cols,
             "matrix of {rows}x{cols} over {} values",
@@ -110,13 +126,16 @@ impl View {
             ptr: data.as_ptr(),
             row_stride: cols as isize,
             col_stride: 1,
+            rows,
+            cols,
+            data: PhantomData,
         }
     }
 
     /// `rows` rows of `cols` values of `data` from `offset`, `row_stride` apart (checked to
     /// be there).
     pub fn strided(
-        data: &[f32],
+        data: &'a [f32],
         offset: usize,
         rows: usize,
         cols: usize,
@@ -131,16 +150,26 @@ impl View {
             ptr: data[offset..].as_ptr(),
             row_stride: row_stride as isize,
             col_stride: 1,
+            rows,
+            cols,
+            data: PhantomData,
         }
     }
 
     /// The transpose.
     pub fn transposed(self) -> Self {
         Self {
-            ptr: self.ptr,
             row_stride: self.col_stride,
             col_stride: self.row_stride,
+            rows: self.cols,
+            cols: self.rows,
+            ..self
         }
+    }
+
+    /// `(rows, cols)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
 }
 

@@ -315,8 +315,7 @@ impl PackedB {
                     ptr: b
                         .ptr
                         .offset(k0 as isize * b.row_stride + (q * nr) as isize * b.col_stride),
-                    row_stride: b.col_stride,
-                    col_stride: b.row_stride,
+                    ..b.transposed()
                 };
                 let offset = k0 * n_pad + q * depth * nr;
                 // SAFETY: each (panel, block) region is written by this task only, inside

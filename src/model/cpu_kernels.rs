@@ -1,7 +1,6 @@
-//! Fused f32 CPU kernels for inference, where candle's generic ops leave speed on the table:
-//! exact GELU computed in parallel, and attention computed head by head straight from the
-//! fused q/k/v projection without transposed copies. Their matrix products, and those of the
-//! training step, are the CPU engine's ([`crate::kernels`]).
+//! The candle adapters of the CPU engine's fused f32 kernels for inference ([`crate::kernels`]:
+//! layer norm, exact GELU, attention straight from the fused q/k/v projection, rotary
+//! embeddings turned in place), where candle's generic ops leave speed on the table.
 //!
 //! Each kernel runs only on CPU f32 tensors that track no gradient; everything else (GPUs,
 //! half precision, training) goes through the equivalent candle ops, so these kernels never
@@ -11,10 +10,8 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp3, Layout, Result, Shape, Tensor,
 };
 
-pub(crate) use crate::kernels::math::{erf, erf_given_exp, exp};
 use crate::kernels::rope::QkvShape;
-use crate::kernels::{self, pool, Epilogue, Isa};
-pub(crate) use crate::kernels::{SendPtr, View};
+use crate::kernels::{self, Isa};
 
 /// Whether the fused CPU kernels apply to these inputs.
 pub fn applies(tensors: &[&Tensor]) -> bool {
@@ -33,39 +30,6 @@ pub(crate) fn contiguous_f32<'a>(
         .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))?;
     Ok(&storage.as_slice::<f32>()?[start..end])
 }
-
-/// Runs `kernel` compiled for the CPU engine's instruction set ([`Isa::current`]: AVX-512 or
-/// AVX2 and FMA; the crate is built for the baseline x86-64, whose 4-wide SSE2 is all the
-/// compiler may assume), plainly elsewhere. The kernel's loops are vectorized when they use
-/// branch-free maths such as [`exp`]; mark the closure `#[inline(always)]`, or it is compiled
-/// on its own, for the baseline.
-#[inline(always)]
-pub(crate) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
-    match Isa::current() {
-        // SAFETY: the CPU has the features the functions are compiled for (Isa::current
-        // only names supported sets).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { run_avx512(kernel) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { run_avx2(kernel) },
-        _ => kernel(),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2<R>(kernel: impl FnOnce() -> R) -> R {
-    kernel()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-unsafe fn run_avx512<R>(kernel: impl FnOnce() -> R) -> R {
-    kernel()
-}
-
-/// Rows of a layer norm handled by one parallel task.
-const NORM_ROWS_PER_TASK: usize = 16;
 
 /// Layer norm over the last dimension, `(x - mean) / sqrt(var + eps) * weight + bias`, with
 /// the mean and variance of each row in two passes (as PyTorch computes them).
@@ -97,24 +61,7 @@ impl CustomOp3 for FusedLayerNorm {
                 xs_layout.shape()
             );
         }
-        let eps = self.eps;
-        let chunk = NORM_ROWS_PER_TASK * cols;
-        let out = pool::fill(xs.len(), chunk, |i, out| {
-            let xs = &xs[i * chunk..];
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (o, x) in out.chunks_mut(cols).zip(xs.chunks(cols)) {
-                        let mean = sum(x) / cols as f32;
-                        let variance = squared_deviations(x, mean) / cols as f32;
-                        let inverse_std = 1.0 / (variance + eps).sqrt();
-                        for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
-                            o.write((x - mean) * inverse_std * w + b);
-                        }
-                    }
-                },
-            )
-        });
+        let out = kernels::rows::layer_norm_rows(xs, weight, bias, self.eps);
         Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
     }
 }
@@ -143,17 +90,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout, "gelu input")?;
-        let dst = pool::fill(src.len(), 4096, |i, dst| {
-            let src = &src[i * 4096..];
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (d, &x) in dst.iter_mut().zip(src) {
-                        d.write(0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)));
-                    }
-                },
-            )
-        });
+        let dst = kernels::rows::gelu_erf_values(src);
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -168,7 +105,8 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// Softmax attention over `qkv` of shape `(batch, seq, 3, heads, head_dim)`, giving
-/// `(batch, seq, heads, head_dim)` ([`attention_rows`], without keeping the probabilities).
+/// `(batch, seq, heads, head_dim)` ([`kernels::attention::attention_rows`], without keeping
+/// the probabilities).
 struct FusedAttention {
     isa: Isa,
 }
@@ -187,309 +125,13 @@ impl CustomOp1 for FusedAttention {
             );
         }
         let qkv = contiguous_f32(storage, layout, "attention input")?;
-        let (out, _) = attention_rows(qkv, (batch, seq, heads, head_dim), false, self.isa);
+        let (out, _) =
+            kernels::attention::attention_rows(qkv, (batch, seq, heads, head_dim), false, self.isa);
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, seq, heads, head_dim)),
         ))
     }
-}
-
-/// Lanes of the reductions below: independent partial results the compiler keeps in one
-/// vector register (a single running total is a chain it may not reorder).
-const LANES: usize = 8;
-
-/// `fold` over `values` with `LANES` independent accumulators started at `init`, combined
-/// at the end (the order is fixed, so results do not depend on the machine).
-#[inline(always)]
-fn reduce(values: &[f32], init: f32, fold: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut lanes = [init; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane = fold(*lane, v);
-        }
-    }
-    let mut result = rest.iter().fold(init, |acc, &v| fold(acc, v));
-    for lane in lanes {
-        result = fold(result, lane);
-    }
-    result
-}
-
-/// The sum of `values`, vectorizable.
-#[inline(always)]
-pub(crate) fn sum(values: &[f32]) -> f32 {
-    reduce(values, 0.0, |a, b| a + b)
-}
-
-/// The largest of `values` (negative infinity for none), vectorizable.
-#[inline(always)]
-pub(crate) fn max(values: &[f32]) -> f32 {
-    reduce(values, f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
-}
-
-/// The dot product of `a` and `b`, vectorizable.
-#[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let rest: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += x * y;
-        }
-    }
-    lanes.iter().fold(rest, |acc, lane| acc + lane)
-}
-
-/// `sum((x - mean)^2)` over `values`, vectorizable (the same sums, in the same order, as
-/// [`dot`] of the deviations with themselves).
-#[inline(always)]
-pub(crate) fn squared_deviations(values: &[f32], mean: f32) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest: f32 = chunks
-        .remainder()
-        .iter()
-        .map(|x| (x - mean) * (x - mean))
-        .sum();
-    for chunk in chunks {
-        for (lane, x) in lanes.iter_mut().zip(chunk) {
-            *lane += (x - mean) * (x - mean);
-        }
-    }
-    lanes.iter().fold(rest, |acc, lane| acc + lane)
-}
-
-/// Softmax of each row of `cols` values of `data`, rows `ld` apart, in place. The `ld -
-/// cols` values after each row are padding, left as zeros (their exponentials): with `ld` a
-/// multiple of the vector width every pass is whole vectors, where 197 scores (ViT at 224)
-/// left a scalar tail in each, half of the softmax's time.
-pub(crate) fn softmax_rows(data: &mut [f32], cols: usize, ld: usize) {
-    vectorized(
-        #[inline(always)]
-        || {
-            for row in data.chunks_mut(ld) {
-                let padding = cols.min(row.len());
-                row[padding..].fill(f32::NEG_INFINITY);
-                let max = max(row);
-                row.iter_mut().for_each(|x| *x = exp(*x - max));
-                // exp's clamp leaves about 1e-38 there, subnormal once scaled (slow).
-                row[padding..].fill(0.0);
-                let inverse = 1.0 / sum(row);
-                row.iter_mut().for_each(|x| *x *= inverse);
-            }
-        },
-    )
-}
-
-/// `dst (m x n, row stride dst_stride) = [dst +] scale * a (m x k) * b (k x n)` by the CPU
-/// engine, on all threads when `parallel`.
-///
-/// # Safety
-/// `dst`, `a` and `b` must address matrices of those sizes with their strides, and `dst`
-/// must not overlap `a` or `b` nor be written by anyone else meanwhile.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_raw(
-    dst: *mut f32,
-    dst_stride: usize,
-    (m, n, k): (usize, usize, usize),
-    a: View,
-    b: View,
-    accumulate: bool,
-    scale: f32,
-    parallel: bool,
-) {
-    let epilogue = Epilogue {
-        scale,
-        accumulate,
-        ..Epilogue::none()
-    };
-    kernels::gemm(
-        Isa::current(),
-        (m, n, k),
-        a,
-        b,
-        dst,
-        dst_stride,
-        &epilogue,
-        parallel,
-    );
-}
-
-/// `dst (m x n) = [dst +] a * b` on all threads, for views checked by [`View::of`].
-pub(crate) fn gemm_into(
-    dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    a: View,
-    b: View,
-    accumulate: bool,
-) {
-    assert_eq!(dst.len(), m * n);
-    // SAFETY: dst is an exclusive m x n buffer; a and b were built over slices that hold
-    // their matrices (View::of), which the borrow checker keeps apart from dst.
-    unsafe { gemm_raw(dst.as_mut_ptr(), n, (m, n, k), a, b, accumulate, 1.0, true) }
-}
-
-/// `x W^T + b (+ residual)` for `x` of `(rows, in)` and `W` of `(out, in)`, row-major, with
-/// the bias and residual added as the product stores (the training step's dense layers,
-/// whose weights change every step, so `W` is packed per call).
-pub(crate) fn linear_rows(
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    out: usize,
-) -> Vec<f32> {
-    let inner = weight.len() / out;
-    let rows = x.len() / inner;
-    let mut y = vec![0f32; rows * out];
-    let epilogue = Epilogue {
-        residual,
-        ..Epilogue::dense(bias, kernels::Activation::None)
-    };
-    // SAFETY: the views are checked over x and weight; y is this call's own buffer.
-    unsafe {
-        kernels::gemm(
-            Isa::current(),
-            (rows, out, inner),
-            View::of(x, rows, inner),
-            View::of(weight, out, inner).transposed(),
-            y.as_mut_ptr(),
-            out,
-            &epilogue,
-            true,
-        )
-    };
-    y
-}
-
-/// Softmax attention over `qkv` of `(batch, seq, 3, heads, head_dim)`: the context
-/// `(batch, seq, heads, head_dim)` and, with `keep_probs`, the probabilities
-/// `(batch, heads, seq, seq)` (empty otherwise). Each (batch, head) pair is one task: scores
-/// by one matrix product read straight from the strided q and k, a softmax in place, then the
-/// product with v written into the context's strided slot, by the CPU engine on `isa`.
-pub(crate) fn attention_rows(
-    qkv: &[f32],
-    (batch, seq, heads, head_dim): (usize, usize, usize, usize),
-    keep_probs: bool,
-    isa: Isa,
-) -> (Vec<f32>, Vec<f32>) {
-    let hidden = heads * head_dim;
-    let stride = 3 * hidden;
-    // Rows of scores `ld` apart (a whole number of vectors: see softmax_rows), unless the
-    // caller keeps them as probabilities, `seq` apart.
-    let ld = match keep_probs {
-        true => seq,
-        false => seq.next_multiple_of(16),
-    };
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    // Every (image, head, query row) slot of the context is written by one task below.
-    let mut context = Vec::with_capacity(batch * seq * hidden);
-    let out = SendPtr(context.spare_capacity_mut().as_mut_ptr().cast());
-    // Few (image, head) pairs (one DeiT-Tiny image has 3 heads for 2 threads) are split by
-    // query rows, so that every thread gets an even share.
-    let pairs = batch * heads;
-    let threads = rayon::current_num_threads();
-    let row_blocks = (4 * threads)
-        .div_ceil(pairs)
-        .clamp(1, seq.div_ceil(32).max(1));
-    let block_rows = seq.div_ceil(row_blocks).max(1);
-    let row_blocks = seq.div_ceil(block_rows).max(1);
-    // A task: the query rows `first..first + rows` of one (image, head), scores into `scores`
-    // (`rows x seq`).
-    let task = |task: usize, scores: &mut [f32]| {
-        let (pair, block) = (task / row_blocks, task % row_blocks);
-        let (b, h) = (pair / heads, pair % heads);
-        let first = block * block_rows;
-        let rows = block_rows.min(seq - first);
-        let scores = &mut scores[..rows * ld];
-        let base = b * seq * stride + h * head_dim;
-        let view = |offset: usize, from: usize, count: usize| {
-            View::strided(qkv, base + offset + from * stride, count, head_dim, stride)
-        };
-        let (q, k, v) = (
-            view(0, first, rows),
-            view(hidden, 0, seq),
-            view(2 * hidden, 0, seq),
-        );
-        let scaled = Epilogue {
-            scale,
-            ..Epilogue::none()
-        };
-        // SAFETY: q, k and v are checked views inside qkv; scores is this task's own
-        // rows x seq block; the context rows of (b, h) from `first` are written by this task
-        // only.
-        unsafe {
-            kernels::gemm(
-                isa,
-                (rows, seq, head_dim),
-                q,
-                k.transposed(),
-                scores.as_mut_ptr(),
-                ld,
-                &scaled,
-                false,
-            );
-        }
-        softmax_rows(scores, seq, ld);
-        unsafe {
-            kernels::gemm(
-                isa,
-                (rows, head_dim, seq),
-                View::strided(scores, 0, rows, seq, ld),
-                v,
-                out.at((b * seq + first) * hidden + h * head_dim),
-                hidden,
-                &Epilogue::none(),
-                false,
-            );
-        }
-    };
-    let tasks = pairs * row_blocks;
-    let probs = match keep_probs {
-        true => {
-            let mut probs = vec![0f32; pairs * seq * seq];
-            let all = SendPtr(probs.as_mut_ptr());
-            pool::for_each(tasks, |t| {
-                let (pair, block) = (t / row_blocks, t % row_blocks);
-                let first = block * block_rows;
-                let rows = block_rows.min(seq - first);
-                // SAFETY: the rows first..first + rows of pair's seq x seq block, inside probs
-                // and written by this task only.
-                let scores = unsafe {
-                    std::slice::from_raw_parts_mut(all.at((pair * seq + first) * seq), rows * seq)
-                };
-                task(t, scores)
-            });
-            probs
-        }
-        false => {
-            pool::for_each(tasks, |t| {
-                SCORES.with_borrow_mut(|scores| {
-                    scores.resize(block_rows * ld, 0.0);
-                    task(t, scores)
-                })
-            });
-            Vec::new()
-        }
-    };
-    // SAFETY: the tasks covered every (image, query row, head) of the context (a panic in
-    // one is raised by for_each before this line).
-    unsafe { context.set_len(batch * seq * hidden) };
-    (context, probs)
-}
-
-thread_local! {
-    /// Each thread's attention scores of one task.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Turns the queries and keys of the patch tokens of a fused q/k/v buffer by their rotary
@@ -562,6 +204,7 @@ pub fn attention(qkv: &Tensor, isa: Isa) -> Result<Option<Tensor>> {
 mod tests {
     use super::*;
     use crate::kernels::bounds;
+    use crate::kernels::dense::linear_rows;
     use candle_core::Device;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -575,24 +218,6 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
-    }
-
-    #[test]
-    fn lane_reductions_match_plain_ones() {
-        for len in [0, 1, 7, 8, 9, 31, 197] {
-            let values: Vec<f32> = (0..len).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
-            assert_eq!(sum(&values), values.iter().sum::<f32>(), "{len}");
-            let plain = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            assert_eq!(max(&values), plain, "{len}");
-            let squares: f32 = values.iter().map(|v| v * v).sum();
-            assert_eq!(dot(&values, &values), squares, "{len}");
-            let deviations: Vec<f32> = values.iter().map(|v| v - 0.5).collect();
-            assert_eq!(
-                squared_deviations(&values, 0.5),
-                dot(&deviations, &deviations),
-                "{len}"
-            );
-        }
     }
 
     #[test]

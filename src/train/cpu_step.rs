@@ -19,10 +19,11 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::model::Weights;
-use crate::model::cpu_kernels::{
-    attention_rows, dot, erf_given_exp, exp, gemm_into, gemm_raw, linear_rows as linear, sum,
-    vectorized, SendPtr, View,
-};
+use crate::kernels::attention::attention_rows;
+use crate::kernels::dense::{gemm_into, gemm_raw, linear_rows as linear};
+use crate::kernels::math::{erf_given_exp, exp};
+use crate::kernels::rows::{dot, sum, vectorized};
+use crate::kernels::{SendPtr, View};
 use crate::model::weights::expected_tensors;
 use crate::model::{Activation, ViTConfig};
 

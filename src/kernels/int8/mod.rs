@@ -385,8 +385,10 @@ pub fn linear_int8(x: &[f32], weight: &PackedI8, epilogue: &Epilogue) -> Vec<f32
             let col = p * nr;
             let cols = nr.min(n - col);
             for r in (first_row..last_row).step_by(MR) {
+                // SAFETY: r < rows and col < n, inside y's rows x n capacity.
+                let c = unsafe { out.at(r * n + col) };
                 let store = TileStore {
-                    c: out.at(r * n + col),
+                    c,
                     ldc: n,
                     rows: MR.min(rows - r),
                     cols,

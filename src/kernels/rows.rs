@@ -1,0 +1,212 @@
+//! Row kernels of the CPU engine that are not matrix products: layer norm, exact GELU and
+//! softmax, each row's reductions in vector lanes, compiled for the engine's instruction set
+//! ([`vectorized`]) and run on its threads ([`super::pool`]).
+
+use std::mem::MaybeUninit;
+
+use super::math::{erf, exp};
+use super::{pool, Isa};
+
+/// Runs `kernel` compiled for the CPU engine's instruction set ([`Isa::current`]: AVX-512 or
+/// AVX2 and FMA; the crate is built for the baseline x86-64, whose 4-wide SSE2 is all the
+/// compiler may assume), plainly elsewhere. The kernel's loops are vectorized when they use
+/// branch-free maths such as [`exp`]; mark the closure `#[inline(always)]`, or it is compiled
+/// on its own, for the baseline.
+#[inline(always)]
+pub(crate) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
+    match Isa::current() {
+        // SAFETY: the CPU has the features the functions are compiled for (Isa::current
+        // only names supported sets).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_avx512(kernel) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { run_avx2(kernel) },
+        _ => kernel(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<R>(kernel: impl FnOnce() -> R) -> R {
+    kernel()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn run_avx512<R>(kernel: impl FnOnce() -> R) -> R {
+    kernel()
+}
+
+/// Rows of a layer norm handled by one parallel task.
+const NORM_ROWS_PER_TASK: usize = 16;
+
+/// Layer norm of each row of `weight.len()` values of `xs`, `(x - mean) / sqrt(var + eps) *
+/// weight + bias`, with the mean and variance of each row in two passes (as PyTorch
+/// computes them), in parallel.
+///
+/// Panics unless `bias` is as long as `weight` and `xs` is whole rows.
+pub fn layer_norm_rows(xs: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let cols = weight.len();
+    assert!(
+        cols > 0 && bias.len() == cols && xs.len().is_multiple_of(cols),
+        "layer norm: {} values for {cols} weights",
+        xs.len()
+    );
+    let chunk = NORM_ROWS_PER_TASK * cols;
+    pool::fill(xs.len(), chunk, |i, out| {
+        let xs = &xs[i * chunk..];
+        vectorized(
+            #[inline(always)]
+            || {
+                for (o, x) in out.chunks_mut(cols).zip(xs.chunks(cols)) {
+                    let mean = sum(x) / cols as f32;
+                    let variance = squared_deviations(x, mean) / cols as f32;
+                    let inverse_std = 1.0 / (variance + eps).sqrt();
+                    for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+                        o.write((x - mean) * inverse_std * w + b);
+                    }
+                }
+            },
+        )
+    })
+}
+
+/// Values of exact GELU handled by one parallel task.
+const GELU_VALUES_PER_TASK: usize = 4096;
+
+/// Exact GELU of each value, `0.5 x (1 + erf(x / sqrt 2))`, in parallel.
+pub fn gelu_erf_values(src: &[f32]) -> Vec<f32> {
+    pool::fill(
+        src.len(),
+        GELU_VALUES_PER_TASK,
+        |i, dst: &mut [MaybeUninit<f32>]| {
+            let src = &src[i * GELU_VALUES_PER_TASK..];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, &x) in dst.iter_mut().zip(src) {
+                        d.write(0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)));
+                    }
+                },
+            )
+        },
+    )
+}
+
+/// Lanes of the reductions below: independent partial results the compiler keeps in one
+/// vector register (a single running total is a chain it may not reorder).
+const LANES: usize = 8;
+
+/// `fold` over `values` with `LANES` independent accumulators started at `init`, combined
+/// at the end (the order is fixed, so results do not depend on the machine).
+#[inline(always)]
+fn reduce(values: &[f32], init: f32, fold: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = fold(*lane, v);
+        }
+    }
+    let mut result = rest.iter().fold(init, |acc, &v| fold(acc, v));
+    for lane in lanes {
+        result = fold(result, lane);
+    }
+    result
+}
+
+/// The sum of `values`, vectorizable.
+#[inline(always)]
+pub(crate) fn sum(values: &[f32]) -> f32 {
+    reduce(values, 0.0, |a, b| a + b)
+}
+
+/// The largest of `values` (negative infinity for none), vectorizable.
+#[inline(always)]
+pub(crate) fn max(values: &[f32]) -> f32 {
+    reduce(values, f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
+}
+
+/// The dot product of `a` and `b`, vectorizable.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let rest: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += x * y;
+        }
+    }
+    lanes.iter().fold(rest, |acc, lane| acc + lane)
+}
+
+/// `sum((x - mean)^2)` over `values`, vectorizable (the same sums, in the same order, as
+/// [`dot`] of the deviations with themselves).
+#[inline(always)]
+pub(crate) fn squared_deviations(values: &[f32], mean: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|x| (x - mean) * (x - mean))
+        .sum();
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane += (x - mean) * (x - mean);
+        }
+    }
+    lanes.iter().fold(rest, |acc, lane| acc + lane)
+}
+
+/// Softmax of each row of `cols` values of `data`, rows `ld` apart, in place. The `ld -
+/// cols` values after each row are padding, left as zeros (their exponentials): with `ld` a
+/// multiple of the vector width every pass is whole vectors, where 197 scores (ViT at 224)
+/// left a scalar tail in each, half of the softmax's time.
+pub(crate) fn softmax_rows(data: &mut [f32], cols: usize, ld: usize) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for row in data.chunks_mut(ld) {
+                let padding = cols.min(row.len());
+                row[padding..].fill(f32::NEG_INFINITY);
+                let max = max(row);
+                row.iter_mut().for_each(|x| *x = exp(*x - max));
+                // exp's clamp leaves about 1e-38 there, subnormal once scaled (slow).
+                row[padding..].fill(0.0);
+                let inverse = 1.0 / sum(row);
+                row.iter_mut().for_each(|x| *x *= inverse);
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_reductions_match_plain_ones() {
+        for len in [0, 1, 7, 8, 9, 31, 197] {
+            let values: Vec<f32> = (0..len).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            assert_eq!(sum(&values), values.iter().sum::<f32>(), "{len}");
+            let plain = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&values), plain, "{len}");
+            let squares: f32 = values.iter().map(|v| v * v).sum();
+            assert_eq!(dot(&values, &values), squares, "{len}");
+            let deviations: Vec<f32> = values.iter().map(|v| v - 0.5).collect();
+            assert_eq!(
+                squared_deviations(&values, 0.5),
+                dot(&deviations, &deviations),
+                "{len}"
+            );
+        }
+    }
+}
