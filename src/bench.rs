@@ -444,8 +444,9 @@ mod tests {
         assert!(Latency::from_samples(&[]).is_err());
     }
 
-    /// The tiniest model: 2 layers of width 16 on 16x16 images.
-    fn micro_model(seed: u64, differentiable: bool) -> VisionTransformer {
+    /// The tiniest model: 2 layers of width 16 on 16x16 images; with `tracked`, its weights
+    /// track gradients, which takes candle's ops instead of the engine's kernels.
+    fn micro_model(seed: u64, tracked: bool) -> VisionTransformer {
         let config = ViTConfig::from_json(
             r#"{"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                 "intermediate_size": 32, "image_size": 16, "patch_size": 4,
@@ -458,18 +459,26 @@ mod tests {
             num_heads: None,
             model: crate::model::ModelOptions {
                 attention: crate::model::AttentionKernel::Standard,
-                differentiable,
                 ..Default::default()
             },
         };
-        crate::model::build(random_state_dict(&config, seed).unwrap(), &config, &options).unwrap()
+        let mut weights = random_state_dict(&config, seed).unwrap();
+        if tracked {
+            for tensor in weights.values_mut() {
+                *tensor = candle_core::Var::from_tensor(tensor)
+                    .unwrap()
+                    .as_tensor()
+                    .clone();
+            }
+        }
+        crate::model::build(weights, &config, &options).unwrap()
     }
 
     #[test]
     fn a_kernel_is_compared_on_the_models_logits() {
         let input = Tensor::randn(0f32, 1.0, (2, 3, 16, 16), &Device::Cpu).unwrap();
         let reference = micro_model(0, false);
-        // The same weights through other code (composed, differentiable ops): it agrees.
+        // The same weights through other code (candle's ops, as for training): it agrees.
         let same = compare_kernels(&reference, &micro_model(0, true), &input, DType::F32).unwrap();
         assert!(same.agrees && same.max_abs_diff < 1e-5, "{same:?}");
         // Other weights stand in for a broken kernel: refused.

@@ -17,7 +17,9 @@ fn cases() -> Vec<Value> {
     serde_json::from_str(&text).unwrap()
 }
 
-fn check_dinov3(model: ModelOptions) {
+/// Every case on the kernels of `model`; with `tracked`, over weights that track gradients
+/// (candle's ops, as training runs them).
+fn check_dinov3(model: ModelOptions, tracked: bool) {
     let cases = cases();
     assert_eq!(cases.len(), 3, "expected every DINOv3 case");
     let options = LoadOptions {
@@ -30,8 +32,11 @@ fn check_dinov3(model: ModelOptions) {
         let name = case["name"].as_str().unwrap();
         let dir = fixture(case["dir"].as_str().unwrap());
         let files = ModelFiles::local(&dir).unwrap();
-        let loaded =
+        let mut loaded =
             LoadedModel::load(&files, &options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        if tracked {
+            loaded.model = common::tracked_model(&files, &loaded);
+        }
         assert!(
             loaded.unused_tensors.is_empty(),
             "{name}: unused {:?}",
@@ -67,19 +72,19 @@ fn check_dinov3(model: ModelOptions) {
 fn dinov3_matches_hf_transformers_on_every_cpu_kernel() {
     for isa in Isa::supported() {
         eprintln!("checking the {} kernels", isa.name());
-        check_dinov3(ModelOptions {
-            isa,
-            ..ModelOptions::default()
-        });
+        check_dinov3(
+            ModelOptions {
+                isa,
+                ..ModelOptions::default()
+            },
+            false,
+        );
     }
 }
 
 #[test]
 fn dinov3_matches_on_the_differentiable_path() {
-    check_dinov3(ModelOptions {
-        differentiable: true,
-        ..ModelOptions::default()
-    });
+    check_dinov3(ModelOptions::default(), true);
 }
 
 /// HF's `DINOv3ViTImageProcessor` (torchvision backend, its only one: rescale, then an

@@ -16,7 +16,9 @@ fn cases() -> Vec<Value> {
     serde_json::from_str(&text).unwrap()
 }
 
-fn check_family(model: ModelOptions) {
+/// Every case on the kernels of `model`; with `tracked`, over weights that track gradients
+/// (candle's ops, as training runs them).
+fn check_family(model: ModelOptions, tracked: bool) {
     let cases = cases();
     assert!(cases.len() >= 8, "expected every family case");
     let options = LoadOptions {
@@ -29,8 +31,11 @@ fn check_family(model: ModelOptions) {
         let name = case["name"].as_str().unwrap();
         let dir = fixture(case["dir"].as_str().unwrap());
         let files = ModelFiles::local(&dir).unwrap();
-        let loaded =
+        let mut loaded =
             LoadedModel::load(&files, &options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        if tracked {
+            loaded.model = common::tracked_model(&files, &loaded);
+        }
         let unused: Vec<&String> = loaded
             .unused_tensors
             .iter()
@@ -64,19 +69,19 @@ fn check_family(model: ModelOptions) {
 fn family_outputs_match_hf_transformers_on_every_cpu_kernel() {
     for isa in Isa::supported() {
         eprintln!("checking the {} kernels", isa.name());
-        check_family(ModelOptions {
-            isa,
-            ..ModelOptions::default()
-        });
+        check_family(
+            ModelOptions {
+                isa,
+                ..ModelOptions::default()
+            },
+            false,
+        );
     }
 }
 
 #[test]
 fn family_outputs_match_on_the_differentiable_path() {
-    check_family(ModelOptions {
-        differentiable: true,
-        ..ModelOptions::default()
-    });
+    check_family(ModelOptions::default(), true);
 }
 
 /// Tensor names stored in a safetensors file.

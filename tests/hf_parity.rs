@@ -24,7 +24,9 @@ fn f32_options() -> LoadOptions {
     }
 }
 
-fn check_model_logits(options: &LoadOptions) {
+/// Every case loaded with `options`; with `tracked`, rebuilt over weights that track
+/// gradients (candle's ops, as training runs them).
+fn check_model_logits(options: &LoadOptions, tracked: bool) {
     let cases = manifest("hf/cases.json");
     assert!(cases.len() >= 10, "expected the full set of HF cases");
     for case in cases {
@@ -36,7 +38,11 @@ fn check_model_logits(options: &LoadOptions) {
             "{name}: loaded {}",
             files.weights.display()
         );
-        let loaded = LoadedModel::load(&files, options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let mut loaded =
+            LoadedModel::load(&files, options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        if tracked {
+            loaded.model = common::tracked_model(&files, &loaded);
+        }
         assert!(
             loaded.unused_tensors.is_empty(),
             "{name}: {:?}",
@@ -62,15 +68,13 @@ fn logits_match_hf_transformers_in_f32_on_every_cpu_kernel() {
         eprintln!("checking the {} kernels", isa.name());
         let mut options = f32_options();
         options.model.isa = isa;
-        check_model_logits(&options);
+        check_model_logits(&options, false);
     }
 }
 
 #[test]
 fn the_differentiable_path_gives_the_same_logits() {
-    let mut options = f32_options();
-    options.model.differentiable = true;
-    check_model_logits(&options);
+    check_model_logits(&f32_options(), true);
 }
 
 /// Both of HF's backends, on every processor class we read: the 8-bit image after resize

@@ -258,7 +258,6 @@ fn build(plan: &Plan, precision: Precision, kernel: AttentionKernel) -> Result<B
         num_heads: plan.num_heads,
         model: ModelOptions {
             attention: kernel,
-            differentiable: false,
             int8: precision.int8,
             ..Default::default()
         },

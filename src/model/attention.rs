@@ -24,31 +24,26 @@ impl AttentionKernel {
 
     /// Attends over `qkv` of shape `(batch, seq, 3, heads, head_dim)` and returns the context
     /// `(batch, seq, heads, head_dim)`, contiguous.
-    /// `isa` is the CPU engine's instruction set for the fused CPU kernel.
-    pub fn attend(self, qkv: &Tensor, differentiable: bool, isa: Isa) -> Result<Tensor> {
+    /// `isa` is the CPU engine's instruction set for the fused CPU kernel (which runs where
+    /// nothing tracks gradients; candle's ops, with a backward pass, elsewhere).
+    pub fn attend(self, qkv: &Tensor, isa: Isa) -> Result<Tensor> {
         match self {
-            Self::Standard => standard_attention(qkv, differentiable, isa),
+            Self::Standard => standard_attention(qkv, isa),
             Self::Flash => flash_attention(qkv),
         }
     }
 }
 
-fn standard_attention(qkv: &Tensor, differentiable: bool, isa: Isa) -> Result<Tensor> {
-    if !differentiable {
-        if let Some(context) = super::cpu_kernels::attention(qkv, isa)? {
-            return Ok(context);
-        }
+fn standard_attention(qkv: &Tensor, isa: Isa) -> Result<Tensor> {
+    if let Some(context) = super::cpu_kernels::attention(qkv, isa)? {
+        return Ok(context);
     }
-    masked_attention(qkv, None, differentiable)
+    masked_attention(qkv, None)
 }
 
 /// Attention over `qkv` (as [`AttentionKernel::attend`]) with `mask`, `(seq, seq)` of 0 and
 /// `-inf` added to the scores (a causal mask), on candle's ops.
-pub fn masked_attention(
-    qkv: &Tensor,
-    mask: Option<&Tensor>,
-    differentiable: bool,
-) -> Result<Tensor> {
+pub fn masked_attention(qkv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let head_dim = qkv.dim(4)?;
     let part = |i: usize| {
         qkv.narrow(2, i, 1)?
@@ -62,7 +57,7 @@ pub fn masked_attention(
         Some(mask) => scores.broadcast_add(mask)?,
         None => scores,
     };
-    let probs = super::encoder::softmax_last_dim(&scores, differentiable)?;
+    let probs = super::encoder::softmax_last_dim(&scores)?;
     probs.matmul(&v)?.transpose(1, 2)?.contiguous()
 }
 
@@ -112,11 +107,14 @@ mod tests {
     fn standard_attention_matches_a_loop_reference() -> Result<()> {
         let qkv = Tensor::randn(0f32, 1., (2, 5, 3, 2, 4), &Device::Cpu)?;
         let (expected, bound) = bounds::attention(&qkv.flatten_all()?.to_vec1()?, (2, 5, 2, 4));
-        for (differentiable, isa) in [(true, Isa::current())]
+        // A q/k/v that tracks gradients goes through candle's ops, the others through the
+        // fused kernel on each instruction set.
+        let tracked = candle_core::Var::from_tensor(&qkv)?;
+        for (qkv, isa) in [(tracked.as_tensor(), Isa::current())]
             .into_iter()
-            .chain(Isa::supported().into_iter().map(|isa| (false, isa)))
+            .chain(Isa::supported().into_iter().map(|isa| (&qkv, isa)))
         {
-            let got = AttentionKernel::Standard.attend(&qkv, differentiable, isa)?;
+            let got = AttentionKernel::Standard.attend(qkv, isa)?;
             assert_eq!(got.dims(), &[2, 5, 2, 4]);
             let got = got.flatten_all()?.to_vec1::<f32>()?;
             bounds::assert_within(&got, &expected, &bound, isa.name());
@@ -129,7 +127,7 @@ mod tests {
     fn flash_without_the_feature_is_a_clear_error() {
         let qkv = Tensor::zeros((1, 2, 3, 1, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
         let err = AttentionKernel::Flash
-            .attend(&qkv, false, Isa::current())
+            .attend(&qkv, Isa::current())
             .unwrap_err();
         assert!(err.to_string().contains("--features flash-attn"));
     }

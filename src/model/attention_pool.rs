@@ -49,7 +49,6 @@ pub struct AttentionPool {
     layernorm: LayerNorm,
     mlp: Mlp,
     num_heads: usize,
-    differentiable: bool,
 }
 
 impl AttentionPool {
@@ -65,8 +64,7 @@ impl AttentionPool {
         let (query_weight, query_bias) = projection("query")?;
         let (key_weight, key_bias) = projection("key")?;
         let (value_weight, value_bias) = projection("value")?;
-        let query =
-            Linear::new(query_weight, Some(query_bias), true, options.isa)?.forward(&probe)?;
+        let query = Linear::new(query_weight, Some(query_bias), options.isa)?.forward(&probe)?;
         let mlp_block = BlockConfig {
             mlp: MlpKind::Standard,
             layer_scale: false,
@@ -77,25 +75,17 @@ impl AttentionPool {
             key_value: Linear::stacked(
                 vec![key_weight, value_weight],
                 Some(Tensor::cat(&[key_bias, value_bias], 0)?),
-                options.differentiable,
                 options.isa,
             )?,
             output: Linear::load(
                 vb.pp("attention").pp("output").pp("dense"),
                 h,
                 h,
-                options.differentiable,
                 options.isa,
             )?,
-            layernorm: LayerNorm::load(
-                vb.pp("layernorm"),
-                h,
-                block.layer_norm_eps,
-                options.differentiable,
-            )?,
+            layernorm: LayerNorm::load(vb.pp("layernorm"), h, block.layer_norm_eps)?,
             mlp: Mlp::new(vb, &mlp_block, None, options)?,
             num_heads: block.num_attention_heads,
-            differentiable: options.differentiable,
         })
     }
 
@@ -117,7 +107,7 @@ impl AttentionPool {
             .broadcast_as((b, heads, 1, head_dim))?
             .contiguous()?;
         let scores = (query.matmul(&key.t()?)? / (head_dim as f64).sqrt())?;
-        let weights = softmax_last_dim(&scores, self.differentiable)?;
+        let weights = softmax_last_dim(&scores)?;
         let context = weights
             .matmul(&value)?
             .transpose(1, 2)?

@@ -5,8 +5,9 @@
 //! Tensor names are the canonical names of [`super::weights::expected_tensors`] (HF ViT's
 //! layout, `vit.embeddings...`, `vit.encoder.layer.N...`, `vit.layernorm`, `classifier`, plus
 //! the tensors other members add); each checkpoint layout is renamed onto them when it is
-//! read (see [`super::layouts`]). The same code trains: built over a `VarMap` with
-//! [`ModelOptions::differentiable`], every op on the path has a backward pass.
+//! read (see [`super::layouts`]). The same code trains: built over weights that track
+//! gradients (a `VarMap`'s), each op takes candle's ops with a backward pass wherever a tensor
+//! tracks gradients, and the engine's fused kernels elsewhere.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -25,8 +26,6 @@ use crate::kernels::Isa;
 pub struct ModelOptions {
     /// The attention kernel.
     pub attention: AttentionKernel,
-    /// Use ops with a backward pass (for training) instead of the fused inference kernels.
-    pub differentiable: bool,
     /// The CPU engine's instruction set for f32 inference (default: [`Isa::current`]).
     pub isa: Isa,
     /// Quantize the encoder's dense layers (attention's and the MLP's) to int8 per output
@@ -39,7 +38,6 @@ impl Default for ModelOptions {
     fn default() -> Self {
         Self {
             attention: AttentionKernel::Standard,
-            differentiable: false,
             isa: Isa::current(),
             int8: false,
         }
@@ -65,7 +63,7 @@ impl PatchEmbeddings {
             false => None,
         };
         Ok(Self {
-            projection: Linear::new(weight, bias, options.differentiable, options.isa)?,
+            projection: Linear::new(weight, bias, options.isa)?,
             patch_size: p,
             num_channels: c,
         })
@@ -269,7 +267,7 @@ fn encoder_linear(
 ) -> Result<Linear> {
     match options.int8 {
         true => Linear::stacked_int8(parts, bias, options.isa),
-        false => Linear::stacked(parts, bias, options.differentiable, options.isa),
+        false => Linear::stacked(parts, bias, options.isa),
     }
 }
 
@@ -281,7 +279,6 @@ pub struct SelfAttention {
     num_heads: usize,
     head_dim: usize,
     kernel: AttentionKernel,
-    differentiable: bool,
     isa: Isa,
 }
 
@@ -306,7 +303,6 @@ impl SelfAttention {
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
             kernel: options.attention,
-            differentiable: options.differentiable,
             isa: options.isa,
         })
     }
@@ -331,17 +327,11 @@ impl SelfAttention {
             None => qkv,
         };
         let context = match mask {
-            None => self.kernel.attend(&qkv, self.differentiable, self.isa)?,
-            Some(mask) => {
-                super::attention::masked_attention(&qkv, Some(mask), self.differentiable)?
-            }
+            None => self.kernel.attend(&qkv, self.isa)?,
+            Some(mask) => super::attention::masked_attention(&qkv, Some(mask))?,
         };
-        self.output.forward_fused(
-            &context.reshape((b, s, h))?,
-            None,
-            residual,
-            self.differentiable,
-        )
+        self.output
+            .forward_fused(&context.reshape((b, s, h))?, None, residual)
     }
 }
 
@@ -353,7 +343,6 @@ pub struct Mlp {
     output: Linear,
     kind: MlpKind,
     activation: Activation,
-    differentiable: bool,
 }
 
 impl Mlp {
@@ -403,7 +392,6 @@ impl Mlp {
             output: load_scaled_linear(output, (i, h), bias, scale, options)?,
             kind: cfg.mlp,
             activation: cfg.hidden_act,
-            differentiable: options.differentiable,
         })
     }
 
@@ -411,30 +399,26 @@ impl Mlp {
     /// the two products as they store (SwiGLU's gate is a separate pass).
     pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let hidden = match self.kind {
-            MlpKind::Standard => {
-                self.input
-                    .forward_fused(xs, Some(self.activation), None, self.differentiable)?
-            }
+            MlpKind::Standard => self.input.forward_fused(xs, Some(self.activation), None)?,
             MlpKind::SwiGlu | MlpKind::Gated => {
                 let both = self.input.forward(xs)?;
                 let width = both.dim(D::Minus1)? / 2;
                 let gate = both.narrow(D::Minus1, 0, width)?;
                 let gate = match self.kind {
-                    MlpKind::Gated => activate(&gate, self.activation, self.differentiable)?,
+                    MlpKind::Gated => activate(&gate, self.activation)?,
                     _ => gate.silu()?,
                 };
                 (gate * both.narrow(D::Minus1, width, width)?)?
             }
         };
-        self.output
-            .forward_fused(&hidden, None, residual, self.differentiable)
+        self.output.forward_fused(&hidden, None, residual)
     }
 }
 
-/// Applies an activation function; `differentiable` keeps to ops with a backward pass.
-pub fn activate(xs: &Tensor, activation: Activation, differentiable: bool) -> Result<Tensor> {
+/// Applies an activation function (exact GELU by the engine's kernel where nothing tracks
+/// gradients).
+pub fn activate(xs: &Tensor, activation: Activation) -> Result<Tensor> {
     match activation {
-        Activation::Gelu if differentiable => xs.gelu_erf(),
         Activation::Gelu => cpu_kernels::gelu_erf(xs),
         Activation::GeluTanh => xs.gelu(),
         Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
@@ -456,9 +440,7 @@ pub struct Layer {
 impl Layer {
     pub fn new(vb: VarBuilder, cfg: &BlockConfig, options: ModelOptions) -> Result<Self> {
         let h = cfg.hidden_size;
-        let norm = |name: &str| {
-            LayerNorm::load(vb.pp(name), h, cfg.layer_norm_eps, options.differentiable)
-        };
+        let norm = |name: &str| LayerNorm::load(vb.pp(name), h, cfg.layer_norm_eps);
         let scale = |name: &str| match cfg.layer_scale {
             true => vb.pp(name).get(h, "lambda1").map(Some),
             false => Ok(None),
@@ -512,13 +494,7 @@ pub struct Encoder {
 impl Encoder {
     pub fn new(vb: VarBuilder, cfg: &ViTConfig, options: ModelOptions) -> Result<Self> {
         let norm = |name: &str, present: bool| match present {
-            true => LayerNorm::load(
-                vb.pp(name),
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-                options.differentiable,
-            )
-            .map(Some),
+            true => LayerNorm::load(vb.pp(name), cfg.hidden_size, cfg.layer_norm_eps).map(Some),
             false => Ok(None),
         };
         let embeddings = Embeddings::new(vb.pp("embeddings"), cfg, options)?;
@@ -604,15 +580,8 @@ impl VisionTransformer {
         }
         let variant = &cfg.variant;
         let (h, labels) = (cfg.hidden_size, cfg.num_labels());
-        let linear = |name: &str, width: usize| {
-            Linear::load(
-                vb.pp(name),
-                width,
-                labels,
-                options.differentiable,
-                options.isa,
-            )
-        };
+        let linear =
+            |name: &str, width: usize| Linear::load(vb.pp(name), width, labels, options.isa);
         let classifier = match variant.head {
             Head::None => Classifier::None,
             Head::Linear => Classifier::Linear(linear("classifier", variant.pooled_width(h))?),
@@ -626,7 +595,6 @@ impl VisionTransformer {
                 vb.pp("vit").pp("pool_layernorm"),
                 variant.pooled_width(h),
                 cfg.layer_norm_eps,
-                options.differentiable,
             )?),
             false => None,
         };
@@ -635,7 +603,6 @@ impl VisionTransformer {
                 vb.pp("projection")
                     .get((width, variant.pooled_width(h)), "weight")?,
                 None,
-                options.differentiable,
                 options.isa,
             )?),
             None => None,
@@ -780,9 +747,10 @@ fn on_cpu_workers<R: Send>(input: &Tensor, forward: impl FnOnce() -> R + Send) -
     }
 }
 
-/// Numerically stable softmax over the last dimension, with a backward pass when `differentiable`.
-pub fn softmax_last_dim(xs: &Tensor, differentiable: bool) -> Result<Tensor> {
-    if differentiable {
+/// Numerically stable softmax over the last dimension, with a backward pass when `xs` tracks
+/// gradients (candle's fused softmax has none).
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
         candle_nn::ops::softmax(xs, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(xs)

@@ -1,4 +1,5 @@
-//! Linear and layer-norm layers with inference and differentiable paths.
+//! Linear and layer-norm layers: the CPU engine's fused kernels for inference, candle's ops
+//! with a backward pass wherever a tensor tracks gradients (decided as each op runs).
 
 use std::sync::Arc;
 
@@ -57,46 +58,29 @@ impl EngineWeight {
 }
 
 impl Linear {
-    /// From a weight `(out, in)` and an optional bias `(out,)`; `differentiable` keeps to ops
-    /// with a backward pass; `isa` is the CPU engine's instruction set.
-    pub fn new(
-        weight: Tensor,
-        bias: Option<Tensor>,
-        differentiable: bool,
-        isa: Isa,
-    ) -> Result<Self> {
-        Self::stacked(vec![weight], bias, differentiable, isa)
+    /// From a weight `(out, in)` and an optional bias `(out,)`; `isa` is the CPU engine's
+    /// instruction set. Weights that track gradients (trained) stay candle tensors.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, isa: Isa) -> Result<Self> {
+        Self::stacked(vec![weight], bias, isa)
     }
 
     /// The weights `parts`, each `(out_i, in)`, stacked along the output (query, key and
     /// value into one projection), without a concatenated copy when they are packed.
-    pub fn stacked(
-        parts: Vec<Tensor>,
-        bias: Option<Tensor>,
-        differentiable: bool,
-        isa: Isa,
-    ) -> Result<Self> {
-        Self::build(parts, bias, differentiable, isa, false)
+    pub fn stacked(parts: Vec<Tensor>, bias: Option<Tensor>, isa: Isa) -> Result<Self> {
+        Self::build(parts, bias, isa, false)
     }
 
     /// As [`Linear::stacked`], with the weight quantized to int8 per output channel, for
     /// inference on the CPU in f32 (an error elsewhere).
     pub fn stacked_int8(parts: Vec<Tensor>, bias: Option<Tensor>, isa: Isa) -> Result<Self> {
-        Self::build(parts, bias, false, isa, true)
+        Self::build(parts, bias, isa, true)
     }
 
-    fn build(
-        parts: Vec<Tensor>,
-        bias: Option<Tensor>,
-        differentiable: bool,
-        isa: Isa,
-        int8: bool,
-    ) -> Result<Self> {
-        let packable = !differentiable
-            && parts
-                .iter()
-                .chain(&bias)
-                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+    fn build(parts: Vec<Tensor>, bias: Option<Tensor>, isa: Isa, int8: bool) -> Result<Self> {
+        let packable = parts
+            .iter()
+            .chain(&bias)
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
         let mut out_dim = 0;
         let mut in_dim = None;
         for part in &parts {
@@ -163,28 +147,22 @@ impl Linear {
     }
 
     /// Loads `weight` and `bias` from `vb`.
-    pub fn load(
-        vb: VarBuilder,
-        in_dim: usize,
-        out_dim: usize,
-        differentiable: bool,
-        isa: Isa,
-    ) -> Result<Self> {
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, isa: Isa) -> Result<Self> {
         Self::new(
             vb.get((out_dim, in_dim), "weight")?,
             Some(vb.get(out_dim, "bias")?),
-            differentiable,
             isa,
         )
     }
 
-    /// `activation(x W^T + b) + residual`; on the packed path in one pass.
+    /// `activation(x W^T + b) + residual`; on the packed path in one pass. A packed layer
+    /// (frozen weights) refuses inputs that track gradients rather than silently stopping
+    /// them: its product has no backward pass.
     pub fn forward_fused(
         &self,
         xs: &Tensor,
         activation: Option<Activation>,
         residual: Option<&Tensor>,
-        differentiable: bool,
     ) -> Result<Tensor> {
         let in_dim = xs.dim(D::Minus1)?;
         let mut out_shape = xs.dims().to_vec();
@@ -192,6 +170,11 @@ impl Linear {
         let rows = xs.elem_count() / in_dim.max(1);
         let flat = xs.reshape((rows, in_dim))?;
         match &self.kind {
+            LinearKind::Packed(_) if xs.track_op() || residual.is_some_and(Tensor::track_op) => {
+                candle_core::bail!(
+                    "a dense layer packed for inference got an input that tracks gradients"
+                )
+            }
             LinearKind::Packed(packed) => {
                 let op = PackedLinearOp {
                     packed: packed.clone(),
@@ -214,7 +197,7 @@ impl Linear {
                     None => ys,
                 };
                 let ys = match activation {
-                    Some(activation) => super::encoder::activate(&ys, activation, differentiable)?,
+                    Some(activation) => super::encoder::activate(&ys, activation)?,
                     None => ys,
                 };
                 let ys = ys.reshape(out_shape)?;
@@ -229,7 +212,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_fused(xs, None, None, false)
+        self.forward_fused(xs, None, None)
     }
 }
 
@@ -301,25 +284,25 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
-    differentiable: bool,
 }
 
 impl LayerNorm {
-    /// Loads `weight` and `bias` of size `dim`; `differentiable` picks the composed ops that
-    /// have a backward pass over candle's fused kernel, which has none.
-    pub fn load(vb: VarBuilder, dim: usize, eps: f64, differentiable: bool) -> Result<Self> {
+    /// Loads `weight` and `bias` of size `dim`.
+    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vb.get(dim, "weight")?,
             bias: vb.get(dim, "bias")?,
             eps,
-            differentiable,
         })
     }
 }
 
 impl Module for LayerNorm {
+    /// The fused kernels when nothing tracks gradients; else composed ops, which have a
+    /// backward pass (candle's fused layer norm has none).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if !self.differentiable {
+        let tracked = [xs, &self.weight, &self.bias].iter().any(|t| t.track_op());
+        if !tracked {
             if let Some(ys) =
                 super::cpu_kernels::layer_norm(xs, &self.weight, &self.bias, self.eps as f32)?
             {
@@ -366,21 +349,24 @@ mod tests {
         let weight = Tensor::new(&[[1f32, 2.], [3., 4.], [5., 6.]], &dev)?;
         let bias = Tensor::new(&[0.5f32, -1., 0.], &dev)?;
         let xs = Tensor::new(&[[[1f32, 1.]], [[2., -1.]]], &dev)?;
+        // Plain weights are packed for the engine; weights that track gradients (trained
+        // ones) stay candle tensors, with candle's ops.
+        let trained = candle_core::Var::from_tensor(&weight)?;
         for isa in Isa::supported() {
-            for differentiable in [false, true] {
-                let linear = Linear::new(weight.clone(), Some(bias.clone()), differentiable, isa)?;
+            for (weight, tracked) in [(&weight, false), (trained.as_tensor(), true)] {
+                let linear = Linear::new(weight.clone(), Some(bias.clone()), isa)?;
                 let ys = linear.forward(&xs)?;
                 assert_eq!(ys.dims(), &[2, 1, 3]);
                 assert_eq!(
                     ys.to_vec3::<f32>()?,
                     vec![vec![vec![3.5, 6., 11.]], vec![vec![0.5, 1., 4.]]]
                 );
-                let fused =
-                    linear.forward_fused(&xs, Some(Activation::Relu), Some(&ys), differentiable)?;
+                assert_eq!(ys.track_op(), tracked);
+                let fused = linear.forward_fused(&xs, Some(Activation::Relu), Some(&ys))?;
                 assert_eq!(
                     fused.to_vec3::<f32>()?,
                     vec![vec![vec![7., 12., 22.]], vec![vec![1., 2., 8.]]],
-                    "{} differentiable {differentiable}",
+                    "{} tracked {tracked}",
                     isa.name()
                 );
             }
@@ -400,7 +386,7 @@ mod tests {
             .matmul(&Tensor::cat(&parts, 0)?.t()?)?
             .broadcast_add(&bias)?;
         for isa in Isa::supported() {
-            let stacked = Linear::stacked(parts.clone(), Some(bias.clone()), false, isa)?;
+            let stacked = Linear::stacked(parts.clone(), Some(bias.clone()), isa)?;
             let diff = (stacked.forward(&xs)? - &reference)?
                 .abs()?
                 .max_all()?

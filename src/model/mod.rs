@@ -143,9 +143,7 @@ impl LoadedModel {
             (false, false) => Int8Weights::No,
             (false, true) => Int8Weights::QuantizedAtLoad,
             (true, _) => {
-                let runnable = options.device.is_cpu()
-                    && options.dtype == DType::F32
-                    && !options.model.differentiable;
+                let runnable = options.device.is_cpu() && options.dtype == DType::F32;
                 model_options.int8 = runnable;
                 match runnable {
                     true => Int8Weights::Stored,

@@ -176,19 +176,13 @@ impl TextTransformer {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Layer::new(vb.pp("encoder").pp("layer").pp(i), &block, options))
                 .collect::<Result<Vec<_>>>()?,
-            final_layer_norm: LayerNorm::load(
-                vb.pp("final_layer_norm"),
-                h,
-                cfg.layer_norm_eps,
-                options.differentiable,
-            )?,
+            final_layer_norm: LayerNorm::load(vb.pp("final_layer_norm"), h, cfg.layer_norm_eps)?,
             projection: Linear::new(
                 vb.pp("projection").get((cfg.projection_dim, h), "weight")?,
                 match cfg.projection_bias {
                     true => Some(vb.pp("projection").get(cfg.projection_dim, "bias")?),
                     false => None,
                 },
-                options.differentiable,
                 options.isa,
             )?,
             pooling: cfg.pooling,

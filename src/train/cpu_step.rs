@@ -947,11 +947,7 @@ mod tests {
         let step = forward_backward(&weights, &pixels, &labels, smoothing, normalizer).unwrap();
 
         let input = Tensor::from_vec(pixels, (batch, 3, size, size), &Device::Cpu).unwrap();
-        let logits = weights
-            .network(true, true)
-            .unwrap()
-            .forward(&input)
-            .unwrap();
+        let logits = weights.network(true).unwrap().forward(&input).unwrap();
         let loss = autograd_cross_entropy(&logits, &labels, smoothing, normalizer).unwrap();
         let store = loss.backward().unwrap();
         let loss_sum = loss.to_scalar::<f32>().unwrap() as f64 * normalizer as f64;

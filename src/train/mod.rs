@@ -417,7 +417,7 @@ impl Trainer {
         let device = &self.weights.device;
         let pixels =
             Tensor::from_vec(batch.pixels, (images, 3, batch.height, batch.width), device)?;
-        let network = self.weights.network(true, !self.settings.freeze_backbone)?;
+        let network = self.weights.network(true)?;
         let logits = network.forward(&pixels).context("forward pass failed")?;
         let loss = cross_entropy(
             &logits,
@@ -445,7 +445,7 @@ impl Trainer {
     /// Validation loss (mean, with the training label smoothing), top-1 accuracy and the
     /// number of images evaluated.
     fn evaluate(&mut self, observer: &mut dyn Observer) -> Result<(f64, f64, usize)> {
-        let network = self.weights.network(false, false)?;
+        let network = self.weights.network(false)?;
         let order: Vec<usize> = (0..self.val.len()).collect();
         let loader = Prefetch::start(
             self.val.clone(),

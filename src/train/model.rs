@@ -229,9 +229,9 @@ impl Weights {
     }
 
     /// The network over the current values. With `track`, the trained parameters record the
-    /// operations for a backward pass; `differentiable` picks ops that have one (not needed
-    /// when only the head trains, as the frozen backbone's ops are not recorded).
-    pub fn network(&self, track: bool, differentiable: bool) -> Result<VisionTransformer> {
+    /// operations for a backward pass, and the ops they reach take candle's ops, which have
+    /// one (a frozen backbone keeps the engine's kernels: nothing in it is recorded).
+    pub fn network(&self, track: bool) -> Result<VisionTransformer> {
         let mut tensors: HashMap<String, Tensor> = self.frozen.clone();
         for (name, var) in &self.trainable {
             let value = match track {
@@ -243,7 +243,6 @@ impl Weights {
         let vb = VarBuilder::from_tensors(tensors, self.compute_dtype, &self.device);
         let options = ModelOptions {
             attention: AttentionKernel::Standard,
-            differentiable,
             ..Default::default()
         };
         Ok(VisionTransformer::new(vb, &self.config, options)?)

@@ -121,3 +121,27 @@ pub fn vit_command(args: &[&str]) -> Command {
         );
     command
 }
+
+/// The model of `files` (loaded as `loaded`) rebuilt over weights that track gradients, as
+/// training builds it: every op then takes candle's ops, which have a backward pass, instead
+/// of the engine's kernels.
+pub fn tracked_model(
+    files: &vit::model::ModelFiles,
+    loaded: &vit::model::LoadedModel,
+) -> vit::model::VisionTransformer {
+    let mut weights =
+        vit::model::weights::read_weights_as(&files.weights, Some(loaded.layout)).unwrap();
+    for tensor in weights.values_mut() {
+        *tensor = candle_core::Var::from_tensor(tensor)
+            .unwrap()
+            .as_tensor()
+            .clone();
+    }
+    let options = vit::model::LoadOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+        num_heads: None,
+        model: vit::model::ModelOptions::default(),
+    };
+    vit::model::build(weights, &loaded.config, &options).unwrap()
+}
