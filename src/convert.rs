@@ -8,13 +8,10 @@
 //! renamed into place.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::atomic::StagedDir;
@@ -29,8 +26,25 @@ use crate::model::weights::{
 };
 use crate::preprocess::{ImageBackend, PreprocessConfig};
 
-/// Files at least this large get progress bars (when stderr is a terminal).
-const PROGRESS_MIN_BYTES: u64 = 256 << 20;
+/// What a conversion reports as it goes (the command line shows it as progress bars); every
+/// method does nothing by default.
+pub trait Progress: Sync {
+    /// Reading the input's weights from `path` began.
+    fn reading(&self, _path: &Path) {}
+    /// The input is read; `bytes` of writing and verifying follow.
+    fn read(&self, _bytes: u64) {}
+    /// A stage of those bytes began (`writing`, `verifying`).
+    fn stage(&self, _name: &'static str) {}
+    /// `bytes` more were written or verified.
+    fn advance(&self, _bytes: u64) {}
+    /// The conversion ended, done or failed.
+    fn finish(&self) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
 
 /// Tensor naming of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +89,6 @@ pub struct ConvertOptions {
     pub num_heads: Option<usize>,
     /// Replace an existing output folder.
     pub overwrite: bool,
-    /// Show progress bars on stderr for large files, when it is a terminal.
-    pub progress: bool,
 }
 
 /// What a conversion wrote, once verified.
@@ -145,7 +157,23 @@ impl Summary {
 ///
 /// Nothing appears at `output` unless the whole folder was written and verified; an existing
 /// `output` is an error unless `options.overwrite`, and may not hold the input.
-pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> Result<Summary> {
+pub fn convert(
+    files: &ModelFiles,
+    output: &Path,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    let summary = convert_reporting(files, output, options, progress);
+    progress.finish();
+    summary
+}
+
+fn convert_reporting(
+    files: &ModelFiles,
+    output: &Path,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<Summary> {
     ensure!(
         options.max_shard_size > 0,
         "the maximum shard size must be positive"
@@ -158,9 +186,6 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
     refuse_image_text_models(files)?;
     let mut notes = remove_stale_staging(output);
     let staged = StagedDir::new(output, options.overwrite)?;
-    let show_progress = options.progress
-        && std::io::stderr().is_terminal()
-        && input_bytes(files) >= PROGRESS_MIN_BYTES;
 
     // The names of an HF folder are read in the layout its config.json names (timm's and
     // config-less checkpoints are told apart by their names below).
@@ -172,10 +197,8 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
         },
         None => None,
     };
-    let spinner = spinner(show_progress, &files.weights);
-    let source = read_weights_as(&files.weights, hf_layout.or(Some(ModelLayout::HF_VIT)));
-    spinner.finish_and_clear();
-    let source = source?;
+    progress.reading(&files.weights);
+    let source = read_weights_as(&files.weights, hf_layout.or(Some(ModelLayout::HF_VIT)))?;
 
     let plan = plan(files, source, options)?;
     notes.extend(plan.notes);
@@ -196,9 +219,8 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
         .map(|(name, _)| name)
         .collect();
     let bytes: u64 = tensors.values().map(tensor_bytes).sum();
-    let bar = byte_bar(show_progress, bytes * 2);
-
-    bar.set_message("writing");
+    progress.read(bytes * 2);
+    progress.stage("writing");
     let shards = shard(&order, &tensors, options.max_shard_size);
     // Written under the names of the HF layout the variant belongs to (ViT, DeiT, DINOv2).
     let target = ModelLayout::of_variant(&plan.config.variant)?;
@@ -211,7 +233,7 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
         .iter()
         .map(|(name, tensor)| (stored(name), tensor.clone()))
         .collect();
-    write_weights(staged.path(), &stored_shards, &stored_tensors, &bar)?;
+    write_weights(staged.path(), &stored_shards, &stored_tensors, progress)?;
     let mut dtypes: Vec<DType> = tensors.values().map(Tensor::dtype).collect();
     dtypes.sort_by_key(|d| d.as_str());
     dtypes.dedup();
@@ -229,14 +251,14 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
     let preprocessor = write_preprocessor(staged.path(), &plan.preprocessor)?;
     match_permissions(staged.path(), shards.len())?;
 
-    bar.set_message("verifying");
+    progress.stage("verifying");
     let max_cast_change = verify(
         staged.path(),
         &plan.config,
         plan.layout,
         &plan.source,
         &tensors,
-        &bar,
+        progress,
     )
     .with_context(|| format!("{}: verification failed", output.display()))?;
     let int8 = match options.int8 {
@@ -246,7 +268,6 @@ pub fn convert(files: &ModelFiles, output: &Path, options: &ConvertOptions) -> R
                 .with_context(|| format!("{}: int8 quantization failed", output.display()))?,
         ),
     };
-    bar.finish_and_clear();
     let output = staged.commit()?;
     let (bytes, max_cast_change) = match &int8 {
         Some(q) => (q.bytes, max_cast_change.max(q.max_change)),
@@ -701,7 +722,7 @@ fn write_weights(
     dir: &Path,
     shards: &[Vec<String>],
     tensors: &StateDict,
-    bar: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<()> {
     let mut weight_map = BTreeMap::new();
     for (index, names) in shards.iter().enumerate() {
@@ -711,7 +732,7 @@ fn write_weights(
             .map(|name| (name.clone(), tensors[name].clone()))
             .collect();
         save_safetensors(&dir.join(&file), &part)?;
-        bar.inc(part.values().map(tensor_bytes).sum());
+        progress.advance(part.values().map(tensor_bytes).sum());
         for name in names {
             weight_map.insert(name.clone(), Value::from(file.as_str()));
         }
@@ -825,7 +846,7 @@ fn verify(
     layout: Layout,
     source: &StateDict,
     intended: &StateDict,
-    bar: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<f64> {
     let files = ModelFiles::local(dir)?;
     let config_path = files.config.context("config.json was not written")?;
@@ -858,7 +879,7 @@ fn verify(
         let rebuilt = rebuild_source(&written, layout, name)?;
         let change = compare_cast(name, &source[name], &rebuilt)?;
         max_change = max_change.max(change);
-        bar.inc(tensor_bytes(&rebuilt));
+        progress.advance(tensor_bytes(&rebuilt));
     }
     Ok(max_change)
 }
@@ -1015,7 +1036,7 @@ fn remove_stale_staging(output: &Path) -> Vec<String> {
 }
 
 /// Size of the input weights on disk (all shards of an index).
-fn input_bytes(files: &ModelFiles) -> u64 {
+pub fn input_bytes(files: &ModelFiles) -> u64 {
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let is_index = files.weights.to_string_lossy().ends_with(".index.json");
     let Some(folder) = files.weights.parent().filter(|_| is_index) else {
@@ -1032,30 +1053,6 @@ fn input_bytes(files: &ModelFiles) -> u64 {
         })
         .unwrap_or_default();
     shards.iter().map(|s| size(&folder.join(s))).sum()
-}
-
-fn spinner(show: bool, path: &Path) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner();
-    bar.set_message(format!("reading {}", path.display()));
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
-fn byte_bar(show: bool, total: u64) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:9} {bar:40} {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
-        )
-        .expect("valid progress template"),
-    );
-    bar
 }
 
 #[cfg(test)]
@@ -1162,7 +1159,6 @@ mod tests {
             max_shard_size: 1 << 30,
             num_heads: Some(1),
             overwrite: false,
-            progress: false,
         };
         let err = timm_config_for_hf(&tensors, None, &options, &mut Vec::new())
             .unwrap_err()

@@ -1,12 +1,17 @@
 //! `vit convert`: PyTorch and timm checkpoints to HF safetensors model folders.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::DType;
 use clap::{Args, ValueEnum};
-use vit::convert::{convert, default_output, parse_byte_size, ConvertOptions, Layout, Summary};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vit::convert::{
+    convert, default_output, input_bytes, parse_byte_size, ConvertOptions, Layout, NoProgress,
+    Progress, Summary,
+};
 use vit::hub::ModelSpec;
 
 use super::Outcome;
@@ -108,14 +113,19 @@ pub fn run(args: ConvertArgs) -> Result<Outcome> {
         max_shard_size: args.max_shard_size,
         num_heads: args.num_heads,
         overwrite: args.force,
-        progress: true,
     };
     log!(
         "vit: converting {} to {}",
         spec.describe(),
         output.display()
     );
-    let summary = convert(&files, &output, &options)?;
+    let bars = (std::io::stderr().is_terminal() && input_bytes(&files) >= PROGRESS_MIN_BYTES)
+        .then(Bars::new);
+    let progress: &dyn Progress = match &bars {
+        Some(bars) => bars,
+        None => &NoProgress,
+    };
+    let summary = convert(&files, &output, &options, progress)?;
     for note in &summary.notes {
         log!("vit: {note}");
     }
@@ -202,5 +212,58 @@ fn human(bytes: u64) -> String {
     match unit {
         0 => format!("{bytes} B"),
         _ => format!("{value:.1} {}", units[unit]),
+    }
+}
+
+/// Inputs at least this large get progress bars (when stderr is a terminal).
+const PROGRESS_MIN_BYTES: u64 = 256 << 20;
+
+/// A conversion's progress on stderr: a spinner while the input is read, then a bar of the
+/// bytes written and verified.
+struct Bars {
+    spinner: ProgressBar,
+    bytes: ProgressBar,
+}
+
+impl Bars {
+    fn new() -> Self {
+        let bytes = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+        bytes.set_style(
+            ProgressStyle::with_template(
+                "{msg:9} {bar:40} {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
+            )
+            .expect("valid progress template"),
+        );
+        Self {
+            spinner: ProgressBar::new_spinner(),
+            bytes,
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn reading(&self, path: &Path) {
+        self.spinner
+            .set_message(format!("reading {}", path.display()));
+        self.spinner.enable_steady_tick(Duration::from_millis(120));
+    }
+
+    fn read(&self, bytes: u64) {
+        self.spinner.finish_and_clear();
+        self.bytes.set_length(bytes);
+        self.bytes.set_draw_target(ProgressDrawTarget::stderr());
+    }
+
+    fn stage(&self, name: &'static str) {
+        self.bytes.set_message(name);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.bytes.inc(bytes);
+    }
+
+    fn finish(&self) {
+        self.spinner.finish_and_clear();
+        self.bytes.finish_and_clear();
     }
 }
