@@ -21,18 +21,20 @@ use crate::preprocess::{decode_rgb, PreprocessConfig};
 const MAX_PREPROCESSED_PIXELS: u64 = 1 << 20;
 
 /// Decodes an image file's bytes and, when it decodes and is small, preprocesses it on both
-/// of HF's backends.
+/// of HF's backends, and as DINOv3's processor does (resizing the rescaled floats).
 pub fn image(data: &[u8]) {
     let Ok(image) = decode_rgb(data) else {
         return;
     };
     if image.width() as u64 * image.height() as u64 <= MAX_PREPROCESSED_PIXELS {
         let config = PreprocessConfig::default();
-        for backend in [
-            crate::preprocess::ImageBackend::HfPil,
-            crate::preprocess::ImageBackend::HfTorchvision,
-        ] {
-            let values = config.with_backend(backend).pixel_values(&image);
+        let pipelines = [
+            config.with_backend(crate::preprocess::ImageBackend::HfPil),
+            config.with_backend(crate::preprocess::ImageBackend::HfTorchvision),
+            PreprocessConfig::dinov3(),
+        ];
+        for pipeline in pipelines {
+            let values = pipeline.pixel_values(&image);
             assert_eq!(values.data.len(), 3 * values.height * values.width);
         }
     }
