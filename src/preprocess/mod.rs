@@ -471,8 +471,13 @@ impl PreprocessConfig {
         if let Some(target) = self.resize {
             let (w, h) = resized_dimensions(target, width as u32, height as u32);
             let filter = TorchFilter::of(self.resample).expect("checked when parsed");
-            values =
-                resize_planes_torch(&values, (height, width), (h as usize, w as usize), filter);
+            values = resize_planes_torch(
+                &values,
+                3,
+                (height, width),
+                (h as usize, w as usize),
+                filter,
+            );
             (height, width) = (h as usize, w as usize);
         }
         if let Some((crop_h, crop_w)) = self.center_crop {

@@ -149,18 +149,26 @@ pub fn resize_rgb8_torch(src: &RgbImage, width: u32, height: u32, how: TorchResi
     RgbImage::from_raw(width, height, out).expect("buffer matches the output size")
 }
 
-/// Resizes channel-first f32 planes (`channels x in_height x in_width`) as PyTorch's
+/// Resizes `channels` channel-first f32 planes of `in_height x in_width` as PyTorch's
 /// `interpolate(mode=..., antialias=True, align_corners=False)` does on a float tensor
 /// (torchvision's `resize` of an image already rescaled, as `DINOv3ViTImageProcessor` runs
 /// it): ATen's separable passes, width first, each skipped when its size is unchanged, with
-/// the windows, weights and sums in f32.
+/// the windows, weights and sums in f32. An empty source or target gives zeros of the
+/// target size (as the 8-bit resizes give black).
+///
+/// Panics unless `planes` holds the planes.
 pub fn resize_planes_torch(
     planes: &[f32],
+    channels: usize,
     (in_height, in_width): (usize, usize),
     (height, width): (usize, usize),
     filter: TorchFilter,
 ) -> Vec<f32> {
-    let channels = planes.len() / (in_height * in_width).max(1);
+    assert_eq!(
+        planes.len(),
+        channels * in_height * in_width,
+        "planes of {in_height}x{in_width}"
+    );
     if height == 0 || width == 0 || in_height == 0 || in_width == 0 {
         return vec![0.0; channels * height * width];
     }
@@ -632,6 +640,20 @@ fn nearest_indices(in_size: u32, out_size: u32) -> Vec<Option<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float_planes_resize_keeps_constants_and_gives_zeros_for_empty_images() {
+        for filter in [TorchFilter::Bilinear, TorchFilter::Bicubic, TorchFilter::Lanczos] {
+            // Weights of every window sum to one: a constant plane stays constant.
+            let planes = vec![0.25f32; 3 * 37 * 53];
+            let out = resize_planes_torch(&planes, 3, (37, 53), (224, 20), filter);
+            assert_eq!(out.len(), 3 * 224 * 20);
+            assert!(out.iter().all(|v| (v - 0.25).abs() < 1e-6), "{filter:?}");
+            // A fuzzer's 2x0 farbfeld: zeros of the target size, three channels.
+            let empty = resize_planes_torch(&[], 3, (0, 2), (224, 224), filter);
+            assert_eq!(empty, vec![0.0; 3 * 224 * 224]);
+        }
+    }
 
     const ALL: [Resample; 6] = [
         Resample::Nearest,
