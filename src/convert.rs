@@ -183,20 +183,14 @@ fn convert_reporting(
         "the number of heads must be positive"
     );
     refuse_input_inside_output(files, output)?;
-    refuse_image_text_models(files)?;
+    let config_layout = config_layout(files)?;
+    refuse_image_text_models(files, config_layout)?;
     let mut notes = remove_stale_staging(output);
     let staged = StagedDir::new(output, options.overwrite)?;
 
     // The names of an HF folder are read in the layout its config.json names (timm's and
     // config-less checkpoints are told apart by their names below).
-    let hf_layout = match &files.config {
-        Some(path) => match ModelLayout::of_config(&read_json(path)?) {
-            Ok(layout) if layout == ModelLayout::TIMM => None,
-            Ok(layout) => Some(layout),
-            Err(err) => return Err(err.context(path.display().to_string())),
-        },
-        None => None,
-    };
+    let hf_layout = config_layout.filter(|layout| *layout != ModelLayout::TIMM);
     progress.reading(&files.weights);
     let source = read_weights_as(&files.weights, hf_layout.or(Some(ModelLayout::HF_VIT)))?;
 
@@ -940,19 +934,22 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
+/// The layout the input's `config.json` names, if it has one (an error naming the file for
+/// a `model_type` vit does not read).
+fn config_layout(files: &ModelFiles) -> Result<Option<ModelLayout>> {
+    let Some(path) = &files.config else {
+        return Ok(None);
+    };
+    let layout =
+        ModelLayout::of_config(&read_json(path)?).with_context(|| path.display().to_string())?;
+    Ok(Some(layout))
+}
+
 /// Refuses an image-text model (CLIP, SigLIP), before reading its weights: it is already in
 /// HF's format, and the converter writes the ViT family's classifiers and backbones only.
-fn refuse_image_text_models(files: &ModelFiles) -> Result<()> {
-    let Some(path) = &files.config else {
-        return Ok(());
-    };
-    let config = read_json(path)?;
-    // An unknown model_type is left to the weights' own detection, as before.
+fn refuse_image_text_models(files: &ModelFiles, layout: Option<ModelLayout>) -> Result<()> {
     let image_text = [ModelLayout::HF_CLIP, ModelLayout::HF_SIGLIP];
-    if let Some(layout) = ModelLayout::of_config(&config)
-        .ok()
-        .filter(|layout| image_text.contains(layout))
-    {
+    if let (Some(path), Some(layout)) = (&files.config, layout.filter(|l| image_text.contains(l))) {
         bail!(
             "{}: an {} model is read as it is (classify, embed, bench): `vit convert` writes \
              HF ViT, DeiT, DINOv2 and DINOv3 models from PyTorch and timm checkpoints",

@@ -2,7 +2,9 @@
 //! token's queries and keys by angles of its place on the patch grid (DINOv3), instead of
 //! (or beside) learned absolute embeddings added to the tokens.
 
-use candle_core::{Device, Result, Tensor, D};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::cpu_kernels;
 
@@ -74,6 +76,7 @@ impl RotaryEmbedding {
         Ok(RotaryTables {
             cos: Tensor::from_vec(cos, shape, device)?,
             sin: Tensor::from_vec(sin, shape, device)?,
+            full: OnceLock::new(),
         })
     }
 }
@@ -85,6 +88,9 @@ pub struct RotaryTables {
     /// `(patches, head_dim / 2)`, f32.
     pub cos: Tensor,
     pub sin: Tensor,
+    /// For candle's ops: both tables over both halves, `(patches, 1, head_dim)` in the
+    /// model's dtype, built by the first layer that needs them.
+    full: OnceLock<(Tensor, Tensor)>,
 }
 
 impl RotaryTables {
@@ -101,21 +107,14 @@ impl RotaryTables {
         let (_, tokens, _, _, head_dim) = qkv.dims5()?;
         let patches = self.cos.dim(0)?;
         let prefix = tokens - patches;
-        let dtype = qkv.dtype();
-        // (patches, head_dim), both halves, broadcast over heads: (patches, 1, head_dim).
-        let full = |table: &Tensor| -> Result<Tensor> {
-            Tensor::cat(&[table, table], D::Minus1)?
-                .to_dtype(dtype)?
-                .unsqueeze(1)
-        };
-        let (cos, sin) = (full(&self.cos)?, full(&self.sin)?);
+        let (cos, sin) = self.full_tables(qkv.dtype())?;
         let half = head_dim / 2;
         let turn = |part: Tensor| -> Result<Tensor> {
             let patches_part = part.narrow(1, prefix, patches)?;
             let low = patches_part.narrow(D::Minus1, 0, half)?;
             let high = patches_part.narrow(D::Minus1, half, half)?;
             let rotated_half = Tensor::cat(&[&high.neg()?, &low], D::Minus1)?;
-            let turned = (patches_part.broadcast_mul(&cos)? + rotated_half.broadcast_mul(&sin)?)?;
+            let turned = (patches_part.broadcast_mul(cos)? + rotated_half.broadcast_mul(sin)?)?;
             match prefix {
                 0 => Ok(turned),
                 _ => Tensor::cat(&[&part.narrow(1, 0, prefix)?, &turned], 1),
@@ -124,6 +123,23 @@ impl RotaryTables {
         let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2);
         let (q, k, v) = (turn(part(0)?)?, turn(part(1)?)?, part(2)?);
         Tensor::stack(&[q, k, v], 2)
+    }
+}
+
+impl RotaryTables {
+    /// [`RotaryTables::full`], built once.
+    fn full_tables(&self, dtype: DType) -> Result<(&Tensor, &Tensor)> {
+        if self.full.get().is_none() {
+            // (patches, head_dim), both halves, broadcast over heads: (patches, 1, head_dim).
+            let full = |table: &Tensor| -> Result<Tensor> {
+                Tensor::cat(&[table, table], D::Minus1)?
+                    .to_dtype(dtype)?
+                    .unsqueeze(1)
+            };
+            let _ = self.full.set((full(&self.cos)?, full(&self.sin)?));
+        }
+        let (cos, sin) = self.full.get().expect("set above");
+        Ok((cos, sin))
     }
 }
 

@@ -90,6 +90,16 @@ pub enum TorchFilter {
 }
 
 impl TorchFilter {
+    /// ATen's form of the filter and its interpolation size (the window's width in input
+    /// pixels before widening for a downscale).
+    fn aten_kernel(self) -> (fn(f64) -> f64, f64) {
+        match self {
+            Self::Bilinear => (torch_bilinear_filter, 2.0),
+            Self::Bicubic => (torch_bicubic_filter, 4.0),
+            Self::Lanczos => (lanczos_filter, 6.0),
+        }
+    }
+
     /// The antialiased interpolation torchvision runs for PIL's filter `resample`, if any.
     pub fn of(resample: Resample) -> Option<Self> {
         match resample {
@@ -210,11 +220,8 @@ struct FloatWindows {
 impl FloatWindows {
     fn torch(in_size: usize, out_size: usize, filter: TorchFilter) -> Self {
         let scale = in_size as f32 / out_size as f32;
-        let (kernel, interp_size): (fn(f64) -> f64, f32) = match filter {
-            TorchFilter::Bilinear => (torch_bilinear_filter, 2.0),
-            TorchFilter::Bicubic => (torch_bicubic_filter, 4.0),
-            TorchFilter::Lanczos => (lanczos_filter, 6.0),
-        };
+        let (kernel, interp_size) = filter.aten_kernel();
+        let interp_size = interp_size as f32;
         let support = match scale >= 1.0 {
             true => interp_size * 0.5 * scale,
             false => interp_size * 0.5,
@@ -416,11 +423,7 @@ impl Coefficients {
     /// axis's largest weight still fits 15 bits, and the weights round to it.
     fn torch(in_size: u32, out_size: u32, filter: TorchFilter) -> Self {
         let scale = f64::from(in_size) / f64::from(out_size);
-        let (kernel, interp_size): (fn(f64) -> f64, f64) = match filter {
-            TorchFilter::Bilinear => (torch_bilinear_filter, 2.0),
-            TorchFilter::Bicubic => (torch_bicubic_filter, 4.0),
-            TorchFilter::Lanczos => (lanczos_filter, 6.0),
-        };
+        let (kernel, interp_size) = filter.aten_kernel();
         let support = match scale >= 1.0 {
             true => interp_size * 0.5 * scale,
             false => interp_size * 0.5,
@@ -643,7 +646,11 @@ mod tests {
 
     #[test]
     fn float_planes_resize_keeps_constants_and_gives_zeros_for_empty_images() {
-        for filter in [TorchFilter::Bilinear, TorchFilter::Bicubic, TorchFilter::Lanczos] {
+        for filter in [
+            TorchFilter::Bilinear,
+            TorchFilter::Bicubic,
+            TorchFilter::Lanczos,
+        ] {
             // Weights of every window sum to one: a constant plane stays constant.
             let planes = vec![0.25f32; 3 * 37 * 53];
             let out = resize_planes_torch(&planes, 3, (37, 53), (224, 20), filter);
