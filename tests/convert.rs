@@ -66,12 +66,7 @@ fn s(path: &Path) -> &str {
 }
 
 fn load(dir: &Path) -> LoadedModel {
-    let options = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-        num_heads: None,
-        model: ModelOptions::default(),
-    };
+    let options = common::cpu_f32();
     let loaded = LoadedModel::load(&ModelFiles::local(dir).unwrap(), &options)
         .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
     assert!(
@@ -720,7 +715,7 @@ fn bad_arguments_are_usage_errors() {
 /// timm's outputs.
 #[test]
 fn timm_deit_distilled_and_dinov2_convert_to_their_hf_layouts() {
-    use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+    use vit::model::{EmbeddingKind, LoadedModel, ModelFiles};
     let root = tempfile::tempdir().unwrap();
     for (case, architecture, output_name) in [
         (
@@ -738,16 +733,8 @@ fn timm_deit_distilled_and_dinov2_convert_to_their_hf_layouts() {
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
         assert_eq!(config["architectures"][0], architecture, "{case}");
-        let loaded = LoadedModel::load(
-            &ModelFiles::local(&out).unwrap(),
-            &LoadOptions {
-                device: Device::Cpu,
-                dtype: DType::F32,
-                num_heads: None,
-                model: ModelOptions::default(),
-            },
-        )
-        .unwrap();
+        let loaded =
+            LoadedModel::load(&ModelFiles::local(&out).unwrap(), &common::cpu_f32()).unwrap();
         let io =
             candle_core::safetensors::load(source.join("io.safetensors"), &Device::Cpu).unwrap();
         let ours = match output_name {
@@ -1109,16 +1096,8 @@ fn dinov3_folders_convert_in_their_layout_to_bf16_and_int8() {
         assert_eq!(config["key_bias"], false, "{dtype}");
         let preprocessor = std::fs::read_to_string(out.join("preprocessor_config.json")).unwrap();
         assert!(preprocessor.contains("DINOv3ViTImageProcessor"), "{dtype}");
-        let loaded = LoadedModel::load(
-            &ModelFiles::local(&out).unwrap(),
-            &LoadOptions {
-                device: Device::Cpu,
-                dtype: DType::F32,
-                num_heads: None,
-                model: ModelOptions::default(),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{dtype}: {e:#}"));
+        let loaded = LoadedModel::load(&ModelFiles::local(&out).unwrap(), &common::cpu_f32())
+            .unwrap_or_else(|e| panic!("{dtype}: {e:#}"));
         assert!(
             loaded.unused_tensors.is_empty(),
             "{dtype}: {:?}",

@@ -154,12 +154,7 @@ fn vit_embed_runs_dinov3_folders_with_their_processor() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
 
-    let options = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-        num_heads: None,
-        model: ModelOptions::default(),
-    };
+    let options = common::cpu_f32();
     let loaded = LoadedModel::load(&ModelFiles::local(&dir).unwrap(), &options).unwrap();
     assert_eq!(loaded.preprocess, PreprocessConfig::dinov3());
     let pixels = loaded.preprocess.pixel_values(&load_rgb(&image).unwrap());

@@ -140,16 +140,9 @@ fn family_models_are_written_back_in_their_own_hf_layout() {
                 assert_eq!(written[key], config_json[key], "{name}: {key}");
             }
         }
-        let reloaded = LoadedModel::load(
-            &ModelFiles::local(out.path()).unwrap(),
-            &LoadOptions {
-                device: Device::Cpu,
-                dtype: DType::F32,
-                num_heads: None,
-                model: ModelOptions::default(),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let reloaded =
+            LoadedModel::load(&ModelFiles::local(out.path()).unwrap(), &common::cpu_f32())
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(reloaded.config, config, "{name}");
     }
 }

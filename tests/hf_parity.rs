@@ -3,25 +3,16 @@
 
 mod common;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use common::{f32_values, fixture, max_abs_diff, shared_dir};
 use serde_json::Value;
 use vit::kernels::Isa;
-use vit::model::{LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+use vit::model::{LoadOptions, LoadedModel, ModelFiles};
 use vit::preprocess::{load_rgb, ImageBackend, PreprocessConfig};
 
 fn manifest(relative: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(fixture(relative)).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn f32_options() -> LoadOptions {
-    LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-        num_heads: None,
-        model: ModelOptions::default(),
-    }
 }
 
 /// Every case loaded with `options`; with `tracked`, rebuilt over weights that track
@@ -66,7 +57,7 @@ fn logits_match_hf_transformers_in_f32_on_every_cpu_kernel() {
     }
     for isa in supported {
         eprintln!("checking the {} kernels", isa.name());
-        let mut options = f32_options();
+        let mut options = common::cpu_f32();
         options.model.isa = isa;
         check_model_logits(&options, false);
     }
@@ -74,7 +65,7 @@ fn logits_match_hf_transformers_in_f32_on_every_cpu_kernel() {
 
 #[test]
 fn the_differentiable_path_gives_the_same_logits() {
-    check_model_logits(&f32_options(), true);
+    check_model_logits(&common::cpu_f32(), true);
 }
 
 /// Both of HF's backends, on every processor class we read: the 8-bit image after resize

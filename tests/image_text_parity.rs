@@ -12,26 +12,17 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use common::{f32_values, fixture, max_abs_diff, shared_dir};
 use serde_json::Value;
 use vit::classifier::Classifier;
-use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+use vit::model::{EmbeddingKind, LoadedModel, ModelFiles};
 use vit::preprocess::{ImageBackend, PixelValues};
 use vit::zero_shot::label_texts;
 
 fn manifest(family: &str) -> Value {
     let text = std::fs::read_to_string(fixture(&format!("{family}/cases.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn options() -> LoadOptions {
-    LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-        num_heads: None,
-        model: ModelOptions::default(),
-    }
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -45,7 +36,7 @@ fn strings(value: &Value) -> Vec<String> {
 
 fn load(dir: &str) -> LoadedModel {
     let files = ModelFiles::local(&fixture(dir)).unwrap();
-    LoadedModel::load(&files, &options()).unwrap_or_else(|e| panic!("{dir}: {e:#}"))
+    LoadedModel::load(&files, &common::cpu_f32()).unwrap_or_else(|e| panic!("{dir}: {e:#}"))
 }
 
 /// HF's image backends, with the suffix of the fixtures' tensors and pipeline scores each

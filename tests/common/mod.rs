@@ -137,11 +137,15 @@ pub fn tracked_model(
             .as_tensor()
             .clone();
     }
-    let options = vit::model::LoadOptions {
+    vit::model::build(weights, &loaded.config, &cpu_f32()).unwrap()
+}
+
+/// Loading on the CPU in f32 with the default kernels.
+pub fn cpu_f32() -> vit::model::LoadOptions {
+    vit::model::LoadOptions {
         device: candle_core::Device::Cpu,
         dtype: candle_core::DType::F32,
         num_heads: None,
         model: vit::model::ModelOptions::default(),
-    };
-    vit::model::build(weights, &loaded.config, &options).unwrap()
+    }
 }
