@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use super::rope::{RotaryCoordinates, RotaryEmbedding};
+pub use super::rope::{RotaryCoordinates, RotaryEmbedding, RotaryPairs};
 
 /// Activation of the MLP blocks, named as in HF's `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +141,68 @@ pub enum PosInterpolation {
     Bicubic,
     /// Bicubic with antialiasing, as HF DINOv2 and timm's `resample_abs_pos_embed`.
     BicubicAntialias,
+    /// Not resized: the model runs at its config's size only, as HF runs it (Llama 4, whose
+    /// image processor cuts every image into tiles of that size).
+    Fixed,
+}
+
+/// Llama 4's vision adapter on the patch tokens after the final norm: a pixel shuffle (each
+/// `1/ratio` x `1/ratio` block of patches becomes one token, `1/ratio^2` times wider), then
+/// `gelu(fc2(gelu(fc1(x))))` without biases (HF `Llama4VisionPixelShuffleMLP`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PixelShuffleAdapter {
+    /// `pixel_shuffle_ratio`.
+    pub ratio: f64,
+    /// The width of `fc1`'s output (`projector_input_dim`).
+    pub hidden: usize,
+    /// The width of `fc2`'s output, each output token's (`projector_output_dim`).
+    pub output: usize,
+}
+
+impl PixelShuffleAdapter {
+    /// How many patches per side make one output token (`1 / ratio`).
+    pub fn block(&self) -> usize {
+        (1.0 / self.ratio).round() as usize
+    }
+
+    /// Checks that the shuffle divides a `grid` x `grid` grid of `width`-wide tokens and that
+    /// `fc2` reads what `fc1` gives, as HF's modules need.
+    pub fn check(&self, grid: usize, width: usize) -> Result<()> {
+        let block = self.block();
+        if !(self.ratio > 0.0 && self.ratio < 1.0) || (self.ratio * block as f64 - 1.0).abs() > 1e-9
+        {
+            bail!(
+                "pixel_shuffle_ratio {} is not 1/n for an integer n > 1",
+                self.ratio
+            );
+        }
+        if !grid.is_multiple_of(block) {
+            bail!(
+                "pixel_shuffle_ratio {} does not divide the {grid}x{grid} patch grid",
+                self.ratio
+            );
+        }
+        if !width.is_multiple_of(block * block) {
+            bail!(
+                "pixel_shuffle_ratio {} does not divide hidden_size {width}",
+                self.ratio
+            );
+        }
+        if self.hidden != self.output {
+            bail!(
+                "projector_input_dim {} differs from projector_output_dim {} (HF's adapter \
+                 feeds one into the other)",
+                self.hidden,
+                self.output
+            );
+        }
+        require_positive(&[("projector_input_dim", self.hidden)])
+    }
+
+    /// The width of a shuffled token, `fc1`'s input.
+    pub fn shuffled_width(&self, width: usize) -> usize {
+        width * self.block() * self.block()
+    }
 }
 
 /// The classification head.
@@ -166,6 +228,10 @@ pub struct Variant {
     pub rotary: Option<RotaryEmbedding>,
     /// A class token first.
     pub class_token: bool,
+    /// The checkpoint puts the class token after the patches (Llama 4): its position
+    /// embedding is the stored table's last row. `vit` still puts it first: attention does
+    /// not depend on the tokens' order, and what the model gives out does not contain it.
+    pub class_token_last: bool,
     /// A distillation token after the class token (DeiT distilled).
     pub distillation_token: bool,
     /// Register tokens after the class and distillation tokens.
@@ -198,6 +264,9 @@ pub struct Variant {
     /// A linear projection without bias of the pooled embedding to this width (CLIP's
     /// `visual_projection`): what `embed --pool auto` gives, comparable with text embeddings.
     pub projection: Option<usize>,
+    /// Llama 4's pixel-shuffle adapter: the patch tokens the model gives out (`embed --pool
+    /// tokens`, and their mean for `mean` and `auto`).
+    pub adapter: Option<PixelShuffleAdapter>,
 }
 
 impl Default for Variant {
@@ -206,6 +275,7 @@ impl Default for Variant {
             absolute_positions: true,
             rotary: None,
             class_token: true,
+            class_token_last: false,
             distillation_token: false,
             register_tokens: 0,
             class_positions: true,
@@ -220,6 +290,7 @@ impl Default for Variant {
             pooling: Pooling::Class,
             head: Head::Linear,
             projection: None,
+            adapter: None,
         }
     }
 }
@@ -271,9 +342,13 @@ impl Variant {
         }
     }
 
-    /// Width of the model's own embedding (`embed --pool auto`): projected, or pooled.
+    /// Width of the model's own embedding (`embed --pool auto`): projected, adapted, or
+    /// pooled.
     pub fn embedding_width(&self, hidden: usize) -> usize {
-        self.projection.unwrap_or(self.pooled_width(hidden))
+        match self.adapter {
+            Some(adapter) => adapter.output,
+            None => self.projection.unwrap_or(self.pooled_width(hidden)),
+        }
     }
 }
 
@@ -502,6 +577,9 @@ impl ViTConfig {
         }
         if let Some(rotary) = &self.variant.rotary {
             rotary.check(self.head_dim())?;
+        }
+        if let Some(adapter) = &self.variant.adapter {
+            adapter.check(self.grid_size(), self.hidden_size)?;
         }
         if self.image_size < self.patch_size {
             bail!(

@@ -10,7 +10,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp3, Layout, Result, Shape, Tensor,
 };
 
-use crate::kernels::rope::QkvShape;
+use crate::kernels::rope::{QkvShape, RotaryPairs};
 use crate::kernels::{self, Isa};
 
 /// Whether the fused CPU kernels apply to these inputs.
@@ -136,7 +136,9 @@ impl CustomOp1 for FusedAttention {
 
 /// Turns the queries and keys of the patch tokens of a fused q/k/v buffer by their rotary
 /// angles, in place ([`kernels::rope`]).
-struct RotateQueriesAndKeys;
+struct RotateQueriesAndKeys {
+    pairs: RotaryPairs,
+}
 
 impl InplaceOp3 for RotateQueriesAndKeys {
     fn name(&self) -> &'static str {
@@ -172,7 +174,13 @@ impl InplaceOp3 for RotateQueriesAndKeys {
             heads,
             head_dim,
         };
-        kernels::rope::rotate_half_queries_and_keys(&mut values[start..end], shape, cos, sin);
+        kernels::rope::rotate_queries_and_keys(
+            &mut values[start..end],
+            shape,
+            self.pairs,
+            cos,
+            sin,
+        );
         Ok(())
     }
 }
@@ -180,12 +188,17 @@ impl InplaceOp3 for RotateQueriesAndKeys {
 /// The rotary kernel when it applies (`None` otherwise): turns `qkv`, `(batch, tokens, 3,
 /// heads, head_dim)`, in its own storage, so `qkv` must be a buffer nobody else reads (a
 /// projection's fresh output), and returns it.
-pub fn rotate_queries_and_keys(qkv: Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+pub fn rotate_queries_and_keys(
+    qkv: Tensor,
+    pairs: RotaryPairs,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Option<Tensor>> {
     if !applies(&[&qkv, cos, sin]) {
         return Ok(None);
     }
     let qkv = qkv.contiguous()?;
-    qkv.inplace_op3(cos, sin, &RotateQueriesAndKeys)?;
+    qkv.inplace_op3(cos, sin, &RotateQueriesAndKeys { pairs })?;
     Ok(Some(qkv))
 }
 

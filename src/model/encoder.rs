@@ -12,6 +12,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::adapter::Adapter;
 use super::attention::AttentionKernel;
 use super::attention_pool::AttentionPool;
 use super::config::{Activation, BlockConfig, Head, MlpKind, Pooling, PosInterpolation, ViTConfig};
@@ -103,7 +104,8 @@ pub struct Embeddings {
     /// Leading rows of `position_embeddings` for class tokens, then for registers.
     class_positions: usize,
     register_positions: usize,
-    resampling: Resampling,
+    /// How positions are resized to another grid; `None`: they are not.
+    resampling: Option<Resampling>,
     patch_size: usize,
     grid_size: usize,
 }
@@ -134,19 +136,34 @@ impl Embeddings {
             true => variant.register_tokens,
             false => 0,
         };
+        let position_embeddings = match variant.absolute_positions {
+            true => {
+                let stored = vb.get((1, cfg.num_positions(), h), "position_embeddings")?;
+                Some(match variant.class_token_last {
+                    // The class token's row moves to the front, where `vit` puts the token.
+                    true => {
+                        let patches = cfg.num_positions() - 1;
+                        Tensor::cat(
+                            &[stored.narrow(1, patches, 1)?, stored.narrow(1, 0, patches)?],
+                            1,
+                        )?
+                    }
+                    false => stored,
+                })
+            }
+            false => None,
+        };
         Ok(Self {
             class_tokens,
             register_tokens,
-            position_embeddings: match variant.absolute_positions {
-                true => Some(vb.get((1, cfg.num_positions(), h), "position_embeddings")?),
-                false => None,
-            },
+            position_embeddings,
             patch_embeddings: PatchEmbeddings::new(vb.pp("patch_embeddings"), cfg, options)?,
             class_positions,
             register_positions,
             resampling: match variant.pos_interpolation {
-                PosInterpolation::Bicubic => Resampling::Bicubic,
-                PosInterpolation::BicubicAntialias => Resampling::BicubicAntialias,
+                PosInterpolation::Bicubic => Some(Resampling::Bicubic),
+                PosInterpolation::BicubicAntialias => Some(Resampling::BicubicAntialias),
+                PosInterpolation::Fixed => None,
             },
             patch_size: cfg.patch_size,
             grid_size: cfg.grid_size(),
@@ -161,7 +178,16 @@ impl Embeddings {
         if (rows, cols) == (self.grid_size, self.grid_size) {
             return Ok(stored);
         }
-        interpolate_patch_positions(&stored, self.grid_size, (rows, cols), self.resampling)
+        let Some(resampling) = self.resampling else {
+            let side = self.grid_size * self.patch_size;
+            candle_core::bail!(
+                "the model runs at {side}x{side} only (its position embeddings are not \
+                 resized), not at {}x{}",
+                rows * self.patch_size,
+                cols * self.patch_size
+            );
+        };
+        interpolate_patch_positions(&stored, self.grid_size, (rows, cols), resampling)
     }
 
     /// The prefix tokens' rows `first..first + count` of the stored positions, when they
@@ -562,6 +588,7 @@ enum Classifier {
 #[derive(Debug, Clone)]
 pub struct VisionTransformer {
     encoder: Encoder,
+    adapter: Option<Adapter>,
     attention_pool: Option<AttentionPool>,
     pool_layernorm: Option<LayerNorm>,
     projection: Option<Linear>,
@@ -570,6 +597,8 @@ pub struct VisionTransformer {
     class_token: bool,
     /// Tokens before the patches (class, distillation, registers).
     prefix_tokens: usize,
+    /// Patches per side at the config's size (the adapter's grid).
+    grid_size: usize,
     dtype: DType,
 }
 
@@ -615,8 +644,13 @@ impl VisionTransformer {
             )?),
             _ => None,
         };
+        let adapter = match variant.adapter {
+            Some(spec) => Some(Adapter::new(vb.pp("adapter"), spec, cfg, options.isa)?),
+            None => None,
+        };
         Ok(Self {
             encoder: Encoder::new(vb.pp("vit"), cfg, options)?,
+            adapter,
             attention_pool,
             pool_layernorm,
             projection,
@@ -624,6 +658,7 @@ impl VisionTransformer {
             pooling: variant.pooling,
             class_token: variant.class_token,
             prefix_tokens: variant.prefix_tokens(),
+            grid_size: cfg.grid_size(),
             dtype: vb.dtype(),
         })
     }
@@ -634,10 +669,13 @@ impl VisionTransformer {
     }
 
     /// The embedding `kind` of `tokens`: `(batch, width)`, or every token for
-    /// [`EmbeddingKind::Tokens`].
+    /// [`EmbeddingKind::Tokens`] (the adapter's tokens for a model with one).
     pub fn pool(&self, tokens: &Tensor, kind: EmbeddingKind) -> Result<Tensor> {
         match kind {
-            EmbeddingKind::Tokens => Ok(tokens.clone()),
+            EmbeddingKind::Tokens => match self.adapter {
+                Some(_) => self.patch_tokens(tokens),
+                None => Ok(tokens.clone()),
+            },
             EmbeddingKind::Class => self.class_token(tokens),
             EmbeddingKind::Mean => self.patch_mean(tokens),
             EmbeddingKind::Auto => match &self.projection {
@@ -654,9 +692,18 @@ impl VisionTransformer {
         tokens.narrow(1, 0, 1)?.squeeze(1)
     }
 
-    fn patch_mean(&self, tokens: &Tensor) -> Result<Tensor> {
+    /// The patch tokens the model gives out: the adapter's, for a model with one.
+    fn patch_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
         let patches = tokens.dim(1)? - self.prefix_tokens;
-        tokens.narrow(1, self.prefix_tokens, patches)?.mean(1)
+        let patches = tokens.narrow(1, self.prefix_tokens, patches)?;
+        match &self.adapter {
+            Some(adapter) => adapter.forward(&patches, (self.grid_size, self.grid_size)),
+            None => Ok(patches),
+        }
+    }
+
+    fn patch_mean(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.patch_tokens(tokens)?.mean(1)
     }
 
     /// What the head reads: the variant's pooling of `tokens`, then its pooled norm.

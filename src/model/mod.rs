@@ -1,6 +1,7 @@
 //! The network ([`encoder`], its layers and kernels), its configuration, the checkpoint
 //! formats ([`formats`]) and one loader per checkpoint layout between them ([`layouts`]).
 
+pub mod adapter;
 pub mod attention;
 pub mod attention_pool;
 pub mod config;
@@ -122,7 +123,7 @@ impl LoadedModel {
             None => None,
         };
         let mut model_options = options.model;
-        let (layout, weights) = match weights::is_safetensors(&files.weights) {
+        let (layout, mut weights) = match weights::is_safetensors(&files.weights) {
             true => {
                 let mapped = mapped::MappedSafetensors::open(&files.weights, layout)?;
                 (mapped.layout(), Weights::Mapped(mapped))
@@ -184,6 +185,11 @@ impl LoadedModel {
             text_tensors = text.expected_tensors();
             text_tensors.extend(text.logit_tensors());
         }
+        weights.unmerge(layout, &config)?;
+        let shapes: &dyn weights::TensorShapes = match &weights {
+            Weights::Mapped(mapped) => mapped,
+            Weights::Loaded(state) => state,
+        };
         let mut unused_tensors = weights::check_model_tensors(shapes, &config, &text_tensors)
             .with_context(in_weights)?;
         unused_tensors.retain(|name| !layout.unused_by_design(name, &config));
@@ -267,6 +273,23 @@ fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
 enum Weights {
     Mapped(mapped::MappedSafetensors),
     Loaded(StateDict),
+}
+
+impl Weights {
+    /// See [`weights::unmerge_dims`].
+    fn unmerge(&mut self, layout: Layout, config: &ViTConfig) -> Result<()> {
+        match self {
+            Self::Mapped(mapped) => {
+                for (name, shape) in weights::expected_tensors(config) {
+                    if layout.merged_dims(&name) {
+                        mapped.reshape(&name, &shape);
+                    }
+                }
+                Ok(())
+            }
+            Self::Loaded(state) => weights::unmerge_dims(state, layout, config),
+        }
+    }
 }
 
 /// Builds the network from a checked state dict.

@@ -1,12 +1,13 @@
 //! 2D rotary position embeddings: the position-encoding component that turns each patch
-//! token's queries and keys by angles of its place on the patch grid (DINOv3), instead of
-//! (or beside) learned absolute embeddings added to the tokens.
+//! token's queries and keys by angles of its place on the patch grid (DINOv3, Llama 4),
+//! instead of (or beside) learned absolute embeddings added to the tokens.
 
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::cpu_kernels;
+pub use crate::kernels::rope::RotaryPairs;
 
 /// Where a family puts the patches on each axis of the grid.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,6 +16,9 @@ pub enum RotaryCoordinates {
     /// every resolution spans the same range; angle `2 pi * coordinate * theta^(-4j/d)` for
     /// `j < d/4` on each axis, rows' angles then columns' (HF DINOv3).
     NormalizedCentres,
+    /// Patch indices from 1, `i + 1` per axis; angle `coordinate * theta^(-4j/d)` for
+    /// `j < d/4` on each axis, columns' angles then rows' (HF Llama 4's vision encoder).
+    GridIndices,
 }
 
 /// 2D rotary embeddings as a config describes them.
@@ -23,6 +27,8 @@ pub struct RotaryEmbedding {
     /// The base period (`rope_theta`).
     pub theta: f64,
     pub coordinates: RotaryCoordinates,
+    /// Which values of a head turn together.
+    pub pairs: RotaryPairs,
 }
 
 impl RotaryEmbedding {
@@ -50,9 +56,15 @@ impl RotaryEmbedding {
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
         for row in 0..rows {
             for col in 0..cols {
-                let RotaryCoordinates::NormalizedCentres = self.coordinates;
-                for coordinate in [centre(row, rows), centre(col, cols)] {
-                    let turn = 2.0 * std::f32::consts::PI * coordinate;
+                // Each axis's turn per unit of frequency, in the family's order.
+                let turns = match self.coordinates {
+                    RotaryCoordinates::NormalizedCentres => {
+                        let turn = |c: f32| 2.0 * std::f32::consts::PI * c;
+                        [turn(centre(row, rows)), turn(centre(col, cols))]
+                    }
+                    RotaryCoordinates::GridIndices => [(col + 1) as f32, (row + 1) as f32],
+                };
+                for turn in turns {
                     for frequency in &frequencies {
                         let angle = turn * frequency;
                         cos.push(angle.cos());
@@ -76,6 +88,7 @@ impl RotaryEmbedding {
         Ok(RotaryTables {
             cos: Tensor::from_vec(cos, shape, device)?,
             sin: Tensor::from_vec(sin, shape, device)?,
+            pairs: self.pairs,
             full: OnceLock::new(),
         })
     }
@@ -88,8 +101,10 @@ pub struct RotaryTables {
     /// `(patches, head_dim / 2)`, f32.
     pub cos: Tensor,
     pub sin: Tensor,
-    /// For candle's ops: both tables over both halves, `(patches, 1, head_dim)` in the
-    /// model's dtype, built by the first layer that needs them.
+    pairs: RotaryPairs,
+    /// For candle's ops: the tables in the model's dtype broadcast over heads, `(patches, 1,
+    /// head_dim)` over both halves for [`RotaryPairs::Halves`], `(patches, 1, head_dim / 2)`
+    /// for [`RotaryPairs::Adjacent`], built by the first layer that needs them.
     full: OnceLock<(Tensor, Tensor)>,
 }
 
@@ -100,7 +115,7 @@ impl RotaryTables {
     /// other dtypes): `qkv` is taken because the kernel reuses its storage.
     pub fn rotate(&self, qkv: Tensor) -> Result<Tensor> {
         if let Some(rotated) =
-            cpu_kernels::rotate_queries_and_keys(qkv.clone(), &self.cos, &self.sin)?
+            cpu_kernels::rotate_queries_and_keys(qkv.clone(), self.pairs, &self.cos, &self.sin)?
         {
             return Ok(rotated);
         }
@@ -111,10 +126,25 @@ impl RotaryTables {
         let half = head_dim / 2;
         let turn = |part: Tensor| -> Result<Tensor> {
             let patches_part = part.narrow(1, prefix, patches)?;
-            let low = patches_part.narrow(D::Minus1, 0, half)?;
-            let high = patches_part.narrow(D::Minus1, half, half)?;
-            let rotated_half = Tensor::cat(&[&high.neg()?, &low], D::Minus1)?;
-            let turned = (patches_part.broadcast_mul(cos)? + rotated_half.broadcast_mul(sin)?)?;
+            let turned = match self.pairs {
+                RotaryPairs::Halves => {
+                    let low = patches_part.narrow(D::Minus1, 0, half)?;
+                    let high = patches_part.narrow(D::Minus1, half, half)?;
+                    let rotated_half = Tensor::cat(&[&high.neg()?, &low], D::Minus1)?;
+                    (patches_part.broadcast_mul(cos)? + rotated_half.broadcast_mul(sin)?)?
+                }
+                RotaryPairs::Adjacent => {
+                    let (b, n, heads, _) = patches_part.dims4()?;
+                    let pairs = patches_part.reshape((b, n, heads, half, 2))?;
+                    let real = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+                    let imaginary = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+                    let turned_real = (real.broadcast_mul(cos)? - imaginary.broadcast_mul(sin)?)?;
+                    let turned_imaginary =
+                        (real.broadcast_mul(sin)? + imaginary.broadcast_mul(cos)?)?;
+                    Tensor::stack(&[turned_real, turned_imaginary], D::Minus1)?
+                        .reshape((b, n, heads, head_dim))?
+                }
+            };
             match prefix {
                 0 => Ok(turned),
                 _ => Tensor::cat(&[&part.narrow(1, 0, prefix)?, &turned], 1),
@@ -130,11 +160,12 @@ impl RotaryTables {
     /// [`RotaryTables::full`], built once.
     fn full_tables(&self, dtype: DType) -> Result<(&Tensor, &Tensor)> {
         if self.full.get().is_none() {
-            // (patches, head_dim), both halves, broadcast over heads: (patches, 1, head_dim).
             let full = |table: &Tensor| -> Result<Tensor> {
-                Tensor::cat(&[table, table], D::Minus1)?
-                    .to_dtype(dtype)?
-                    .unsqueeze(1)
+                let table = match self.pairs {
+                    RotaryPairs::Halves => Tensor::cat(&[table, table], D::Minus1)?,
+                    RotaryPairs::Adjacent => table.clone(),
+                };
+                table.to_dtype(dtype)?.unsqueeze(1)
             };
             let _ = self.full.set((full(&self.cos)?, full(&self.sin)?));
         }
@@ -151,6 +182,15 @@ mod tests {
         RotaryEmbedding {
             theta,
             coordinates: RotaryCoordinates::NormalizedCentres,
+            pairs: RotaryPairs::Halves,
+        }
+    }
+
+    fn llama4(theta: f64) -> RotaryEmbedding {
+        RotaryEmbedding {
+            theta,
+            coordinates: RotaryCoordinates::GridIndices,
+            pairs: RotaryPairs::Adjacent,
         }
     }
 
@@ -175,16 +215,29 @@ mod tests {
     }
 
     #[test]
+    fn angles_follow_hf_llama4() {
+        // head_dim 8: frequencies 1 and 100^-0.5; the patch at row 1, column 0 of a 2 x 2
+        // grid has coordinates x 1, y 2, columns' angles first.
+        let (_, sin) = llama4(100.0).angles((2, 2), 8);
+        let expected = [1f32.sin(), 0.1f32.sin(), 2f32.sin(), 0.2f32.sin()];
+        for (got, want) in sin[2 * 4..3 * 4].iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{sin:?}");
+        }
+    }
+
+    #[test]
     fn the_kernel_and_candle_ops_rotate_alike() -> Result<()> {
         let device = Device::Cpu;
-        let tables = dinov3(37.5).tables((3, 4), 8, &device)?;
-        let qkv = Tensor::randn(0f32, 1., (2, 14, 3, 2, 8), &device)?;
-        let kernel = tables.rotate(qkv.copy()?)?;
-        // A variable tracks gradients, which sends it through candle's ops.
-        let tracked = candle_core::Var::from_tensor(&qkv)?;
-        let ops = tables.rotate(tracked.as_tensor().clone())?;
-        let diff = (kernel - ops.detach())?.abs()?.flatten_all()?.max(0)?;
-        assert!(diff.to_scalar::<f32>()? < 1e-6);
+        for rotary in [dinov3(37.5), llama4(10.0)] {
+            let tables = rotary.tables((3, 4), 8, &device)?;
+            let qkv = Tensor::randn(0f32, 1., (2, 14, 3, 2, 8), &device)?;
+            let kernel = tables.rotate(qkv.copy()?)?;
+            // A variable tracks gradients, which sends it through candle's ops.
+            let tracked = candle_core::Var::from_tensor(&qkv)?;
+            let ops = tables.rotate(tracked.as_tensor().clone())?;
+            let diff = (kernel - ops.detach())?.abs()?.flatten_all()?.max(0)?;
+            assert!(diff.to_scalar::<f32>()? < 1e-6, "{rotary:?}");
+        }
         Ok(())
     }
 }

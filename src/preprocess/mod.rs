@@ -247,6 +247,19 @@ impl PreprocessConfig {
         }
     }
 
+    /// `Llama4ImageProcessor`'s steps for one tile of `size` x `size`: bilinear, mean and std
+    /// 0.5, no crop.
+    pub fn llama4(size: usize) -> Self {
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        Self {
+            resize: Some(ResizeTarget::Exact {
+                height: size,
+                width: size,
+            }),
+            ..Self::default()
+        }
+    }
+
     /// Reads a `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)

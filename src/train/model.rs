@@ -102,6 +102,11 @@ pub fn adapt_base(
         let resampling = match config.variant.pos_interpolation {
             PosInterpolation::Bicubic => Resampling::Bicubic,
             PosInterpolation::BicubicAntialias => Resampling::BicubicAntialias,
+            PosInterpolation::Fixed => bail!(
+                "the model runs at {0}x{0} only (its position embeddings are not resized): \
+                 train it at that size",
+                config.image_size
+            ),
         };
         let resized = interpolate_patch_positions(&patches, grid, (new_grid, new_grid), resampling)
             .with_context(|| format!("cannot resize {name}"))?;

@@ -195,6 +195,17 @@ impl MappedSafetensors {
 }
 
 impl MappedSafetensors {
+    /// Reads tensor `name` as `shape` when it holds that many values (the same values in the
+    /// same order, some dimensions merged or split); otherwise leaves it as it is.
+    pub fn reshape(&mut self, name: &str, shape: &[usize]) {
+        if let Some(entry) = self.tensors.get_mut(name) {
+            let count = |dims: &[usize]| dims.iter().product::<usize>();
+            if entry.scale.is_none() && count(&entry.shape) == count(shape) {
+                entry.shape = shape.to_vec();
+            }
+        }
+    }
+
     /// Whether any tensor is stored as int8 (an int8 folder).
     pub fn has_int8(&self) -> bool {
         self.tensors.values().any(|e| e.scale.is_some())

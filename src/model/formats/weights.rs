@@ -83,6 +83,16 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
             vec![width, variant.pooled_width(h)],
         );
     }
+    if let Some(adapter) = variant.adapter {
+        add(
+            "adapter.fc1.weight".into(),
+            vec![adapter.hidden, adapter.shuffled_width(h)],
+        );
+        add(
+            "adapter.fc2.weight".into(),
+            vec![adapter.output, adapter.hidden],
+        );
+    }
     let labels = cfg.num_labels();
     match variant.head {
         Head::None => {}
@@ -101,6 +111,21 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
         }
     }
     tensors
+}
+
+/// Gives the tensors `layout` stores with merged dimensions the canonical shapes `config`
+/// expects ([`Layout::merged_dims`]); other tensors are left as they are (and a wrong size
+/// is reported by the shape check).
+pub fn unmerge_dims(state: &mut StateDict, layout: Layout, config: &ViTConfig) -> Result<()> {
+    for (name, shape) in expected_tensors(config) {
+        let Some(tensor) = state.get_mut(&name).filter(|_| layout.merged_dims(&name)) else {
+            continue;
+        };
+        if tensor.elem_count() == shape.iter().product::<usize>() {
+            *tensor = tensor.reshape(shape)?;
+        }
+    }
+    Ok(())
 }
 
 /// The canonical name (under `prefix`, a layer's scope) and shape of every tensor of one

@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 
 use super::{architecture, model_type_is, CheckpointLayout, HfConfigKeys};
 use crate::model::config::{
-    generic_labels, Biases, Head, MlpKind, Pooling, RotaryCoordinates, RotaryEmbedding, Variant,
-    ViTConfig,
+    generic_labels, Biases, Head, MlpKind, Pooling, RotaryCoordinates, RotaryEmbedding,
+    RotaryPairs, Variant, ViTConfig,
 };
 use crate::model::weights::TensorShapes;
 use crate::preprocess::PreprocessConfig;
@@ -79,6 +79,7 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
     variant.rotary = Some(RotaryEmbedding {
         theta,
         coordinates: RotaryCoordinates::NormalizedCentres,
+        pairs: RotaryPairs::Halves,
     });
     variant.register_tokens = registers;
     variant.layer_scale = true;

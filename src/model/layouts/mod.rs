@@ -7,6 +7,7 @@ pub mod hf_clip;
 pub mod hf_deit;
 pub mod hf_dinov2;
 pub mod hf_dinov3;
+pub mod hf_llama4;
 pub mod hf_siglip;
 pub mod hf_vit;
 pub mod timm;
@@ -73,6 +74,13 @@ pub trait CheckpointLayout: Sync {
         0
     }
 
+    /// Whether the layout stores `canonical` with some of its dimensions merged (the same
+    /// values in the same order: Llama 4's patch convolution as an unfold's matrix); it is
+    /// read in the shape the config expects.
+    fn merged_dims(&self, _canonical: &str) -> bool {
+        false
+    }
+
     /// Whether the checkpoint also keeps `canonical` without using it for what `config`
     /// computes (so that it is not reported as unused).
     fn unused_by_design(&self, _canonical: &str, _config: &ViTConfig) -> bool {
@@ -104,7 +112,7 @@ pub type HfConfigKeys = (&'static str, &'static str, Vec<(&'static str, Value)>)
 
 /// Every layout `vit` reads, in the order they are tried (timm's configs before HF ViT's,
 /// which takes configs without a `model_type`).
-pub static LAYOUTS: [&dyn CheckpointLayout; 7] = [
+pub static LAYOUTS: [&dyn CheckpointLayout; 8] = [
     &timm::Timm,
     &hf_vit::HfVit,
     &hf_deit::HfDeit,
@@ -112,6 +120,7 @@ pub static LAYOUTS: [&dyn CheckpointLayout; 7] = [
     &hf_dinov3::HfDinov3,
     &hf_clip::HfClip,
     &hf_siglip::HfSiglip,
+    &hf_llama4::HfLlama4,
 ];
 
 /// A checkpoint layout that `vit` reads: one of [`LAYOUTS`].
@@ -156,7 +165,7 @@ impl Layout {
             other => bail!(
                 "model_type {} is not supported (supported: vit, deit, dinov2, \
                  dinov2_with_registers, dinov3_vit, clip, clip_vision_model, siglip, \
-                 siglip_vision_model)",
+                 siglip_vision_model, llama4, llama4_vision_model)",
                 other.map_or_else(|| "null".to_string(), |t| format!("{t:?}"))
             ),
         }
@@ -198,6 +207,11 @@ impl Layout {
     /// Leading unit dimensions the canonical tensor `canonical` has over this layout's.
     pub fn unit_dims(self, canonical: &str) -> usize {
         self.0.unit_dims(canonical)
+    }
+
+    /// See [`CheckpointLayout::merged_dims`].
+    pub fn merged_dims(self, canonical: &str) -> bool {
+        self.0.merged_dims(canonical)
     }
 
     /// See [`CheckpointLayout::unused_by_design`].
@@ -321,6 +335,9 @@ fn describe_difference(variant: &Variant, expected: &Variant) -> String {
     }
     if variant.projection.is_some() {
         differences.push("an embedding projection".to_string());
+    }
+    if variant.adapter.is_some() {
+        differences.push("a pixel-shuffle adapter".to_string());
     }
     if variant.mlp != expected.mlp && variant.mlp == MlpKind::SwiGlu {
         differences.push("SwiGLU without layer scale".to_string());

@@ -199,6 +199,7 @@ pub fn config(
         absolute_positions: true,
         rotary: None,
         class_token,
+        class_token_last: false,
         distillation_token,
         register_tokens,
         class_positions: embed_class,
@@ -217,6 +218,7 @@ pub fn config(
         pooling,
         head,
         projection: None,
+        adapter: None,
     };
     let config = ViTConfig {
         hidden_size: hidden,
