@@ -211,7 +211,8 @@ impl Classifier {
             .collect()
     }
 
-    /// Stacks preprocessed images into a `(batch, 3, h, w)` tensor on the model's device.
+    /// Stacks preprocessed images into a `(tiles, 3, h, w)` tensor on the model's device: one
+    /// row per image, or per tile for images cut into tiles.
     pub fn batch_tensor(&self, images: &[&PixelValues]) -> Result<Tensor> {
         let first = images.first().context("empty batch")?;
         let (h, w) = (first.height, first.width);
@@ -220,16 +221,16 @@ impl Classifier {
                 "images of different preprocessed sizes cannot share a batch: use --batch-size 1"
             );
         }
+        let rows: usize = images.iter().map(|p| p.tiles).sum();
         let flat: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
-        Ok(Tensor::from_vec(
-            flat,
-            (images.len(), 3, h, w),
-            &self.device,
-        )?)
+        Ok(Tensor::from_vec(flat, (rows, 3, h, w), &self.device)?)
     }
 
     /// Logits as f32 rows, one per image of the batch.
     pub fn logits(&self, images: &[&PixelValues]) -> Result<Vec<Vec<f32>>> {
+        if images.iter().any(|p| p.tiles != 1) {
+            bail!("images cut into tiles have no logits (the model is an encoder: use vit embed)");
+        }
         self.logits_of_tensor(&self.batch_tensor(images)?)
     }
 
@@ -256,13 +257,14 @@ impl Classifier {
 }
 
 impl Classifier {
-    /// The embeddings `kind` of a batch as f32 values in row order, with their shape:
-    /// `(batch, width)`, or `(batch, tokens, hidden)` for [`EmbeddingKind::Tokens`].
+    /// The embeddings `kind` of a batch as f32 values in row order with their shape, one per
+    /// image: `(width)`, or `(tokens, hidden)` for [`EmbeddingKind::Tokens`]. An image cut
+    /// into tiles has its tiles' tokens one after the other, and the mean of them all.
     pub fn embeddings(
         &self,
         images: &[&PixelValues],
         kind: EmbeddingKind,
-    ) -> Result<(Vec<f32>, Vec<usize>)> {
+    ) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
         let pixel_values = self.batch_tensor(images)?;
         let embeddings = self
             .model
@@ -271,7 +273,35 @@ impl Classifier {
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?;
         let shape = embeddings.dims().to_vec();
-        Ok((embeddings.flatten_all()?.to_vec1::<f32>()?, shape))
+        let values = embeddings.flatten_all()?.to_vec1::<f32>()?;
+        let row_shape = shape[1..].to_vec();
+        let per_row: usize = row_shape.iter().product();
+        let mut rows = values.chunks(per_row.max(1));
+        let mut out = Vec::with_capacity(images.len());
+        for image in images {
+            let tiles: Vec<&[f32]> = rows.by_ref().take(image.tiles).collect();
+            out.push(match (image.tiles, kind) {
+                (1, _) => (tiles[0].to_vec(), row_shape.clone()),
+                (n, EmbeddingKind::Tokens) => {
+                    let mut shape = row_shape.clone();
+                    shape[0] *= n;
+                    (tiles.concat(), shape)
+                }
+                // Every tile has as many tokens: the mean of their means is the mean of all.
+                (n, EmbeddingKind::Mean | EmbeddingKind::Auto) => {
+                    let mut mean = vec![0f32; per_row];
+                    for tile in &tiles {
+                        mean.iter_mut().zip(*tile).for_each(|(m, v)| *m += v);
+                    }
+                    mean.iter_mut().for_each(|m| *m /= n as f32);
+                    (mean, row_shape.clone())
+                }
+                (_, EmbeddingKind::Class) => {
+                    bail!("images cut into tiles have a class token per tile: use --pool tokens or mean")
+                }
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -182,7 +182,10 @@ fn check_vision(family: &str) {
             let classifier = Classifier::new(load_on(dir, backend), Device::Cpu, None).unwrap();
             let pixels = photo_pixels(&classifier, &shared, case);
             let batch: Vec<_> = pixels.iter().collect();
-            let (ours, shape) = classifier.embeddings(&batch, EmbeddingKind::Auto).unwrap();
+            let rows = classifier.embeddings(&batch, EmbeddingKind::Auto).unwrap();
+            let mut shape = vec![rows.len()];
+            shape.extend_from_slice(&rows[0].1);
+            let ours: Vec<f32> = rows.into_iter().flat_map(|(values, _)| values).collect();
             let expected = &io[&format!("image_embeds{suffix}")];
             assert_eq!(shape, expected.dims());
             let diff = max_abs_diff(&ours, &f32_values(expected));

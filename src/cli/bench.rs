@@ -516,8 +516,10 @@ fn time_end_to_end(
             .collect();
         let (h, w) = (pixels[0].height, pixels[0].width);
         size = h;
+        // Images cut into tiles (Llama 4) run every tile.
+        let rows: usize = pixels.iter().map(|p| p.tiles).sum();
         let flat: Vec<f32> = pixels.iter().flat_map(|p| p.data.iter().copied()).collect();
-        let input = Tensor::from_vec(flat, (batch, 3, h, w), &plan.device)?;
+        let input = Tensor::from_vec(flat, (rows, 3, h, w), &plan.device)?;
         let preprocessed_at = Instant::now();
         built
             .model

@@ -214,6 +214,13 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
             args.model.model
         );
     }
+    if plan.kind == EmbeddingKind::Class && ready.loaded.config.variant.adapter.is_some() {
+        bail!(
+            "{}: the model gives out its adapter's tokens, not its class token (one per tile): \
+             use --pool tokens, mean or auto",
+            args.model.model
+        );
+    }
     let model = Classifier::new(ready.loaded, ready.device, args.image_size)?;
     let progress = super::progress_bar(inputs.len());
     for chunk in inputs.chunks(args.batch_size) {
@@ -268,12 +275,9 @@ fn embed_chunk(
     }
     let batch: Vec<_> = ready.iter().collect();
     match model.embeddings(&batch, kind) {
-        Ok((values, shape)) => {
-            let row_shape = shape[1..].to_vec();
-            let width = *row_shape.last().unwrap_or(&1);
-            let per_row = values.len() / slots.len();
-            for (slot, row) in slots.into_iter().zip(values.chunks(per_row)) {
-                let mut row = row.to_vec();
+        Ok(embeddings) => {
+            for (slot, (mut row, row_shape)) in slots.into_iter().zip(embeddings) {
+                let width = *row_shape.last().unwrap_or(&1);
                 if normalize {
                     row.chunks_mut(width).for_each(l2_normalize);
                 }
@@ -284,7 +288,7 @@ fn embed_chunk(
                         "the model gave a non-finite value ({}) at {index}",
                         row[index]
                     )),
-                    None => Ok((row, row_shape.clone())),
+                    None => Ok((row, row_shape)),
                 };
             }
         }

@@ -185,7 +185,7 @@ impl LoadedModel {
             text_tensors = text.expected_tensors();
             text_tensors.extend(text.logit_tensors());
         }
-        weights.unmerge(layout, &config)?;
+        weights.unmerge(layout, &config).with_context(in_weights)?;
         let shapes: &dyn weights::TensorShapes = match &weights {
             Weights::Mapped(mapped) => mapped,
             Weights::Loaded(state) => state,
@@ -280,10 +280,8 @@ impl Weights {
     fn unmerge(&mut self, layout: Layout, config: &ViTConfig) -> Result<()> {
         match self {
             Self::Mapped(mapped) => {
-                for (name, shape) in weights::expected_tensors(config) {
-                    if layout.merged_dims(&name) {
-                        mapped.reshape(&name, &shape);
-                    }
+                for (name, shape) in weights::merged_shapes(mapped, layout, config)? {
+                    mapped.reshape(&name, &shape);
                 }
                 Ok(())
             }

@@ -8,6 +8,7 @@ mod ico;
 mod pfm;
 mod resize;
 mod tiff;
+pub mod tiles;
 
 use std::path::Path;
 
@@ -20,12 +21,16 @@ pub use decode::{decode_rgb, load_rgb, set_max_image_pixels, MAX_STDIN_BYTES};
 pub use resize::{
     resize_planes_torch, resize_rgb8, resize_rgb8_torch, Resample, TorchFilter, TorchResize,
 };
+pub use tiles::Tiling;
 
-/// One preprocessed image: `(3, height, width)` values, channel-first.
+/// One preprocessed image: `(3, height, width)` values, channel-first, for each of its
+/// tiles (one but for Llama 4's processor, which cuts images into several).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PixelValues {
     pub height: usize,
     pub width: usize,
+    /// How many `(3, height, width)` tiles `data` holds, one after the other.
+    pub tiles: usize,
     pub data: Vec<f32>,
 }
 
@@ -143,6 +148,9 @@ pub struct PreprocessConfig {
     /// (`DINOv3ViTImageProcessor`, on HF's torchvision backend only), instead of resizing
     /// the 8-bit image.
     pub rescale_before_resize: bool,
+    /// Cut each image into tiles of `resize`'s size (`Llama4ImageProcessor`, on HF's
+    /// torchvision backend only), instead of resizing it to that size.
+    pub tiling: Option<Tiling>,
 }
 
 impl Default for PreprocessConfig {
@@ -160,12 +168,16 @@ impl Default for PreprocessConfig {
             rescale_factor: Some(1.0 / 255.0),
             normalize: Some(([0.5; 3], [0.5; 3])),
             rescale_before_resize: false,
+            tiling: None,
         }
     }
 }
 
 /// The image processor HF names in `image_processor_type` whose steps run in another order.
 const RESCALE_FIRST_PROCESSOR: &str = "DINOv3ViTImageProcessor";
+
+/// The image processors that cut images into tiles (`Fast` as older hub configs name it).
+const TILING_PROCESSORS: [&str; 2] = ["Llama4ImageProcessor", "Llama4ImageProcessorFast"];
 
 /// ImageNet's mean and std (`IMAGENET_DEFAULT_MEAN`, `IMAGENET_DEFAULT_STD`).
 const IMAGENET_MEAN_STD: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
@@ -183,6 +195,8 @@ struct RawPreprocessConfig {
     do_normalize: Option<bool>,
     image_mean: Option<Vec<f32>>,
     image_std: Option<Vec<f32>>,
+    max_patches: Option<Value>,
+    resize_to_max_canvas: Option<Value>,
 }
 
 /// The most pixels an image may have, decoded or as the model's input: Pillow's
@@ -228,6 +242,29 @@ fn parse_size(value: &Value, key: &str) -> Result<ResizeTarget> {
     }
 }
 
+/// `max_patches` and `resize_to_max_canvas` of a tiling processor, with HF's defaults.
+fn parse_tiling(raw: &RawPreprocessConfig) -> Result<Tiling> {
+    let defaults = Tiling::default();
+    let max_tiles = match &raw.max_patches {
+        None => defaults.max_tiles,
+        Some(value) => value
+            .as_u64()
+            .filter(|n| (1..=1024).contains(n))
+            .with_context(|| format!("max_patches {value} is not an integer from 1 to 1024"))?
+            as usize,
+    };
+    let resize_to_max_canvas = match &raw.resize_to_max_canvas {
+        None => defaults.resize_to_max_canvas,
+        Some(value) => value
+            .as_bool()
+            .with_context(|| format!("resize_to_max_canvas is {value}, not true or false"))?,
+    };
+    Ok(Tiling {
+        max_tiles,
+        resize_to_max_canvas,
+    })
+}
+
 fn three(values: Vec<f32>, key: &str) -> Result<[f32; 3]> {
     match values[..] {
         [v] => Ok([v; 3]),
@@ -256,6 +293,7 @@ impl PreprocessConfig {
                 height: size,
                 width: size,
             }),
+            tiling: Some(Tiling::default()),
             ..Self::default()
         }
     }
@@ -271,11 +309,17 @@ impl PreprocessConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         let raw: RawPreprocessConfig =
             serde_json::from_str(text).context("invalid preprocessor config")?;
-        let rescale_before_resize =
-            raw.image_processor_type.as_deref() == Some(RESCALE_FIRST_PROCESSOR);
-        let defaults = match rescale_before_resize {
-            true => Self::dinov3(),
-            false => Self::default(),
+        let processor = raw.image_processor_type.as_deref();
+        let rescale_before_resize = processor == Some(RESCALE_FIRST_PROCESSOR);
+        let tiled = processor.is_some_and(|p| TILING_PROCESSORS.contains(&p));
+        let defaults = match (rescale_before_resize, tiled) {
+            (true, _) => Self::dinov3(),
+            (_, true) => Self::llama4(336),
+            _ => Self::default(),
+        };
+        let tiling = match tiled {
+            true => Some(parse_tiling(&raw)?),
+            false => None,
         };
         let resize = match (raw.do_resize.unwrap_or(true), &raw.size) {
             (false, _) => None,
@@ -299,6 +343,19 @@ impl PreprocessConfig {
             true => Some(raw.rescale_factor.unwrap_or(1.0 / 255.0)),
             false => None,
         };
+        if tiled {
+            let square =
+                matches!(resize, Some(ResizeTarget::Exact { height, width }) if height == width);
+            if !square || resample != Resample::Bilinear || center_crop.is_some() {
+                bail!(
+                    "Llama4ImageProcessor is supported with its own steps only: a square size \
+                     {{height, width}}, resample 2 (bilinear), no crop"
+                );
+            }
+            if rescale_factor.is_none() || raw.do_normalize == Some(false) {
+                bail!("Llama4ImageProcessor without do_rescale or do_normalize is not supported");
+            }
+        }
         if rescale_before_resize && TorchFilter::of(resample).is_none() {
             bail!("{RESCALE_FIRST_PROCESSOR} with resample {resample:?} is not supported (bilinear, bicubic or Lanczos)");
         }
@@ -343,6 +400,7 @@ impl PreprocessConfig {
             rescale_factor,
             normalize,
             rescale_before_resize,
+            tiling,
         }
         .with_backend(ImageBackend::HfTorchvision))
     }
@@ -355,6 +413,12 @@ impl PreprocessConfig {
             bail!(
                 "--image-backend pil: {RESCALE_FIRST_PROCESSOR} has only HF's torchvision \
                  backend (--image-backend torchvision, the default)"
+            );
+        }
+        if self.tiling.is_some() && request == Some(BackendRequest::Pil) {
+            bail!(
+                "--image-backend pil: Llama4ImageProcessor has only HF's torchvision backend \
+                 (--image-backend torchvision, the default)"
             );
         }
         Ok(match (request, self.backend) {
@@ -459,8 +523,15 @@ impl PreprocessConfig {
         }
     }
 
-    /// Preprocesses one RGB image into `(3, height, width)` pixel values, channel-first.
+    /// Preprocesses one RGB image into `(3, height, width)` pixel values, channel-first (per
+    /// tile, for a processor that cuts images into tiles).
     pub fn pixel_values(&self, image: &RgbImage) -> PixelValues {
+        if let (Some(tiling), Some(ResizeTarget::Exact { height, .. })) = (self.tiling, self.resize)
+        {
+            let factor = self.rescale_factor.unwrap_or(1.0) as f32;
+            let normalize = self.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
+            return tiles::tiles(image, height as usize, tiling, factor, normalize);
+        }
         match self.rescale_before_resize {
             true => self.rescaled_then_resized(image),
             false => self.normalized(&self.resized_and_cropped(image)),
@@ -520,6 +591,7 @@ impl PreprocessConfig {
         PixelValues {
             height,
             width,
+            tiles: 1,
             data: values,
         }
     }
@@ -556,6 +628,7 @@ impl PreprocessConfig {
         PixelValues {
             height: h as usize,
             width: w as usize,
+            tiles: 1,
             data: values,
         }
     }

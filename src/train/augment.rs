@@ -43,6 +43,7 @@ impl Augment {
                 rescale_factor: model.rescale_factor,
                 normalize: model.normalize,
                 rescale_before_resize: false,
+                tiling: None,
             },
         }
     }

@@ -450,6 +450,7 @@ mod tests {
             Ok(PixelValues {
                 height: 1,
                 width: 1,
+                tiles: 1,
                 data: vec![position as f32; 3],
             })
         });

@@ -117,15 +117,31 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
 /// expects ([`Layout::merged_dims`]); other tensors are left as they are (and a wrong size
 /// is reported by the shape check).
 pub fn unmerge_dims(state: &mut StateDict, layout: Layout, config: &ViTConfig) -> Result<()> {
-    for (name, shape) in expected_tensors(config) {
-        let Some(tensor) = state.get_mut(&name).filter(|_| layout.merged_dims(&name)) else {
-            continue;
-        };
+    for (name, shape) in merged_shapes(state, layout, config)? {
+        let tensor = state.get_mut(&name).expect("a stored name");
         if tensor.elem_count() == shape.iter().product::<usize>() {
             *tensor = tensor.reshape(shape)?;
         }
     }
     Ok(())
+}
+
+/// The stored tensors `layout` keeps with merged dimensions, with the shapes `config`
+/// expects of them. The layers are checked first: the expected names grow with the config's
+/// layer count, the stored ones do not.
+pub fn merged_shapes(
+    weights: &(impl TensorShapes + ?Sized),
+    layout: Layout,
+    config: &ViTConfig,
+) -> Result<Vec<(String, Vec<usize>)>> {
+    if !weights.names().iter().any(|name| layout.merged_dims(name)) {
+        return Ok(Vec::new());
+    }
+    check_layers(weights, "vit.encoder.layer", config.num_hidden_layers)?;
+    Ok(expected_tensors(config)
+        .into_iter()
+        .filter(|(name, _)| layout.merged_dims(name) && weights.shape(name).is_some())
+        .collect())
 }
 
 /// The canonical name (under `prefix`, a layer's scope) and shape of every tensor of one

@@ -372,6 +372,7 @@ pub fn timm_preprocess(
         rescale_factor: Some(1.0 / 255.0),
         normalize: Some((mean, std)),
         rescale_before_resize: false,
+        tiling: None,
     };
     Ok((config, how))
 }
