@@ -945,10 +945,15 @@ fn config_layout(files: &ModelFiles) -> Result<Option<ModelLayout>> {
     Ok(Some(layout))
 }
 
-/// Refuses an image-text model (CLIP, SigLIP), before reading its weights: it is already in
-/// HF's format, and the converter writes the ViT family's classifiers and backbones only.
+/// Refuses an image-text model (CLIP, SigLIP) or a Llama 4 vision encoder, before reading its
+/// weights: it is already in HF's format, and the converter writes the ViT family's
+/// classifiers and backbones only.
 fn refuse_image_text_models(files: &ModelFiles, layout: Option<ModelLayout>) -> Result<()> {
-    let image_text = [ModelLayout::HF_CLIP, ModelLayout::HF_SIGLIP];
+    let image_text = [
+        ModelLayout::HF_CLIP,
+        ModelLayout::HF_SIGLIP,
+        ModelLayout::HF_LLAMA4,
+    ];
     if let (Some(path), Some(layout)) = (&files.config, layout.filter(|l| image_text.contains(l))) {
         bail!(
             "{}: an {} model is read as it is (classify, embed, bench): `vit convert` writes \

@@ -237,3 +237,25 @@ fn vit_embed_gives_hfs_tokens_of_every_tile() {
         );
     }
 }
+
+/// `vit convert` writes the ViT family's HF layouts: a Llama 4 folder is refused by name
+/// before its weights are read, and nothing is written.
+#[test]
+fn vit_convert_refuses_llama4_folders_by_name() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("out");
+    let dir = fixture("llama4/vision_p4_s32");
+    let output = common::vit(&[
+        "convert",
+        dir.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", common::stderr(&output));
+    assert!(
+        common::stderr(&output).contains("HF llama4"),
+        "{}",
+        common::stderr(&output)
+    );
+    assert!(!out.exists());
+}

@@ -151,6 +151,8 @@ impl Layout {
     pub const HF_CLIP: Self = Self(&hf_clip::HfClip);
     /// HF `siglip` and `siglip_vision_model`.
     pub const HF_SIGLIP: Self = Self(&hf_siglip::HfSiglip);
+    /// HF `llama4_vision_model` and `llama4`'s vision encoder.
+    pub const HF_LLAMA4: Self = Self(&hf_llama4::HfLlama4);
 
     /// The layout a `config.json` describes.
     pub fn of_config(json: &Value) -> Result<Self> {
