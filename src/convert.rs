@@ -540,6 +540,7 @@ fn plan(files: &ModelFiles, source: StateDict, options: &ConvertOptions) -> Resu
         (Layout::Timm, _) => {
             let config = timm_config_for_hf(&tensors, timm_config.as_ref(), options, &mut notes)
                 .with_context(in_weights)?;
+
             let how = format!(
                 "read off the timm tensors ({} heads, eps {:e})",
                 config.num_attention_heads, config.layer_norm_eps
@@ -657,6 +658,16 @@ fn timm_config_for_hf(
     let empty = Value::Object(Default::default());
     let json = timm_config.unwrap_or(&empty);
     let mut config = timm::config(json, tensors, options.num_heads)?;
+    if config.variant.rotary.is_some() {
+        let architecture = json
+            .get("architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("a rotary model");
+        bail!(
+            "timm {architecture}: HF transformers has no layout for timm's rotary ViTs \
+             (EVA-02, RoPE-ViT): vit reads the timm folder as it is (classify, embed, bench)"
+        );
+    }
     let stated = json.pointer("/model_args/num_heads").is_some();
     if !stated && options.num_heads.is_none() {
         notes.push(assumed_heads_note(

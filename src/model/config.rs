@@ -253,6 +253,9 @@ pub struct Variant {
     pub layer_scale: bool,
     /// The feed-forward block.
     pub mlp: MlpKind,
+    /// A layer norm on the MLP's hidden values, before its output projection (timm's
+    /// `scale_mlp`, EVA-02).
+    pub mlp_norm: bool,
     /// A layer norm on all tokens after the blocks (else timm's `fc_norm`, below, or none).
     pub final_norm: bool,
     /// A layer norm on the pooled embedding (timm `fc_norm`, with average pooling).
@@ -285,6 +288,7 @@ impl Default for Variant {
             norm_pre: false,
             layer_scale: false,
             mlp: MlpKind::Standard,
+            mlp_norm: false,
             final_norm: true,
             pool_norm: false,
             pooling: Pooling::Class,
@@ -364,6 +368,8 @@ pub struct BlockConfig {
     /// Per-channel scales on the attention and MLP outputs.
     pub layer_scale: bool,
     pub mlp: MlpKind,
+    /// A layer norm on the MLP's hidden values (see [`Variant::mlp_norm`]).
+    pub mlp_norm: bool,
 }
 
 impl BlockConfig {
@@ -602,6 +608,7 @@ impl ViTConfig {
             biases: self.biases,
             layer_scale: self.variant.layer_scale,
             mlp: self.variant.mlp,
+            mlp_norm: self.variant.mlp_norm,
         }
     }
 

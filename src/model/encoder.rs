@@ -366,6 +366,8 @@ impl SelfAttention {
 #[derive(Debug, Clone)]
 pub struct Mlp {
     input: Linear,
+    /// A layer norm on the hidden values (timm's `scale_mlp`).
+    norm: Option<LayerNorm>,
     output: Linear,
     kind: MlpKind,
     activation: Activation,
@@ -413,8 +415,17 @@ impl Mlp {
                 vb.pp("output").pp("dense"),
             ),
         };
+        let norm = match cfg.mlp_norm {
+            true => Some(LayerNorm::load(
+                vb.pp("intermediate").pp("norm"),
+                i,
+                cfg.layer_norm_eps,
+            )?),
+            false => None,
+        };
         Ok(Self {
             input,
+            norm,
             output: load_scaled_linear(output, (i, h), bias, scale, options)?,
             kind: cfg.mlp,
             activation: cfg.hidden_act,
@@ -436,6 +447,10 @@ impl Mlp {
                 };
                 (gate * both.narrow(D::Minus1, width, width)?)?
             }
+        };
+        let hidden = match &self.norm {
+            Some(norm) => norm.forward(&hidden)?,
+            None => hidden,
         };
         self.output.forward_fused(&hidden, None, residual)
     }

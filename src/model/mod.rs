@@ -280,6 +280,9 @@ impl Weights {
     fn unmerge(&mut self, layout: Layout, config: &ViTConfig) -> Result<()> {
         match self {
             Self::Mapped(mapped) => {
+                for (from, to) in layout.renamed(config) {
+                    mapped.rename(&from, to);
+                }
                 for (name, shape) in weights::merged_shapes(mapped, layout, config)? {
                     mapped.reshape(&name, &shape);
                 }

@@ -16,9 +16,18 @@ pub enum RotaryCoordinates {
     /// every resolution spans the same range; angle `2 pi * coordinate * theta^(-4j/d)` for
     /// `j < d/4` on each axis, rows' angles then columns' (HF DINOv3).
     NormalizedCentres,
-    /// Patch indices from 1, `i + 1` per axis; angle `coordinate * theta^(-4j/d)` for
-    /// `j < d/4` on each axis, columns' angles then rows' (HF Llama 4's vision encoder).
-    GridIndices,
+    /// Patch indices plus `offset`, scaled by `reference / grid` per axis when a reference
+    /// grid is given (EVA's `ref_feat_shape`: every resolution spans the pretraining grid's
+    /// range), in f32 as timm computes them; angle `coordinate * theta^(-4j/d)` for `j < d/4`
+    /// on each axis, rows' angles then columns', or columns' first. HF Llama 4: offset 1,
+    /// columns first; timm's `RotaryEmbeddingCat`: offset 0, rows first (`'ij'`) or columns
+    /// first (`'xy'`).
+    Indices {
+        offset: f32,
+        /// `(rows, columns)` of the reference grid.
+        reference: Option<(usize, usize)>,
+        columns_first: bool,
+    },
 }
 
 /// 2D rotary embeddings as a config describes them.
@@ -62,7 +71,22 @@ impl RotaryEmbedding {
                         let turn = |c: f32| 2.0 * std::f32::consts::PI * c;
                         [turn(centre(row, rows)), turn(centre(col, cols))]
                     }
-                    RotaryCoordinates::GridIndices => [(col + 1) as f32, (row + 1) as f32],
+                    RotaryCoordinates::Indices {
+                        offset,
+                        reference,
+                        columns_first,
+                    } => {
+                        let index = |i: usize, n: usize, reference: Option<usize>| {
+                            let at = i as f32 + offset;
+                            reference.map_or(at, |r| at / n as f32 * r as f32)
+                        };
+                        let y = index(row, rows, reference.map(|r| r.0));
+                        let x = index(col, cols, reference.map(|r| r.1));
+                        match columns_first {
+                            true => [x, y],
+                            false => [y, x],
+                        }
+                    }
                 };
                 for turn in turns {
                     for frequency in &frequencies {
@@ -189,8 +213,32 @@ mod tests {
     fn llama4(theta: f64) -> RotaryEmbedding {
         RotaryEmbedding {
             theta,
-            coordinates: RotaryCoordinates::GridIndices,
+            coordinates: RotaryCoordinates::Indices {
+                offset: 1.0,
+                reference: None,
+                columns_first: true,
+            },
             pairs: RotaryPairs::Adjacent,
+        }
+    }
+
+    #[test]
+    fn eva_coordinates_scale_to_the_reference_grid() {
+        // A 2 x 4 grid against a 4 x 4 reference: rows at 0 and 2, columns at 0..4; rows first.
+        let eva = RotaryEmbedding {
+            theta: 100.0,
+            coordinates: RotaryCoordinates::Indices {
+                offset: 0.0,
+                reference: Some((4, 4)),
+                columns_first: false,
+            },
+            pairs: RotaryPairs::Adjacent,
+        };
+        let (_, sin) = eva.angles((2, 4), 8);
+        // The patch at row 1, column 3: y 2, x 3.
+        let expected = [2f32.sin(), 0.2f32.sin(), 3f32.sin(), 0.3f32.sin()];
+        for (got, want) in sin[7 * 4..8 * 4].iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{sin:?}");
         }
     }
 

@@ -89,6 +89,7 @@ impl TextConfig {
             biases: Biases::with_qkv(true),
             layer_scale: false,
             mlp: MlpKind::Standard,
+            mlp_norm: false,
         }
     }
 

@@ -206,6 +206,13 @@ impl MappedSafetensors {
         }
     }
 
+    /// Reads tensor `from` under the name `to`, if there is one.
+    pub fn rename(&mut self, from: &str, to: String) {
+        if let Some(entry) = self.tensors.remove(from) {
+            self.tensors.insert(to, entry);
+        }
+    }
+
     /// Whether any tensor is stored as int8 (an int8 folder).
     pub fn has_int8(&self) -> bool {
         self.tensors.values().any(|e| e.scale.is_some())

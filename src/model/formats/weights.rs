@@ -113,10 +113,16 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     tensors
 }
 
-/// Gives the tensors `layout` stores with merged dimensions the canonical shapes `config`
-/// expects ([`Layout::merged_dims`]); other tensors are left as they are (and a wrong size
-/// is reported by the shape check).
+/// Gives the tensors the names `config` reads them by ([`Layout::renamed`]) and those `layout`
+/// stores with merged dimensions the canonical shapes `config` expects
+/// ([`Layout::merged_dims`]); other tensors are left as they are (and a wrong size is
+/// reported by the shape check).
 pub fn unmerge_dims(state: &mut StateDict, layout: Layout, config: &ViTConfig) -> Result<()> {
+    for (from, to) in layout.renamed(config) {
+        if let Some(tensor) = state.remove(&from) {
+            state.insert(to, tensor);
+        }
+    }
     for (name, shape) in merged_shapes(state, layout, config)? {
         let tensor = state.get_mut(&name).expect("a stored name");
         if tensor.elem_count() == shape.iter().product::<usize>() {
@@ -179,6 +185,10 @@ pub fn layer_tensors(prefix: &str, block: &BlockConfig) -> Vec<(String, Vec<usiz
     for norm in ["layernorm_before", "layernorm_after"] {
         add(&format!("{norm}.weight"), vec![h]);
         add(&format!("{norm}.bias"), vec![h]);
+    }
+    if block.mlp_norm {
+        add("intermediate.norm.weight", vec![i]);
+        add("intermediate.norm.bias", vec![i]);
     }
     if block.layer_scale {
         add("layer_scale1.lambda1", vec![h]);

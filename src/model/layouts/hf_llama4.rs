@@ -111,7 +111,11 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
     let variant = &mut config.variant;
     variant.rotary = Some(RotaryEmbedding {
         theta,
-        coordinates: RotaryCoordinates::GridIndices,
+        coordinates: RotaryCoordinates::Indices {
+            offset: 1.0,
+            reference: None,
+            columns_first: true,
+        },
         pairs: RotaryPairs::Adjacent,
     });
     variant.class_token_last = true;

@@ -81,6 +81,13 @@ pub trait CheckpointLayout: Sync {
         false
     }
 
+    /// Canonical names that depend on the architecture, as pairs (the name the stored name
+    /// gave, the name the network reads for `config`): timm's packed SwiGLU `fc1` is read off
+    /// the tensors as a plain MLP's until the config says which it is.
+    fn renamed(&self, _config: &ViTConfig) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Whether the checkpoint also keeps `canonical` without using it for what `config`
     /// computes (so that it is not reported as unused).
     fn unused_by_design(&self, _canonical: &str, _config: &ViTConfig) -> bool {
@@ -214,6 +221,11 @@ impl Layout {
     /// See [`CheckpointLayout::merged_dims`].
     pub fn merged_dims(self, canonical: &str) -> bool {
         self.0.merged_dims(canonical)
+    }
+
+    /// See [`CheckpointLayout::renamed`].
+    pub fn renamed(self, config: &ViTConfig) -> Vec<(String, String)> {
+        self.0.renamed(config)
     }
 
     /// See [`CheckpointLayout::unused_by_design`].

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use super::CheckpointLayout;
 use crate::model::config::{
-    Activation, Biases, Head, Pooling, PosInterpolation, Variant, ViTConfig,
+    Activation, Biases, Head, MlpKind, Pooling, PosInterpolation, RotaryCoordinates,
+    RotaryEmbedding, RotaryPairs, Variant, ViTConfig,
 };
 use crate::model::weights::{count_layers, default_labels, TensorShapes};
 use crate::preprocess::{ImageBackend, PreprocessConfig, Resample, ResizeTarget};
@@ -61,28 +62,165 @@ pub fn canonical_name(stored: &str) -> Option<String> {
     if let Some(rest) = stored.strip_prefix("blocks.") {
         let (layer, rest) = rest.split_once('.')?;
         let scale = match rest {
-            "ls1.gamma" => Some("layer_scale1.lambda1"),
-            "ls2.gamma" => Some("layer_scale2.lambda1"),
+            "ls1.gamma" | "gamma_1" => Some("layer_scale1.lambda1"),
+            "ls2.gamma" | "gamma_2" => Some("layer_scale2.lambda1"),
+            // EVA's attention: a fused qkv without bias and a bias for the query and value
+            "attn.q_bias" => Some("attention.attention.query.bias"),
+            "attn.v_bias" => Some("attention.attention.value.bias"),
             _ => None,
         };
         if let Some(scale) = scale {
             return Some(format!("vit.encoder.layer.{layer}.{scale}"));
+        }
+        if let Some((_, module, param)) = timm_block_param(stored) {
+            let eva = match module {
+                "attn.q_proj" => Some("attention.attention.query"),
+                "attn.k_proj" => Some("attention.attention.key"),
+                "attn.v_proj" => Some("attention.attention.value"),
+                "mlp.fc1_g" => Some("intermediate.gate"),
+                "mlp.fc1_x" => Some("intermediate.dense"),
+                "mlp.norm" => Some("intermediate.norm"),
+                _ => None,
+            };
+            if let Some(eva) = eva {
+                return Some(format!("vit.encoder.layer.{layer}.{eva}.{param}"));
+            }
         }
     }
     timm_to_hf_name(stored)
 }
 
 /// Options of timm's ViT that this encoder does not have, by a tensor that shows them.
-const UNSUPPORTED: [(&str, &str); 8] = [
+const UNSUPPORTED: [(&str, &str); 7] = [
     (".attn.q_norm.", "qk_norm"),
     (".attn.k_norm.", "qk_norm"),
     ("attn_pool.", "attn_pool (global_pool='map')"),
-    (".attn.norm.", "scale_attn_norm"),
-    (".mlp.norm.", "scale_mlp_norm"),
-    (".mlp.fc1_g.", "a gated (SwiGLU) MLP"),
+    (".attn.norm.", "scale_attn_norm (scale_attn_inner)"),
+    (".attn.gate.", "gated attention"),
     ("patch_embed.norm.", "a norm in the patch embedding"),
     ("head.fc.", "a multi-layer head"),
 ];
+
+/// The rotary settings of timm's registry for a family of `Eva` models, which `config.json`
+/// does not repeat (`rope_temperature`, `rope_grid_indexing`, `ref_feat_shape`).
+struct RegistryRope {
+    theta: f64,
+    /// `rope_grid_indexing='xy'`.
+    columns_first: bool,
+    reference: Option<(usize, usize)>,
+}
+
+/// EVA-02 and the SBB ViTs (`vit_*_rope_reg*_gap`): patch indices rescaled to a 16 x 16 grid.
+const EVA02_ROPE: RegistryRope = RegistryRope {
+    theta: 10_000.0,
+    columns_first: false,
+    reference: Some((16, 16)),
+};
+
+/// RoPE-ViT's axial models (`vit_*_rope_224`, `vit_*_rope_ape_224`): columns first.
+const ROPE_VIT_ROPE: RegistryRope = RegistryRope {
+    theta: 100.0,
+    columns_first: true,
+    reference: None,
+};
+
+/// The rotary embeddings of an `Eva` architecture (`None` for the other timm models); its
+/// `model_args` override the registry's settings. Variants this encoder lacks are refused by
+/// name.
+fn eva_rotary(
+    architecture: &str,
+    arg: &dyn Fn(&str) -> Option<Value>,
+) -> Result<Option<RotaryEmbedding>> {
+    let name = architecture.split('.').next().unwrap_or_default();
+    let eva02 = name.starts_with("eva02_");
+    let rope_vit = name.starts_with("vit_") && name.contains("_rope");
+    if !eva02 && !rope_vit {
+        return Ok(None);
+    }
+    if name.contains("_rope_mixed") {
+        bail!("timm {name}: RoPE-Mixed (learned per-head frequencies) is not supported");
+    }
+    if name.contains("_clip_") || name.contains("enormous") {
+        bail!("timm {name}: EVA-02's CLIP towers are not supported (scale_attn_inner, post-norm)");
+    }
+    let sbb = name.contains("_rope_reg");
+    let registry = match eva02 || sbb {
+        true => EVA02_ROPE,
+        false => ROPE_VIT_ROPE,
+    };
+    let (mut theta, mut columns_first, mut reference) =
+        (registry.theta, registry.columns_first, registry.reference);
+    if let Some(value) = arg("rope_temperature") {
+        theta = value
+            .as_f64()
+            .context("model_args.rope_temperature is not a number")?;
+    }
+    if let Some(value) = arg("rope_grid_indexing") {
+        columns_first = match value.as_str() {
+            Some("xy") => true,
+            Some("ij") => false,
+            _ => bail!("model_args.rope_grid_indexing {value} is not 'ij' or 'xy'"),
+        };
+    }
+    if let Some(value) = arg("ref_feat_shape") {
+        reference = match &value {
+            Value::Null => None,
+            Value::Number(n) => n.as_u64().map(|n| (n as usize, n as usize)),
+            Value::Array(pair) => match pair[..] {
+                [Value::Number(ref h), Value::Number(ref w)] => h
+                    .as_u64()
+                    .zip(w.as_u64())
+                    .map(|(h, w)| (h as usize, w as usize)),
+                _ => None,
+            },
+            _ => None,
+        };
+        ensure!(
+            value.is_null() || reference.is_some_and(|(h, w)| h > 0 && w > 0),
+            "model_args.ref_feat_shape {value} is not a grid size"
+        );
+    }
+    match arg("rope_type").as_ref().and_then(Value::as_str) {
+        None | Some("cat") => {}
+        Some(other) => bail!("timm {name}: rope_type {other:?} is not supported (cat)"),
+    }
+    let pairs = match arg("rope_rotate_half").as_ref().and_then(Value::as_bool) {
+        Some(true) => RotaryPairs::Halves,
+        _ => RotaryPairs::Adjacent,
+    };
+    if arg("use_rot_pos_emb").as_ref().and_then(Value::as_bool) == Some(false) {
+        return Ok(None);
+    }
+    Ok(Some(RotaryEmbedding {
+        theta,
+        coordinates: RotaryCoordinates::Indices {
+            offset: 0.0,
+            reference,
+            columns_first,
+        },
+        pairs,
+    }))
+}
+
+/// The image size of a timm config without position embeddings to read it from:
+/// `model_args.img_size`, `pretrained_cfg.input_size`, or the architecture's `_224`.
+fn eva_image_size(json: &Value, architecture: &str) -> Option<usize> {
+    // An int, or `[height, width]` (its width).
+    let from_args = json
+        .get("model_args")
+        .and_then(|a| a.get("img_size"))
+        .and_then(|size| size.as_array().and_then(|s| s.last()).or(Some(size)))
+        .and_then(Value::as_u64);
+    let from_cfg = json
+        .get("pretrained_cfg")
+        .and_then(|p| p.get("input_size"))
+        .and_then(Value::as_array)
+        .and_then(|s| s.last())
+        .and_then(Value::as_u64);
+    let name = architecture.split('.').next().unwrap_or_default();
+    let from_name = name.rsplit('_').next().and_then(|n| n.parse::<u64>().ok());
+    from_args.or(from_cfg).or(from_name).map(|n| n as usize)
+}
 
 /// The architecture of a timm checkpoint: `json` is its `config.json` (or `{}`), `shapes`
 /// the tensors by canonical name; `num_heads` overrides the heads for a checkpoint without
@@ -97,9 +235,6 @@ pub fn config(
         if let Some(name) = names.iter().find(|n| n.contains(pattern)) {
             bail!("timm option {option} is not supported (tensor {name})");
         }
-    }
-    if shapes.shape("vit.embeddings.position_embeddings").is_none() {
-        bail!("a timm ViT without absolute position embeddings (pos_embed) is not supported");
     }
     let shape = |name: &str, what: &str| -> Result<Vec<usize>> {
         shapes
@@ -119,31 +254,66 @@ pub fn config(
         .get("architecture")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let rotary = eva_rotary(architecture, &|key| arg(key).cloned())?;
+    let absolute_positions = shapes.shape("vit.embeddings.position_embeddings").is_some();
+    if !absolute_positions && rotary.is_none() {
+        bail!("a timm ViT without absolute position embeddings (pos_embed) is not supported");
+    }
     let class_token = shapes.shape("vit.embeddings.cls_token").is_some();
     let distillation_token = shapes.shape("vit.embeddings.distillation_token").is_some();
     let register_tokens = shapes
         .shape("vit.embeddings.register_tokens")
         .map_or(0, |s| s.get(1).copied().unwrap_or(0));
     let prefix = usize::from(class_token) + usize::from(distillation_token) + register_tokens;
-    let positions = shape("vit.embeddings.position_embeddings", "pos_embed")?;
-    let rows = positions.get(1).copied().unwrap_or(0);
     // `pos_embed` covers every prefix token, or none of them (`no_embed_class`).
     let grid_of = |patches: usize| {
         let grid = (patches as f64).sqrt().round() as usize;
         (grid * grid == patches && grid > 0).then_some(grid)
     };
-    let (grid, embed_class) = match (grid_of(rows), rows.checked_sub(prefix).and_then(grid_of)) {
-        (_, Some(grid)) if prefix > 0 => (grid, true),
-        (Some(grid), _) => (grid, false),
-        _ => bail!(
-            "pos_embed has {rows} rows: not a square grid with or without {prefix} prefix tokens"
-        ),
+    let (grid, embed_class) = match absolute_positions {
+        true => {
+            let positions = shape("vit.embeddings.position_embeddings", "pos_embed")?;
+            let rows = positions.get(1).copied().unwrap_or(0);
+            match (grid_of(rows), rows.checked_sub(prefix).and_then(grid_of)) {
+                (_, Some(grid)) if prefix > 0 => (grid, true),
+                (Some(grid), _) => (grid, false),
+                _ => bail!(
+                    "pos_embed has {rows} rows: not a square grid with or without {prefix} prefix tokens"
+                ),
+            }
+        }
+        false => {
+            let size = eva_image_size(json, architecture)
+                .context("a rotary timm model's config.json without its image size")?;
+            (size / patch.max(1), false)
+        }
     };
     let num_hidden_layers = count_layers(shapes);
-    let intermediate = shape(
+    let fc1 = shape(
         "vit.encoder.layer.0.intermediate.dense.weight",
         "blocks.0.mlp.fc1.weight",
     )?[0];
+    // (A missing fc2 is reported with the other missing tensors.)
+    let fc2_inputs = shapes
+        .shape("vit.encoder.layer.0.output.dense.weight")
+        .and_then(|shape| shape.get(1).copied())
+        .unwrap_or(0);
+    // EVA's MLPs: SwiGLU with separate gate and value (`fc1_g`, `fc1_x`), or packed in one
+    // `fc1` twice as wide as `fc2` reads (`GluMlp`: the gate first).
+    let mlp = match (
+        shapes
+            .shape("vit.encoder.layer.0.intermediate.gate.weight")
+            .is_some(),
+        rotary.is_some() && fc1 == 2 * fc2_inputs,
+    ) {
+        (true, _) => MlpKind::Gated,
+        (false, true) => MlpKind::SwiGlu,
+        (false, false) => MlpKind::Standard,
+    };
+    let intermediate = match mlp {
+        MlpKind::SwiGlu => fc2_inputs,
+        _ => fc1,
+    };
     let heads = match arg("num_heads").and_then(Value::as_u64) {
         Some(heads) => heads as usize,
         None => num_heads.unwrap_or_else(|| default_heads(hidden)),
@@ -152,6 +322,8 @@ pub fn config(
         Some(name) => Activation::from_hf_name(name)
             .with_context(|| format!("model_args.act_layer {name:?}"))?,
         None if architecture.contains("quickgelu") => Activation::QuickGelu,
+        // timm's SwiGLU and GluMlp gate with SiLU.
+        None if mlp != MlpKind::Standard => Activation::Silu,
         None => Activation::Gelu,
     };
     // timm registers its CLIP towers with LayerNorm eps 1e-6, every other ViT with 1e-6.
@@ -196,8 +368,8 @@ pub fn config(
         None => default_labels(labels),
     };
     let variant = Variant {
-        absolute_positions: true,
-        rotary: None,
+        absolute_positions,
+        rotary,
         class_token,
         class_token_last: false,
         distillation_token,
@@ -212,7 +384,10 @@ pub fn config(
         layer_scale: shapes
             .shape("vit.encoder.layer.0.layer_scale1.lambda1")
             .is_some(),
-        mlp: crate::model::config::MlpKind::Standard,
+        mlp,
+        mlp_norm: shapes
+            .shape("vit.encoder.layer.0.intermediate.norm.weight")
+            .is_some(),
         final_norm: shapes.shape("vit.layernorm.weight").is_some(),
         pool_norm: shapes.shape("vit.pool_layernorm.weight").is_some(),
         pooling,
@@ -230,11 +405,19 @@ pub fn config(
         image_size: grid * patch,
         patch_size: patch,
         num_channels: channels,
-        biases: Biases::with_qkv(
-            shapes
-                .shape("vit.encoder.layer.0.attention.attention.query.bias")
-                .is_some(),
-        ),
+        biases: {
+            let has = |name: &str| {
+                let name = format!("vit.encoder.layer.0.attention.attention.{name}.bias");
+                shapes.shape(&name).is_some()
+            };
+            // EVA's key has no bias where the query and value have one.
+            Biases {
+                query: has("query"),
+                key: has("key"),
+                value: has("value"),
+                ..Biases::with_qkv(true)
+            }
+        },
         id2label,
         variant,
     };
@@ -424,6 +607,30 @@ impl CheckpointLayout for Timm {
     fn fused_parts(&self, stored: &str) -> Option<Vec<String>> {
         fused_parts(stored)
     }
+
+    /// A packed SwiGLU (`GluMlp`, EVA-02 tiny and small): `fc1` and `fc2` are its
+    /// `weights_in` and `weights_out`.
+    fn renamed(&self, config: &ViTConfig) -> Vec<(String, String)> {
+        if config.variant.mlp != MlpKind::SwiGlu {
+            return Vec::new();
+        }
+        let mut pairs = Vec::new();
+        for layer in 0..config.num_hidden_layers {
+            let scope = format!("vit.encoder.layer.{layer}");
+            for (from, to) in [
+                ("intermediate.dense", "mlp.weights_in"),
+                ("output.dense", "mlp.weights_out"),
+            ] {
+                for param in ["weight", "bias"] {
+                    pairs.push((
+                        format!("{scope}.{from}.{param}"),
+                        format!("{scope}.{to}.{param}"),
+                    ));
+                }
+            }
+        }
+        pairs
+    }
 }
 
 #[cfg(test)]
@@ -457,5 +664,57 @@ mod tests {
             ImageBackend::HfTorchvision
         )
         .is_err());
+    }
+
+    #[test]
+    fn eva_rotary_settings_follow_timms_registry_and_model_args() {
+        let none = |_: &str| None;
+        let eva = eva_rotary("eva02_base_patch14_448.mim_in22k_ft_in1k", &none)
+            .unwrap()
+            .unwrap();
+        assert_eq!(eva.theta, 10_000.0);
+        let RotaryCoordinates::Indices {
+            reference,
+            columns_first,
+            ..
+        } = eva.coordinates
+        else {
+            panic!("{eva:?}")
+        };
+        assert_eq!((reference, columns_first), (Some((16, 16)), false));
+        let axial = eva_rotary("vit_base_patch16_rope_224", &none)
+            .unwrap()
+            .unwrap();
+        assert_eq!(axial.theta, 100.0);
+        assert!(eva_rotary("vit_base_patch16_224", &none).unwrap().is_none());
+        let args = json!({"rope_temperature": 50.0, "ref_feat_shape": [8, 12]});
+        let overridden = eva_rotary("eva02_tiny_patch14_224", &|k| args.get(k).cloned())
+            .unwrap()
+            .unwrap();
+        assert_eq!(overridden.theta, 50.0);
+        assert!(matches!(
+            overridden.coordinates,
+            RotaryCoordinates::Indices {
+                reference: Some((8, 12)),
+                ..
+            }
+        ));
+        for (architecture, args, message) in [
+            ("vit_small_patch16_rope_mixed_224", json!({}), "RoPE-Mixed"),
+            ("eva02_large_patch14_clip_224", json!({}), "CLIP"),
+            (
+                "eva02_tiny_patch14_224",
+                json!({"rope_type": "dinov3"}),
+                "rope_type",
+            ),
+            (
+                "eva02_tiny_patch14_224",
+                json!({"ref_feat_shape": "big"}),
+                "ref_feat_shape",
+            ),
+        ] {
+            let err = eva_rotary(architecture, &|k| args.get(k).cloned()).unwrap_err();
+            assert!(err.to_string().contains(message), "{architecture}: {err}");
+        }
     }
 }
