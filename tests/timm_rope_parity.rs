@@ -1,8 +1,8 @@
 //! Parity with timm's rotary `Eva` models on the golden fixtures of
 //! `tests/fixtures/generate.py --only timm_rope` (timm hub-style folders written by
 //! `save_for_hf`): EVA-02 (packed GluMlp, and SwiGLU with `scale_mlp` and separate q/k/v),
-//! RoPE-ViT's axial models with and without absolute positions, and an SBB ViT with a
-//! register token; logits and the pooled embedding at the model's size and at another, on
+//! RoPE-ViT's axial and mixed (learned per-head frequencies) models with and without
+//! absolute positions, and an SBB ViT with a register token; logits and the pooled embedding at the model's size and at another, on
 //! every CPU kernel and on the differentiable path.
 
 mod common;
@@ -20,7 +20,7 @@ fn cases() -> Vec<Value> {
 
 fn check_timm_rope(model: ModelOptions, tracked: bool) {
     let cases = cases();
-    assert_eq!(cases.len(), 5, "expected every timm rotary case");
+    assert_eq!(cases.len(), 7, "expected every timm rotary case");
     let options = LoadOptions {
         device: Device::Cpu,
         dtype: DType::F32,

@@ -28,15 +28,17 @@ pub struct QkvShape {
 
 /// Rotates the queries and keys of the last `patches` tokens of each sequence of `qkv`
 /// (the tokens before them, class and register tokens, keep theirs), values untouched.
-/// `cos` and `sin` hold `head_dim / 2` values per patch: the angles of the pairs.
+/// `cos` and `sin` hold `head_dim / 2` values per patch: the angles of the pairs, the same
+/// for every head, or, `per_head`, `(heads, patches, head_dim / 2)` (RoPE-Mixed's learned
+/// frequencies).
 ///
 /// Panics if the buffers do not have the sizes `shape` gives.
 pub fn rotate_queries_and_keys(
     qkv: &mut [f32],
     shape: QkvShape,
     pairs: RotaryPairs,
-    cos: &[f32],
-    sin: &[f32],
+    (cos, sin): (&[f32], &[f32]),
+    per_head: bool,
 ) {
     let QkvShape {
         batch,
@@ -52,7 +54,8 @@ pub fn rotate_queries_and_keys(
     );
     assert_eq!(qkv.len(), batch * tokens * row, "q/k/v buffer size");
     assert_eq!(cos.len(), sin.len(), "rotary tables");
-    let patches = cos.len() / half.max(1);
+    let tables = if per_head { heads } else { 1 };
+    let patches = cos.len() / (half * tables).max(1);
     assert!(
         patches <= tokens,
         "{patches} rotated patches of {tokens} tokens"
@@ -65,10 +68,12 @@ pub fn rotate_queries_and_keys(
             let Some(patch) = token.checked_sub(prefix) else {
                 continue;
             };
-            let angles = patch * half..(patch + 1) * half;
-            let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
             // Queries, then keys: the first two thirds of the row.
-            for head in token_row[..2 * heads * head_dim].chunks_exact_mut(head_dim) {
+            let heads_of_row = token_row[..2 * heads * head_dim].chunks_exact_mut(head_dim);
+            for (index, head) in heads_of_row.enumerate() {
+                let table = if per_head { index % heads } else { 0 };
+                let start = (table * patches + patch) * half;
+                let (cos, sin) = (&cos[start..start + half], &sin[start..start + half]);
                 match pairs {
                     RotaryPairs::Halves => rotate_halves(head, cos, sin),
                     RotaryPairs::Adjacent => rotate_adjacent(head, cos, sin),
@@ -147,7 +152,7 @@ mod tests {
             let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
             let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
             let mut qkv = original.clone();
-            rotate_queries_and_keys(&mut qkv, shape, pairs, &cos, &sin);
+            rotate_queries_and_keys(&mut qkv, shape, pairs, (&cos, &sin), false);
             for b in 0..shape.batch {
                 for t in 0..shape.tokens {
                     let start = (b * shape.tokens + t) * row;
@@ -169,6 +174,43 @@ mod tests {
                         }
                     }
                     assert_eq!(got[2 * 24..], was[2 * 24..], "values of token {t} moved");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_head_tables_turn_each_head_by_its_own_angles() {
+        let shape = QkvShape {
+            batch: 1,
+            tokens: 5,
+            heads: 2,
+            head_dim: 4,
+        };
+        let (row, half, prefix) = (3 * 2 * 4, 2, 1);
+        let patches = shape.tokens - prefix;
+        let original: Vec<f32> = (0..shape.tokens * row)
+            .map(|i| (i % 7) as f32 - 3.0)
+            .collect();
+        let angles: Vec<f32> = (0..2 * patches * half).map(|i| i as f32 * 0.21).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let mut qkv = original.clone();
+        rotate_queries_and_keys(&mut qkv, shape, RotaryPairs::Adjacent, (&cos, &sin), true);
+        for t in prefix..shape.tokens {
+            let p = t - prefix;
+            // Query heads 0 and 1, then key heads 0 and 1.
+            for (slot, head) in [0, 1, 0, 1].into_iter().enumerate() {
+                let at = t * row + slot * 4..t * row + (slot + 1) * 4;
+                let start = (head * patches + p) * half;
+                let expected = reference(
+                    &original[at.clone()],
+                    RotaryPairs::Adjacent,
+                    &cos[start..start + half],
+                    &sin[start..start + half],
+                );
+                for (g, e) in qkv[at].iter().zip(&expected) {
+                    assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{g} vs {e}");
                 }
             }
         }

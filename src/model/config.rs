@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use super::rope::{RotaryCoordinates, RotaryEmbedding, RotaryPairs};
+pub use super::rope::{RotaryCoordinates, RotaryEmbedding, RotaryFrequencies, RotaryPairs};
 
 /// Activation of the MLP blocks, named as in HF's `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -138,6 +138,8 @@ impl CustomOp1 for FusedAttention {
 /// angles, in place ([`kernels::rope`]).
 struct RotateQueriesAndKeys {
     pairs: RotaryPairs,
+    /// The tables hold each head's angles (`(heads, patches, head_dim / 2)`).
+    per_head: bool,
 }
 
 impl InplaceOp3 for RotateQueriesAndKeys {
@@ -162,7 +164,8 @@ impl InplaceOp3 for RotateQueriesAndKeys {
         let (start, end) = qkv_layout
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("rotary embeddings: strided q/k/v".into()))?;
-        if cos.len() != sin.len() || cos.len() > tokens * head_dim / 2 {
+        let tables = if self.per_head { heads } else { 1 };
+        if cos.len() != sin.len() || cos.len() > tables * tokens * head_dim / 2 {
             candle_core::bail!("rotary tables of {} angles for {tokens} tokens", cos.len());
         }
         let CpuStorage::F32(values) = qkv else {
@@ -178,8 +181,8 @@ impl InplaceOp3 for RotateQueriesAndKeys {
             &mut values[start..end],
             shape,
             self.pairs,
-            cos,
-            sin,
+            (cos, sin),
+            self.per_head,
         );
         Ok(())
     }
@@ -191,14 +194,14 @@ impl InplaceOp3 for RotateQueriesAndKeys {
 pub fn rotate_queries_and_keys(
     qkv: Tensor,
     pairs: RotaryPairs,
-    cos: &Tensor,
-    sin: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    per_head: bool,
 ) -> Result<Option<Tensor>> {
     if !applies(&[&qkv, cos, sin]) {
         return Ok(None);
     }
     let qkv = qkv.contiguous()?;
-    qkv.inplace_op3(cos, sin, &RotateQueriesAndKeys { pairs })?;
+    qkv.inplace_op3(cos, sin, &RotateQueriesAndKeys { pairs, per_head })?;
     Ok(Some(qkv))
 }
 

@@ -19,7 +19,7 @@ use super::config::{Activation, BlockConfig, Head, MlpKind, Pooling, PosInterpol
 use super::cpu_kernels;
 use super::layers::{LayerNorm, Linear};
 use super::posembed::{interpolate_patch_positions, Resampling};
-use super::rope::{RotaryEmbedding, RotaryTables};
+use super::rope::{RotaryEmbedding, RotaryFrequencies, RotaryTables};
 use crate::kernels::Isa;
 
 /// Choices that change how the network computes, not what it computes.
@@ -525,6 +525,9 @@ pub struct Encoder {
     embeddings: Embeddings,
     /// Rotary position embeddings, turning queries and keys in every layer.
     rotary: Option<RotaryEmbedding>,
+    /// RoPE-Mixed's learned frequencies, `(2, layers, heads, head_dim / 2)` row-major.
+    mixed_frequencies: Option<Vec<f32>>,
+    heads: usize,
     patch_size: usize,
     head_dim: usize,
     pre_layernorm: Option<LayerNorm>,
@@ -544,9 +547,29 @@ impl Encoder {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(vb.pp("encoder").pp("layer").pp(i), &block, options))
             .collect::<Result<Vec<_>>>()?;
+        let mixed_frequencies = match cfg.variant.rotary.map(|r| r.frequencies) {
+            Some(RotaryFrequencies::Mixed) => {
+                let shape = (
+                    2,
+                    cfg.num_hidden_layers,
+                    cfg.num_attention_heads,
+                    cfg.head_dim() / 2,
+                );
+                let frequencies = vb.pp("rope").get(shape, "freqs")?;
+                Some(
+                    frequencies
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                )
+            }
+            _ => None,
+        };
         Ok(Self {
             embeddings,
             rotary: cfg.variant.rotary,
+            mixed_frequencies,
+            heads: cfg.num_attention_heads,
             patch_size: cfg.patch_size,
             head_dim: cfg.head_dim(),
             pre_layernorm,
@@ -561,15 +584,24 @@ impl Encoder {
         let mut xs = self.embeddings.forward(pixel_values)?;
         let (_, _, height, width) = pixel_values.dims4()?;
         let grid = (height / self.patch_size, width / self.patch_size);
-        let rotary = self
-            .rotary
-            .map(|rotary| rotary.tables(grid, self.head_dim, pixel_values.device()))
-            .transpose()?;
+        let device = pixel_values.device();
+        // One table for every layer, or, with learned frequencies, one per layer.
+        let tables = match (self.rotary, &self.mixed_frequencies) {
+            (None, _) => Vec::new(),
+            (Some(rotary), None) => vec![rotary.tables(grid, self.head_dim, device)?],
+            (Some(rotary), Some(frequencies)) => rotary.mixed_tables(
+                grid,
+                frequencies,
+                (self.layers.len(), self.heads, self.head_dim),
+                device,
+            )?,
+        };
         if let Some(norm) = &self.pre_layernorm {
             xs = norm.forward(&xs)?;
         }
-        for layer in &self.layers {
-            xs = layer.forward(&xs, rotary.as_ref())?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let rotary = tables.get(index).or(tables.first());
+            xs = layer.forward(&xs, rotary)?;
         }
         match &self.layernorm {
             Some(norm) => norm.forward(&xs),

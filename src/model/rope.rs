@@ -33,11 +33,25 @@ pub enum RotaryCoordinates {
 /// 2D rotary embeddings as a config describes them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RotaryEmbedding {
-    /// The base period (`rope_theta`).
+    /// The base period (`rope_theta`; unused with learned frequencies).
     pub theta: f64,
     pub coordinates: RotaryCoordinates,
     /// Which values of a head turn together.
     pub pairs: RotaryPairs,
+    pub frequencies: RotaryFrequencies,
+}
+
+/// How a pair's angle follows from its patch's coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotaryFrequencies {
+    /// Axial: a quarter of the head's values turn by the first axis' coordinate, a quarter by
+    /// the other's, each pair at its frequency `theta^(-4j/d)`, the same in every layer and
+    /// head.
+    Axial,
+    /// RoPE-Mixed (timm's `RotaryEmbeddingMixed`): every pair `j` turns by `x fx + y fy` with
+    /// frequencies learned per layer and head, `vit.rope.freqs`, `(2, layers, heads, d/2)`;
+    /// `x` is the first coordinate of [`RotaryCoordinates::Indices`]' order.
+    Mixed,
 }
 
 impl RotaryEmbedding {
@@ -61,16 +75,35 @@ impl RotaryEmbedding {
         let frequencies: Vec<f32> = (0..quarter)
             .map(|j| 1.0 / (self.theta as f32).powf(4.0 * j as f32 / head_dim as f32))
             .collect();
-        let centre = |i: usize, n: usize| 2.0 * ((i as f32 + 0.5) / n as f32) - 1.0;
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for coordinate in self.coordinates((rows, cols)) {
+            // DINOv3's turn a full circle per unit of coordinate and frequency.
+            let turns = match self.coordinates {
+                RotaryCoordinates::NormalizedCentres => {
+                    coordinate.map(|c| 2.0 * std::f32::consts::PI * c)
+                }
+                RotaryCoordinates::Indices { .. } => coordinate,
+            };
+            for turn in turns {
+                for frequency in &frequencies {
+                    let angle = turn * frequency;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        (cos, sin)
+    }
+
+    /// The coordinates of a `rows` x `cols` grid's patches, row-major, each as its two axes
+    /// in the order the family takes them.
+    fn coordinates(&self, (rows, cols): (usize, usize)) -> Vec<[f32; 2]> {
+        let centre = |i: usize, n: usize| 2.0 * ((i as f32 + 0.5) / n as f32) - 1.0;
+        let mut coordinates = Vec::with_capacity(rows * cols);
         for row in 0..rows {
             for col in 0..cols {
-                // Each axis's turn per unit of frequency, in the family's order.
-                let turns = match self.coordinates {
-                    RotaryCoordinates::NormalizedCentres => {
-                        let turn = |c: f32| 2.0 * std::f32::consts::PI * c;
-                        [turn(centre(row, rows)), turn(centre(col, cols))]
-                    }
+                coordinates.push(match self.coordinates {
+                    RotaryCoordinates::NormalizedCentres => [centre(row, rows), centre(col, cols)],
                     RotaryCoordinates::Indices {
                         offset,
                         reference,
@@ -87,17 +120,59 @@ impl RotaryEmbedding {
                             false => [y, x],
                         }
                     }
-                };
-                for turn in turns {
-                    for frequency in &frequencies {
-                        let angle = turn * frequency;
-                        cos.push(angle.cos());
-                        sin.push(angle.sin());
-                    }
-                }
+                });
             }
         }
-        (cos, sin)
+        coordinates
+    }
+
+    /// RoPE-Mixed's tables of a grid, one per layer: `(heads, patches, head_dim / 2)` angles
+    /// `x fx + y fy` (in f32, as timm adds them) from `frequencies`, `(2, layers, heads,
+    /// head_dim / 2)` row-major.
+    pub fn mixed_tables(
+        &self,
+        grid: (usize, usize),
+        frequencies: &[f32],
+        (layers, heads, head_dim): (usize, usize, usize),
+        device: &Device,
+    ) -> Result<Vec<RotaryTables>> {
+        let half = head_dim / 2;
+        let per_axis = layers * heads * half;
+        if frequencies.len() != 2 * per_axis {
+            candle_core::bail!(
+                "rope.freqs holds {} values, not 2 x {layers} layers x {heads} heads x {half}",
+                frequencies.len()
+            );
+        }
+        let coordinates = self.coordinates(grid);
+        let patches = coordinates.len();
+        (0..layers)
+            .map(|layer| {
+                let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                for head in 0..heads {
+                    let at = (layer * heads + head) * half;
+                    let (fx, fy) = (
+                        &frequencies[at..at + half],
+                        &frequencies[per_axis + at..][..half],
+                    );
+                    for [x, y] in &coordinates {
+                        for (fx, fy) in fx.iter().zip(fy) {
+                            let angle = x * fx + y * fy;
+                            cos.push(angle.cos());
+                            sin.push(angle.sin());
+                        }
+                    }
+                }
+                let shape = (heads, patches, half);
+                Ok(RotaryTables {
+                    cos: Tensor::from_vec(cos, shape, device)?,
+                    sin: Tensor::from_vec(sin, shape, device)?,
+                    pairs: self.pairs,
+                    per_head: true,
+                    full: OnceLock::new(),
+                })
+            })
+            .collect()
     }
 
     /// The tables of a grid on `device`, `(patches, head_dim / 2)` each.
@@ -113,6 +188,7 @@ impl RotaryEmbedding {
             cos: Tensor::from_vec(cos, shape, device)?,
             sin: Tensor::from_vec(sin, shape, device)?,
             pairs: self.pairs,
+            per_head: false,
             full: OnceLock::new(),
         })
     }
@@ -122,13 +198,15 @@ impl RotaryEmbedding {
 /// layer.
 #[derive(Debug, Clone)]
 pub struct RotaryTables {
-    /// `(patches, head_dim / 2)`, f32.
+    /// `(patches, head_dim / 2)`, or `(heads, patches, head_dim / 2)` with `per_head`, f32.
     pub cos: Tensor,
     pub sin: Tensor,
     pairs: RotaryPairs,
-    /// For candle's ops: the tables in the model's dtype broadcast over heads, `(patches, 1,
-    /// head_dim)` over both halves for [`RotaryPairs::Halves`], `(patches, 1, head_dim / 2)`
-    /// for [`RotaryPairs::Adjacent`], built by the first layer that needs them.
+    per_head: bool,
+    /// For candle's ops: the tables in the model's dtype broadcast over heads (or one per
+    /// head), `(patches, 1, head_dim)` over both halves for [`RotaryPairs::Halves`],
+    /// `(patches, 1, head_dim / 2)` for [`RotaryPairs::Adjacent`], built by the first layer
+    /// that needs them.
     full: OnceLock<(Tensor, Tensor)>,
 }
 
@@ -138,13 +216,16 @@ impl RotaryTables {
     /// In place by the CPU kernel for inference, with candle's ops otherwise (gradients, GPUs,
     /// other dtypes): `qkv` is taken because the kernel reuses its storage.
     pub fn rotate(&self, qkv: Tensor) -> Result<Tensor> {
-        if let Some(rotated) =
-            cpu_kernels::rotate_queries_and_keys(qkv.clone(), self.pairs, &self.cos, &self.sin)?
-        {
+        if let Some(rotated) = cpu_kernels::rotate_queries_and_keys(
+            qkv.clone(),
+            self.pairs,
+            (&self.cos, &self.sin),
+            self.per_head,
+        )? {
             return Ok(rotated);
         }
         let (_, tokens, _, _, head_dim) = qkv.dims5()?;
-        let patches = self.cos.dim(0)?;
+        let patches = self.cos.dim(self.cos.rank() - 2)?;
         let prefix = tokens - patches;
         let (cos, sin) = self.full_tables(qkv.dtype())?;
         let half = head_dim / 2;
@@ -189,7 +270,11 @@ impl RotaryTables {
                     RotaryPairs::Halves => Tensor::cat(&[table, table], D::Minus1)?,
                     RotaryPairs::Adjacent => table.clone(),
                 };
-                table.to_dtype(dtype)?.unsqueeze(1)
+                // (patches, heads or 1, values)
+                match self.per_head {
+                    true => table.transpose(0, 1)?.contiguous()?.to_dtype(dtype),
+                    false => table.to_dtype(dtype)?.unsqueeze(1),
+                }
             };
             let _ = self.full.set((full(&self.cos)?, full(&self.sin)?));
         }
@@ -207,6 +292,7 @@ mod tests {
             theta,
             coordinates: RotaryCoordinates::NormalizedCentres,
             pairs: RotaryPairs::Halves,
+            frequencies: RotaryFrequencies::Axial,
         }
     }
 
@@ -219,6 +305,7 @@ mod tests {
                 columns_first: true,
             },
             pairs: RotaryPairs::Adjacent,
+            frequencies: RotaryFrequencies::Axial,
         }
     }
 
@@ -233,6 +320,7 @@ mod tests {
                 columns_first: false,
             },
             pairs: RotaryPairs::Adjacent,
+            frequencies: RotaryFrequencies::Axial,
         };
         let (_, sin) = eva.angles((2, 4), 8);
         // The patch at row 1, column 3: y 2, x 3.
@@ -286,6 +374,20 @@ mod tests {
             let diff = (kernel - ops.detach())?.abs()?.flatten_all()?.max(0)?;
             assert!(diff.to_scalar::<f32>()? < 1e-6, "{rotary:?}");
         }
+        // RoPE-Mixed: per-head tables, on both paths.
+        let mixed = RotaryEmbedding {
+            frequencies: RotaryFrequencies::Mixed,
+            ..llama4(10.0)
+        };
+        let frequencies: Vec<f32> = (0..2 * 2 * 2 * 4).map(|i| i as f32 * 0.07 - 0.5).collect();
+        let tables = mixed.mixed_tables((3, 4), &frequencies, (2, 2, 8), &device)?;
+        assert_eq!(tables[1].cos.dims(), &[2, 12, 4]);
+        let qkv = Tensor::randn(0f32, 1., (2, 13, 3, 2, 8), &device)?;
+        let kernel = tables[1].rotate(qkv.copy()?)?;
+        let tracked = candle_core::Var::from_tensor(&qkv)?;
+        let ops = tables[1].rotate(tracked.as_tensor().clone())?;
+        let diff = (kernel - ops.detach())?.abs()?.flatten_all()?.max(0)?;
+        assert!(diff.to_scalar::<f32>()? < 1e-6);
         Ok(())
     }
 }

@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use super::pickle::{read_pytorch, RawTensor, StorageDType};
 use crate::model::attention_pool::attention_pool_tensors;
 use crate::model::config::{
-    generic_labels, Activation, Biases, BlockConfig, Head, MlpKind, Pooling, Variant, ViTConfig,
+    generic_labels, Activation, Biases, BlockConfig, Head, MlpKind, Pooling, RotaryFrequencies,
+    Variant, ViTConfig,
 };
 use crate::model::layouts::Layout;
 use crate::tokenizer::TokenizerFiles;
@@ -59,6 +60,13 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     };
     if variant.norm_pre {
         norm(&mut add, "vit.pre_layernorm", h);
+    }
+    if variant.rotary.map(|r| r.frequencies) == Some(RotaryFrequencies::Mixed) {
+        let half = cfg.head_dim() / 2;
+        add(
+            "vit.rope.freqs".into(),
+            vec![2, cfg.num_hidden_layers, cfg.num_attention_heads, half],
+        );
     }
     let block = cfg.block();
     for layer in 0..cfg.num_hidden_layers {

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use super::{architecture, model_type_is, CheckpointLayout, HfConfigKeys};
 use crate::model::config::{
     generic_labels, Biases, Head, MlpKind, Pooling, RotaryCoordinates, RotaryEmbedding,
-    RotaryPairs, Variant, ViTConfig,
+    RotaryFrequencies, RotaryPairs, Variant, ViTConfig,
 };
 use crate::model::weights::TensorShapes;
 use crate::preprocess::PreprocessConfig;
@@ -80,6 +80,7 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
         theta,
         coordinates: RotaryCoordinates::NormalizedCentres,
         pairs: RotaryPairs::Halves,
+        frequencies: RotaryFrequencies::Axial,
     });
     variant.register_tokens = registers;
     variant.layer_scale = true;

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use super::{architecture, model_type_is, CheckpointLayout};
 use crate::model::config::{
     Biases, Head, PixelShuffleAdapter, Pooling, PosInterpolation, RotaryCoordinates,
-    RotaryEmbedding, RotaryPairs, ViTConfig,
+    RotaryEmbedding, RotaryFrequencies, RotaryPairs, ViTConfig,
 };
 use crate::model::weights::TensorShapes;
 use crate::preprocess::PreprocessConfig;
@@ -117,6 +117,7 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
             columns_first: true,
         },
         pairs: RotaryPairs::Adjacent,
+        frequencies: RotaryFrequencies::Axial,
     });
     variant.class_token_last = true;
     variant.pos_interpolation = PosInterpolation::Fixed;

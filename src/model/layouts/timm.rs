@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::CheckpointLayout;
 use crate::model::config::{
     Activation, Biases, Head, MlpKind, Pooling, PosInterpolation, RotaryCoordinates,
-    RotaryEmbedding, RotaryPairs, Variant, ViTConfig,
+    RotaryEmbedding, RotaryFrequencies, RotaryPairs, Variant, ViTConfig,
 };
 use crate::model::weights::{count_layers, default_labels, TensorShapes};
 use crate::preprocess::{ImageBackend, PreprocessConfig, Resample, ResizeTarget};
@@ -54,6 +54,7 @@ pub fn canonical_name(stored: &str) -> Option<String> {
         "fc_norm.bias" => Some("vit.pool_layernorm.bias"),
         "head_dist.weight" => Some("distillation_classifier.weight"),
         "head_dist.bias" => Some("distillation_classifier.bias"),
+        "rope.freqs" => Some("vit.rope.freqs"),
         _ => None,
     };
     if let Some(name) = direct {
@@ -137,9 +138,6 @@ fn eva_rotary(
     if !eva02 && !rope_vit {
         return Ok(None);
     }
-    if name.contains("_rope_mixed") {
-        bail!("timm {name}: RoPE-Mixed (learned per-head frequencies) is not supported");
-    }
     if name.contains("_clip_") || name.contains("enormous") {
         bail!("timm {name}: EVA-02's CLIP towers are not supported (scale_attn_inner, post-norm)");
     }
@@ -180,10 +178,23 @@ fn eva_rotary(
             "model_args.ref_feat_shape {value} is not a grid size"
         );
     }
-    match arg("rope_type").as_ref().and_then(Value::as_str) {
-        None | Some("cat") => {}
-        Some(other) => bail!("timm {name}: rope_type {other:?} is not supported (cat)"),
-    }
+    // RoPE-Mixed: frequencies learned per layer and head, on plain indices.
+    let registry_type = match name.contains("_rope_mixed") {
+        true => "mixed",
+        false => "cat",
+    };
+    let frequencies = match arg("rope_type")
+        .as_ref()
+        .and_then(Value::as_str)
+        .unwrap_or(registry_type)
+    {
+        "cat" => RotaryFrequencies::Axial,
+        "mixed" => {
+            reference = None;
+            RotaryFrequencies::Mixed
+        }
+        other => bail!("timm {name}: rope_type {other:?} is not supported (cat, mixed)"),
+    };
     let pairs = match arg("rope_rotate_half").as_ref().and_then(Value::as_bool) {
         Some(true) => RotaryPairs::Halves,
         _ => RotaryPairs::Adjacent,
@@ -199,6 +210,7 @@ fn eva_rotary(
             columns_first,
         },
         pairs,
+        frequencies,
     }))
 }
 
@@ -700,7 +712,6 @@ mod tests {
             }
         ));
         for (architecture, args, message) in [
-            ("vit_small_patch16_rope_mixed_224", json!({}), "RoPE-Mixed"),
             ("eva02_large_patch14_clip_224", json!({}), "CLIP"),
             (
                 "eva02_tiny_patch14_224",
