@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 
 use crate::atomic::StagedDir;
 use crate::hub::ModelSpec;
-use crate::model::config::{PosInterpolation, ViTConfig};
+use crate::model::config::{
+    Head, Pooling, PosInterpolation, RotaryCoordinates, Variant, ViTConfig,
+};
 use crate::model::layouts::timm::{self, default_heads, timm_preprocess};
 use crate::model::layouts::Layout as ModelLayout;
 use crate::model::save::{save_safetensors, write_json};
@@ -658,15 +660,19 @@ fn timm_config_for_hf(
     let empty = Value::Object(Default::default());
     let json = timm_config.unwrap_or(&empty);
     let mut config = timm::config(json, tensors, options.num_heads)?;
-    if config.variant.rotary.is_some() {
+    if let Some(rotary) = config.variant.rotary {
         let architecture = json
             .get("architecture")
             .and_then(Value::as_str)
             .unwrap_or("a rotary model");
-        bail!(
-            "timm {architecture}: HF transformers has no layout for timm's rotary ViTs \
-             (EVA-02, RoPE-ViT): vit reads the timm folder as it is (classify, embed, bench)"
-        );
+        if rotary.coordinates != RotaryCoordinates::NormalizedCentres {
+            bail!(
+                "timm {architecture}: HF transformers has no layout for timm's rotary ViTs \
+                 (EVA-02, RoPE-ViT): vit reads the timm folder as it is (classify, embed, bench)"
+            );
+        }
+        dinov3_as_hf(&mut config, architecture, notes)?;
+        return Ok(config);
     }
     let stated = json.pointer("/model_args/num_heads").is_some();
     if !stated && options.num_heads.is_none() {
@@ -690,6 +696,35 @@ fn timm_config_for_hf(
     }
     ModelLayout::of_variant(&config.variant)?;
     Ok(config)
+}
+
+/// A timm DINOv3 backbone as HF's `DINOv3ViTModel` holds it: the same tensors; the options
+/// that only matter to absolute positions, which it has none of, as HF's; the class token
+/// as its pooled output (`pooler_output`) where timm pooled the patch mean. timm's DINOv3
+/// classifiers (a head on the patch mean) have no HF counterpart.
+fn dinov3_as_hf(config: &mut ViTConfig, architecture: &str, notes: &mut Vec<String>) -> Result<()> {
+    let variant = &mut config.variant;
+    let plain = Variant::default();
+    variant.class_positions = plain.class_positions;
+    variant.register_positions = plain.register_positions;
+    variant.pos_interpolation = plain.pos_interpolation;
+    if variant.head != Head::None {
+        bail!(
+            "timm {architecture}: a DINOv3 classifier with timm's head (on the {:?} pooling) \
+             has no HF counterpart: vit reads the timm folder as it is",
+            variant.pooling
+        );
+    }
+    if variant.pooling != Pooling::Class {
+        notes.push(format!(
+            "note: HF's DINOv3ViTModel pools the class token (pooler_output), where timm's \
+             {architecture} pooled {:?}: `vit embed --pool mean` gives timm's patch mean",
+            variant.pooling
+        ));
+        variant.pooling = Pooling::Class;
+    }
+    ModelLayout::of_variant(variant)?;
+    Ok(())
 }
 
 /// Groups tensor names (in `order`) into shards of at most `max_bytes` each, as HF does: a

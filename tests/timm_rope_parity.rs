@@ -2,7 +2,8 @@
 //! `tests/fixtures/generate.py --only timm_rope` (timm hub-style folders written by
 //! `save_for_hf`): EVA-02 (packed GluMlp, and SwiGLU with `scale_mlp` and separate q/k/v),
 //! RoPE-ViT's axial and mixed (learned per-head frequencies) models with and without
-//! absolute positions, and an SBB ViT with a register token; logits and the pooled embedding at the model's size and at another, on
+//! absolute positions, an SBB ViT with a register token, and timm's DINOv3 (a backbone, every
+//! token compared, and a SwiGLU classifier); logits and the pooled embedding at the model's size and at another, on
 //! every CPU kernel and on the differentiable path.
 
 mod common;
@@ -20,7 +21,7 @@ fn cases() -> Vec<Value> {
 
 fn check_timm_rope(model: ModelOptions, tracked: bool) {
     let cases = cases();
-    assert_eq!(cases.len(), 7, "expected every timm rotary case");
+    assert_eq!(cases.len(), 9, "expected every timm rotary case");
     let options = LoadOptions {
         device: Device::Cpu,
         dtype: DType::F32,
@@ -45,12 +46,19 @@ fn check_timm_rope(model: ModelOptions, tracked: bool) {
         let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
         for (i, size) in case["inputs"].as_array().unwrap().iter().enumerate() {
             let pixels = &io[&format!("pixel_values_{i}")];
-            let logits = loaded
-                .model
-                .forward(pixels)
-                .unwrap_or_else(|e| panic!("{name} at {size}: {e:#}"));
-            let pooled = loaded.model.embed(pixels, EmbeddingKind::Auto).unwrap();
-            for (output, ours) in [("logits", logits), ("pooled", pooled)] {
+            let model = &loaded.model;
+            let head_or_tokens = match model.has_head() {
+                true => ("logits", model.forward(pixels)),
+                false => ("tokens", model.embed(pixels, EmbeddingKind::Tokens)),
+            };
+            let head_or_tokens = (
+                head_or_tokens.0,
+                head_or_tokens
+                    .1
+                    .unwrap_or_else(|e| panic!("{name} at {size}: {e:#}")),
+            );
+            let pooled = ("pooled", model.embed(pixels, EmbeddingKind::Auto).unwrap());
+            for (output, ours) in [head_or_tokens, pooled] {
                 let expected = &io[&format!("{output}_{i}")];
                 assert_eq!(ours.dims(), expected.dims(), "{name} {output}");
                 let diff = max_abs_diff(&f32_values(&ours), &f32_values(expected));
@@ -102,4 +110,64 @@ fn vit_convert_refuses_timm_rotary_models_by_name() {
         "{stderr}"
     );
     assert!(!out.exists());
+}
+
+/// timm's DINOv3 backbone converts to HF's `DINOv3ViTModel` layout: the written folder reads
+/// as `dinov3_vit` and gives timm's tokens (HF's class-token pooling, with a note); timm's
+/// DINOv3 classifier (a head on the patch mean) has no HF counterpart and is refused.
+#[test]
+fn vit_convert_writes_timm_dinov3_backbones_as_hf_dinov3() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("hf");
+    let dir = fixture("timm_rope/dinov3_qkvb");
+    let output = common::vit(&[
+        "convert",
+        dir.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(common::stderr(&output).contains("pooler_output"));
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(json["model_type"], "dinov3_vit");
+    assert_eq!(json["architectures"][0], "DINOv3ViTModel");
+    assert_eq!(
+        (
+            json["key_bias"].as_bool(),
+            json["num_register_tokens"].as_u64()
+        ),
+        (Some(false), Some(4))
+    );
+    let loaded = LoadedModel::load(&ModelFiles::local(&out).unwrap(), &common::cpu_f32()).unwrap();
+    assert_eq!(loaded.layout.name(), "HF dinov3_vit");
+    let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+    for i in 0..2 {
+        let pixels = &io[&format!("pixel_values_{i}")];
+        let tokens = loaded.model.embed(pixels, EmbeddingKind::Tokens).unwrap();
+        let diff = max_abs_diff(
+            &f32_values(&tokens),
+            &f32_values(&io[&format!("tokens_{i}")]),
+        );
+        assert!(
+            diff < 1e-4,
+            "converted tokens {i}: max |diff| {diff} vs timm"
+        );
+    }
+
+    let classifier = fixture("timm_rope/dinov3_swiglu");
+    let refused = scratch.path().join("refused");
+    let output = common::vit(&[
+        "convert",
+        classifier.to_str().unwrap(),
+        "-o",
+        refused.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", common::stderr(&output));
+    assert!(
+        common::stderr(&output).contains("no HF counterpart"),
+        "{}",
+        common::stderr(&output)
+    );
+    assert!(!refused.exists());
 }

@@ -135,6 +135,10 @@ fn eva_rotary(
     let name = architecture.split('.').next().unwrap_or_default();
     let eva02 = name.starts_with("eva02_");
     let rope_vit = name.starts_with("vit_") && name.contains("_rope");
+    let dinov3 = name.starts_with("vit_") && name.contains("_dinov3");
+    if dinov3 {
+        return dinov3_rotary(name, arg);
+    }
     if !eva02 && !rope_vit {
         return Ok(None);
     }
@@ -211,6 +215,33 @@ fn eva_rotary(
         },
         pairs,
         frequencies,
+    }))
+}
+
+/// timm's DINOv3 ViTs (`vit_*_patch16_dinov3*`): HF DINOv3's rotary embeddings (patch
+/// centres normalised to [-1, 1], rotate-half pairs, `rope_temperature` 100).
+fn dinov3_rotary(
+    name: &str,
+    arg: &dyn Fn(&str) -> Option<Value>,
+) -> Result<Option<RotaryEmbedding>> {
+    let theta = match arg("rope_temperature") {
+        Some(value) => value
+            .as_f64()
+            .context("model_args.rope_temperature is not a number")?,
+        None => 100.0,
+    };
+    match arg("rope_type").as_ref().and_then(Value::as_str) {
+        None | Some("dinov3") => {}
+        Some(other) => bail!("timm {name}: rope_type {other:?} is not supported (dinov3)"),
+    }
+    if arg("rope_rotate_half").as_ref().and_then(Value::as_bool) == Some(false) {
+        bail!("timm {name}: rope_rotate_half false is not supported for DINOv3");
+    }
+    Ok(Some(RotaryEmbedding {
+        theta,
+        coordinates: RotaryCoordinates::NormalizedCentres,
+        pairs: RotaryPairs::Halves,
+        frequencies: RotaryFrequencies::Axial,
     }))
 }
 
@@ -338,8 +369,8 @@ pub fn config(
         None if mlp != MlpKind::Standard => Activation::Silu,
         None => Activation::Gelu,
     };
-    // timm registers its CLIP towers with LayerNorm eps 1e-6, every other ViT with 1e-6.
-    let layer_norm_eps = match architecture.contains("_clip_") {
+    // timm registers its CLIP towers and DINOv3 ViTs with eps 1e-5.
+    let layer_norm_eps = match architecture.contains("_clip_") || architecture.contains("_dinov3") {
         true => 1e-5,
         false => 1e-6,
     };
