@@ -21,7 +21,8 @@ use crate::preprocess::{decode_rgb, PreprocessConfig};
 const MAX_PREPROCESSED_PIXELS: u64 = 1 << 20;
 
 /// Decodes an image file's bytes and, when it decodes and is small, preprocesses it on both
-/// of HF's backends, and as DINOv3's processor does (resizing the rescaled floats).
+/// of HF's backends, as DINOv3's processor does (resizing the rescaled floats) and as Llama
+/// 4's does (cutting it into tiles).
 pub fn image(data: &[u8]) {
     let Ok(image) = decode_rgb(data) else {
         return;
@@ -32,10 +33,15 @@ pub fn image(data: &[u8]) {
             config.with_backend(crate::preprocess::ImageBackend::HfPil),
             config.with_backend(crate::preprocess::ImageBackend::HfTorchvision),
             PreprocessConfig::dinov3(),
+            // Llama 4's tiling, with small tiles
+            PreprocessConfig::llama4(28),
         ];
         for pipeline in pipelines {
             let values = pipeline.pixel_values(&image);
-            assert_eq!(values.data.len(), 3 * values.height * values.width);
+            assert_eq!(
+                values.data.len(),
+                values.tiles * 3 * values.height * values.width
+            );
         }
     }
 }
@@ -50,7 +56,10 @@ pub fn preprocessor_config(data: &[u8]) {
         return;
     };
     let (height, width) = config.output_size(7, 5);
-    if height as u64 * width as u64 <= MAX_PREPROCESSED_PIXELS {
+    let tiles = config
+        .tiling
+        .map_or(1, |tiling| tiling.max_tiles as u64 + 1);
+    if tiles * height as u64 * width as u64 <= MAX_PREPROCESSED_PIXELS {
         config.pixel_values(&image::RgbImage::new(7, 5));
     }
 }

@@ -6,11 +6,10 @@
 
 mod common;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use common::{f32_values, fixture, max_abs_diff};
 use serde_json::Value;
-use vit::kernels::Isa;
-use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+use vit::model::{EmbeddingKind, LoadedModel, ModelFiles, ModelOptions};
 
 fn cases() -> Vec<Value> {
     let text = std::fs::read_to_string(fixture("dinov3/cases.json")).unwrap();
@@ -22,28 +21,11 @@ fn cases() -> Vec<Value> {
 fn check_dinov3(model: ModelOptions, tracked: bool) {
     let cases = cases();
     assert_eq!(cases.len(), 3, "expected every DINOv3 case");
-    let options = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-        num_heads: None,
-        model,
-    };
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let dir = fixture(case["dir"].as_str().unwrap());
-        let files = ModelFiles::local(&dir).unwrap();
-        let mut loaded =
-            LoadedModel::load(&files, &options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        if tracked {
-            loaded.model = common::tracked_model(&files, &loaded);
-        }
-        assert!(
-            loaded.unused_tensors.is_empty(),
-            "{name}: unused {:?}",
-            loaded.unused_tensors
-        );
+        let (loaded, io) = common::load_fixture_model(name, &dir, model, tracked);
         assert!(!loaded.model.has_head(), "{name}");
-        let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
         for (i, size) in case["inputs"].as_array().unwrap().iter().enumerate() {
             let pixels = &io[&format!("pixel_values_{i}")];
             for (output, kind) in [
@@ -56,13 +38,8 @@ fn check_dinov3(model: ModelOptions, tracked: bool) {
                     .model
                     .embed(pixels, kind)
                     .unwrap_or_else(|e| panic!("{name} {output}: {e:#}"));
-                let expected = &io[&format!("{output}_{i}")];
-                assert_eq!(ours.dims(), expected.dims(), "{name} {output} at {size}");
-                let diff = max_abs_diff(&f32_values(&ours), &f32_values(expected));
-                assert!(
-                    diff < 1e-4,
-                    "{name}: max |{output} diff| {diff} vs HF at {size}"
-                );
+                let what = format!("{name} {output} vs HF at {size}");
+                common::assert_close(&what, &ours, &io[&format!("{output}_{i}")]);
             }
         }
     }
@@ -70,16 +47,7 @@ fn check_dinov3(model: ModelOptions, tracked: bool) {
 
 #[test]
 fn dinov3_matches_hf_transformers_on_every_cpu_kernel() {
-    for isa in Isa::supported() {
-        eprintln!("checking the {} kernels", isa.name());
-        check_dinov3(
-            ModelOptions {
-                isa,
-                ..ModelOptions::default()
-            },
-            false,
-        );
-    }
+    common::on_every_kernel(|model| check_dinov3(model, false));
 }
 
 #[test]

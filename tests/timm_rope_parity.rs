@@ -8,64 +8,37 @@
 
 mod common;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use common::{f32_values, fixture, max_abs_diff};
 use serde_json::Value;
-use vit::kernels::Isa;
-use vit::model::{EmbeddingKind, LoadOptions, LoadedModel, ModelFiles, ModelOptions};
+use vit::model::{EmbeddingKind, LoadedModel, ModelFiles, ModelOptions};
 
 fn cases() -> Vec<Value> {
     let text = std::fs::read_to_string(fixture("timm_rope/cases.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
+/// Every case on the kernels of `model`; with `tracked`, over weights that track gradients.
 fn check_timm_rope(model: ModelOptions, tracked: bool) {
     let cases = cases();
     assert_eq!(cases.len(), 9, "expected every timm rotary case");
-    let options = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-        num_heads: None,
-        model,
-    };
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let dir = fixture(case["dir"].as_str().unwrap());
-        let files = ModelFiles::local(&dir).unwrap();
-        let mut loaded =
-            LoadedModel::load(&files, &options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let (loaded, io) = common::load_fixture_model(name, &dir, model, tracked);
         assert!(loaded.config.variant.rotary.is_some(), "{name}");
-        if tracked {
-            loaded.model = common::tracked_model(&files, &loaded);
-        }
-        assert!(
-            loaded.unused_tensors.is_empty(),
-            "{name}: unused {:?}",
-            loaded.unused_tensors
-        );
-        let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+        let model = &loaded.model;
         for (i, size) in case["inputs"].as_array().unwrap().iter().enumerate() {
             let pixels = &io[&format!("pixel_values_{i}")];
-            let model = &loaded.model;
-            let head_or_tokens = match model.has_head() {
+            let (output, ours) = match model.has_head() {
                 true => ("logits", model.forward(pixels)),
                 false => ("tokens", model.embed(pixels, EmbeddingKind::Tokens)),
             };
-            let head_or_tokens = (
-                head_or_tokens.0,
-                head_or_tokens
-                    .1
-                    .unwrap_or_else(|e| panic!("{name} at {size}: {e:#}")),
-            );
-            let pooled = ("pooled", model.embed(pixels, EmbeddingKind::Auto).unwrap());
-            for (output, ours) in [head_or_tokens, pooled] {
-                let expected = &io[&format!("{output}_{i}")];
-                assert_eq!(ours.dims(), expected.dims(), "{name} {output}");
-                let diff = max_abs_diff(&f32_values(&ours), &f32_values(expected));
-                assert!(
-                    diff < 1e-4,
-                    "{name}: max |{output} diff| {diff} vs timm at {size}"
-                );
+            let ours = ours.unwrap_or_else(|e| panic!("{name} at {size}: {e:#}"));
+            let pooled = model.embed(pixels, EmbeddingKind::Auto).unwrap();
+            for (output, ours) in [(output, ours), ("pooled", pooled)] {
+                let what = format!("{name} {output} vs timm at {size}");
+                common::assert_close(&what, &ours, &io[&format!("{output}_{i}")]);
             }
         }
     }
@@ -73,16 +46,7 @@ fn check_timm_rope(model: ModelOptions, tracked: bool) {
 
 #[test]
 fn timm_rotary_models_match_timm_on_every_cpu_kernel() {
-    for isa in Isa::supported() {
-        eprintln!("checking the {} kernels", isa.name());
-        check_timm_rope(
-            ModelOptions {
-                isa,
-                ..ModelOptions::default()
-            },
-            false,
-        );
-    }
+    common::on_every_kernel(|model| check_timm_rope(model, false));
 }
 
 #[test]

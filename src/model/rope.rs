@@ -55,6 +55,30 @@ pub enum RotaryFrequencies {
 }
 
 impl RotaryEmbedding {
+    /// HF DINOv3's (and timm's DINOv3 ViTs'): patch centres in [-1, 1], rotate-half pairs.
+    pub fn dinov3(theta: f64) -> Self {
+        Self {
+            theta,
+            coordinates: RotaryCoordinates::NormalizedCentres,
+            pairs: RotaryPairs::Halves,
+            frequencies: RotaryFrequencies::Axial,
+        }
+    }
+
+    /// HF Llama 4's vision encoder's: indices from 1, columns first, adjacent pairs.
+    pub fn llama4(theta: f64) -> Self {
+        Self {
+            theta,
+            coordinates: RotaryCoordinates::Indices {
+                offset: 1.0,
+                reference: None,
+                columns_first: true,
+            },
+            pairs: RotaryPairs::Adjacent,
+            frequencies: RotaryFrequencies::Axial,
+        }
+    }
+
     /// Checks that heads of `head_dim` can be rotated: four values per frequency (two axes,
     /// two halves).
     pub fn check(&self, head_dim: usize) -> anyhow::Result<()> {
@@ -288,25 +312,11 @@ mod tests {
     use super::*;
 
     fn dinov3(theta: f64) -> RotaryEmbedding {
-        RotaryEmbedding {
-            theta,
-            coordinates: RotaryCoordinates::NormalizedCentres,
-            pairs: RotaryPairs::Halves,
-            frequencies: RotaryFrequencies::Axial,
-        }
+        RotaryEmbedding::dinov3(theta)
     }
 
     fn llama4(theta: f64) -> RotaryEmbedding {
-        RotaryEmbedding {
-            theta,
-            coordinates: RotaryCoordinates::Indices {
-                offset: 1.0,
-                reference: None,
-                columns_first: true,
-            },
-            pairs: RotaryPairs::Adjacent,
-            frequencies: RotaryFrequencies::Axial,
-        }
+        RotaryEmbedding::llama4(theta)
     }
 
     #[test]

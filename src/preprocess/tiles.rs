@@ -64,7 +64,7 @@ fn gcd(a: usize, b: usize) -> usize {
 /// among equals the smallest area, the first in [`canvases`]' order. Scales in f32, as
 /// torch divides the int64 canvases.
 pub fn best_canvas((height, width): (usize, usize), tile: usize, tiling: Tiling) -> (usize, usize) {
-    let options: Vec<(usize, usize)> = canvases(tiling.max_tiles)
+    let options: Vec<(usize, usize)> = canvases(tiling.max_tiles.max(1))
         .into_iter()
         .map(|(rows, columns)| (rows * tile, columns * tile))
         .collect();
@@ -76,12 +76,14 @@ pub fn best_canvas((height, width): (usize, usize), tile: usize, tiling: Tiling)
         }
     };
     let scales: Vec<f32> = options.iter().map(|&canvas| scale(canvas)).collect();
+    // (An empty image's scales are all infinite: one of them is chosen all the same.)
     let upscales = scales.iter().copied().filter(|s| *s >= 1.0);
     let chosen = match upscales.clone().next() {
-        Some(_) if tiling.resize_to_max_canvas => upscales.fold(f32::MIN, f32::max),
-        Some(_) => upscales.fold(f32::MAX, f32::min),
-        None => scales.iter().copied().fold(f32::MIN, f32::max),
+        Some(_) if tiling.resize_to_max_canvas => upscales.reduce(f32::max),
+        Some(_) => upscales.reduce(f32::min),
+        None => scales.iter().copied().reduce(f32::max),
     };
+    let chosen = chosen.expect("at least one canvas");
     let mut best: Option<(usize, usize)> = None;
     for (canvas, s) in options.iter().zip(&scales) {
         let smaller = |b: &(usize, usize)| canvas.0 * canvas.1 < b.0 * b.1;
@@ -280,5 +282,20 @@ mod tests {
             ([0.5; 3], [0.5; 3]),
         );
         assert_eq!(pixels.tiles, 3 + 1, "three tiles and the global one");
+    }
+
+    #[test]
+    fn empty_and_extreme_images_give_whole_tiles() {
+        let normalize = ([0.5; 3], [0.5; 3]);
+        for (width, height) in [(0, 0), (2, 0), (0, 3), (1, 1), (1, 4000), (4000, 1)] {
+            let image = RgbImage::new(width, height);
+            let pixels = tiles(&image, 14, Tiling::default(), 1.0 / 255.0, normalize);
+            assert_eq!(
+                pixels.data.len(),
+                pixels.tiles * 3 * 14 * 14,
+                "{width}x{height}"
+            );
+            assert!(pixels.tiles >= 1 && pixels.tiles <= 17, "{width}x{height}");
+        }
     }
 }

@@ -150,3 +150,53 @@ pub fn cpu_f32() -> vit::model::LoadOptions {
         model: vit::model::ModelOptions::default(),
     }
 }
+
+/// A golden fixture's model folder loaded on the CPU in f32 on `model`'s kernels (with
+/// `tracked`, rebuilt over weights that track gradients: candle's ops, as training runs them),
+/// checked to use every tensor, and its `io.safetensors` (inputs and the reference outputs).
+pub fn load_fixture_model(
+    name: &str,
+    dir: &Path,
+    model: vit::model::ModelOptions,
+    tracked: bool,
+) -> (
+    vit::model::LoadedModel,
+    std::collections::HashMap<String, candle_core::Tensor>,
+) {
+    let files = vit::model::ModelFiles::local(dir).unwrap();
+    let options = vit::model::LoadOptions { model, ..cpu_f32() };
+    let mut loaded =
+        vit::model::LoadedModel::load(&files, &options).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    if tracked {
+        loaded.model = tracked_model(&files, &loaded);
+    }
+    assert!(
+        loaded.unused_tensors.is_empty(),
+        "{name}: unused {:?}",
+        loaded.unused_tensors
+    );
+    let io = candle_core::safetensors::load(dir.join("io.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    (loaded, io)
+}
+
+/// Runs `check` with each CPU kernel set this machine has.
+pub fn on_every_kernel(check: impl Fn(vit::model::ModelOptions)) {
+    for isa in vit::kernels::Isa::supported() {
+        eprintln!("checking the {} kernels", isa.name());
+        check(vit::model::ModelOptions {
+            isa,
+            ..vit::model::ModelOptions::default()
+        });
+    }
+}
+
+/// Asserts that `ours` has `expected`'s shape and values within 1e-4 (the project's f32 bar).
+pub fn assert_close(what: &str, ours: &candle_core::Tensor, expected: &candle_core::Tensor) {
+    assert_eq!(ours.dims(), expected.dims(), "{what}");
+    let diff = max_abs_diff(&f32_values(ours), &f32_values(expected));
+    assert!(
+        diff < 1e-4,
+        "{what}: max |diff| {diff} against the reference"
+    );
+}

@@ -16,8 +16,7 @@ use serde_json::{Map, Value};
 
 use super::{architecture, model_type_is, CheckpointLayout, HfConfigKeys};
 use crate::model::config::{
-    generic_labels, Biases, Head, MlpKind, Pooling, RotaryCoordinates, RotaryEmbedding,
-    RotaryFrequencies, RotaryPairs, Variant, ViTConfig,
+    generic_labels, Biases, Head, MlpKind, Pooling, RotaryEmbedding, Variant, ViTConfig,
 };
 use crate::model::weights::TensorShapes;
 use crate::preprocess::PreprocessConfig;
@@ -76,12 +75,7 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
     };
     let variant = &mut config.variant;
     variant.absolute_positions = false;
-    variant.rotary = Some(RotaryEmbedding {
-        theta,
-        coordinates: RotaryCoordinates::NormalizedCentres,
-        pairs: RotaryPairs::Halves,
-        frequencies: RotaryFrequencies::Axial,
-    });
+    variant.rotary = Some(RotaryEmbedding::dinov3(theta));
     variant.register_tokens = registers;
     variant.layer_scale = true;
     variant.mlp = match flag(&json, "use_gated_mlp", false)? {

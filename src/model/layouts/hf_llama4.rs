@@ -16,8 +16,7 @@ use serde_json::{Map, Value};
 
 use super::{architecture, model_type_is, CheckpointLayout};
 use crate::model::config::{
-    Biases, Head, PixelShuffleAdapter, Pooling, PosInterpolation, RotaryCoordinates,
-    RotaryEmbedding, RotaryFrequencies, RotaryPairs, ViTConfig,
+    Biases, Head, PixelShuffleAdapter, Pooling, PosInterpolation, RotaryEmbedding, ViTConfig,
 };
 use crate::model::weights::TensorShapes;
 use crate::preprocess::PreprocessConfig;
@@ -109,16 +108,7 @@ pub fn config(json: &Value) -> Result<ViTConfig> {
         output: size(&vision, "projector_output_dim", 4096)?,
     };
     let variant = &mut config.variant;
-    variant.rotary = Some(RotaryEmbedding {
-        theta,
-        coordinates: RotaryCoordinates::Indices {
-            offset: 1.0,
-            reference: None,
-            columns_first: true,
-        },
-        pairs: RotaryPairs::Adjacent,
-        frequencies: RotaryFrequencies::Axial,
-    });
+    variant.rotary = Some(RotaryEmbedding::llama4(theta));
     variant.class_token_last = true;
     variant.pos_interpolation = PosInterpolation::Fixed;
     variant.patch_bias = false;

@@ -237,12 +237,7 @@ fn dinov3_rotary(
     if arg("rope_rotate_half").as_ref().and_then(Value::as_bool) == Some(false) {
         bail!("timm {name}: rope_rotate_half false is not supported for DINOv3");
     }
-    Ok(Some(RotaryEmbedding {
-        theta,
-        coordinates: RotaryCoordinates::NormalizedCentres,
-        pairs: RotaryPairs::Halves,
-        frequencies: RotaryFrequencies::Axial,
-    }))
+    Ok(Some(RotaryEmbedding::dinov3(theta)))
 }
 
 /// The image size of a timm config without position embeddings to read it from:
