@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::inputs::Input;
+use crate::model::config::PosInterpolation;
 use crate::model::{EmbeddingKind, LoadedModel, ViTConfig, VisionTransformer};
 use crate::preprocess::{load_rgb, PixelValues, PreprocessConfig};
 use crate::zero_shot::ZeroShot;
@@ -141,6 +142,14 @@ impl Classifier {
                     bail!(
                         "--image-size {size} is not a positive multiple of the model's patch size {}",
                         config.patch_size
+                    );
+                }
+                let fixed = config.variant.pos_interpolation == PosInterpolation::Fixed;
+                if fixed && size != config.image_size {
+                    bail!(
+                        "--image-size {size}: the model runs at {0}x{0} only, as HF runs it (its \
+                         position embeddings are not resized)",
+                        config.image_size
                     );
                 }
                 preprocess.with_input_size(size as u32)

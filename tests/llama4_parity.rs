@@ -189,6 +189,7 @@ fn vit_embed_gives_hfs_tokens_of_every_tile() {
     for (extra, message) in [
         (["--image-backend", "pil"], "Llama4ImageProcessor"),
         (["--pool", "cls"], "adapter"),
+        (["--image-size", "64"], "48x48 only"),
     ] {
         let mut args = vec![
             "embed",
