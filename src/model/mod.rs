@@ -152,10 +152,7 @@ impl LoadedModel {
                 }
             }
         };
-        let shapes: &dyn weights::TensorShapes = match &weights {
-            Weights::Mapped(mapped) => mapped,
-            Weights::Loaded(state) => state,
-        };
+        let shapes = weights.shapes();
         let no_config = serde_json::Value::Object(Default::default());
         let config = match (&config_json, layout) {
             (Some(json), _) => layout
@@ -185,13 +182,12 @@ impl LoadedModel {
             text_tensors = text.expected_tensors();
             text_tensors.extend(text.logit_tensors());
         }
-        weights.unmerge(layout, &config).with_context(in_weights)?;
-        let shapes: &dyn weights::TensorShapes = match &weights {
-            Weights::Mapped(mapped) => mapped,
-            Weights::Loaded(state) => state,
-        };
-        let mut unused_tensors = weights::check_model_tensors(shapes, &config, &text_tensors)
+        weights
+            .adapt_to_config(layout, &config)
             .with_context(in_weights)?;
+        let mut unused_tensors =
+            weights::check_model_tensors(weights.shapes(), &config, &text_tensors)
+                .with_context(in_weights)?;
         unused_tensors.retain(|name| !layout.unused_by_design(name, &config));
         let vb = match weights {
             Weights::Mapped(mapped) => {
@@ -276,19 +272,19 @@ enum Weights {
 }
 
 impl Weights {
-    /// See [`weights::unmerge_dims`].
-    fn unmerge(&mut self, layout: Layout, config: &ViTConfig) -> Result<()> {
+    /// The weights as names and shapes.
+    fn shapes(&self) -> &dyn weights::TensorShapes {
         match self {
-            Self::Mapped(mapped) => {
-                for (from, to) in layout.renamed(config) {
-                    mapped.rename(&from, to);
-                }
-                for (name, shape) in weights::merged_shapes(mapped, layout, config)? {
-                    mapped.reshape(&name, &shape);
-                }
-                Ok(())
-            }
-            Self::Loaded(state) => weights::unmerge_dims(state, layout, config),
+            Self::Mapped(mapped) => mapped,
+            Self::Loaded(state) => state,
+        }
+    }
+
+    /// See [`weights::adapt_to_config`].
+    fn adapt_to_config(&mut self, layout: Layout, config: &ViTConfig) -> Result<()> {
+        match self {
+            Self::Mapped(mapped) => weights::adapt_to_config(mapped, layout, config),
+            Self::Loaded(state) => weights::adapt_to_config(state, layout, config),
         }
     }
 }

@@ -343,17 +343,17 @@ impl PreprocessConfig {
             true => Some(raw.rescale_factor.unwrap_or(1.0 / 255.0)),
             false => None,
         };
-        if let (Some(tiling), Some(ResizeTarget::Exact { height, width })) = (tiling, resize) {
-            // Every tile and the global one, at most: Pillow's limit holds for them together.
-            let pixels = (tiling.max_tiles as u64 + 1) * height as u64 * width as u64;
-            if pixels > MAX_IMAGE_PIXELS {
-                bail!(
-                    "max_patches {} tiles of {height}x{width} are more than {MAX_IMAGE_PIXELS} pixels",
-                    tiling.max_tiles
-                );
+        if let Some(tiling) = tiling {
+            if let Some(ResizeTarget::Exact { height, width }) = resize {
+                // Every tile and the global one, at most: Pillow's limit holds for them together.
+                let pixels = (tiling.max_tiles as u64 + 1) * height as u64 * width as u64;
+                if pixels > MAX_IMAGE_PIXELS {
+                    bail!(
+                        "max_patches {} tiles of {height}x{width} are more than {MAX_IMAGE_PIXELS} pixels",
+                        tiling.max_tiles
+                    );
+                }
             }
-        }
-        if tiled {
             let square =
                 matches!(resize, Some(ResizeTarget::Exact { height, width }) if height == width);
             if !square || resample != Resample::Bilinear || center_crop.is_some() {

@@ -131,7 +131,7 @@ pub fn tracked_model(
 ) -> vit::model::VisionTransformer {
     let mut weights =
         vit::model::weights::read_weights_as(&files.weights, Some(loaded.layout)).unwrap();
-    vit::model::weights::unmerge_dims(&mut weights, loaded.layout, &loaded.config).unwrap();
+    vit::model::weights::adapt_to_config(&mut weights, loaded.layout, &loaded.config).unwrap();
     for tensor in weights.values_mut() {
         *tensor = candle_core::Var::from_tensor(tensor)
             .unwrap()

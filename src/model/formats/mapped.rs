@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 
-use super::weights::{normalized_names, Renamed, Shards, TensorShapes};
+use super::weights::{normalized_names, AdaptableWeights, Renamed, Shards, TensorShapes};
 use crate::model::layouts::Layout;
 
 /// Where one tensor lies in a mapped file.
@@ -195,24 +195,6 @@ impl MappedSafetensors {
 }
 
 impl MappedSafetensors {
-    /// Reads tensor `name` as `shape` when it holds that many values (the same values in the
-    /// same order, some dimensions merged or split); otherwise leaves it as it is.
-    pub fn reshape(&mut self, name: &str, shape: &[usize]) {
-        if let Some(entry) = self.tensors.get_mut(name) {
-            let count = |dims: &[usize]| dims.iter().product::<usize>();
-            if entry.scale.is_none() && count(&entry.shape) == count(shape) {
-                entry.shape = shape.to_vec();
-            }
-        }
-    }
-
-    /// Reads tensor `from` under the name `to`, if there is one.
-    pub fn rename(&mut self, from: &str, to: String) {
-        if let Some(entry) = self.tensors.remove(from) {
-            self.tensors.insert(to, entry);
-        }
-    }
-
     /// Whether any tensor is stored as int8 (an int8 folder).
     pub fn has_int8(&self) -> bool {
         self.tensors.values().any(|e| e.scale.is_some())
@@ -316,6 +298,23 @@ fn attach_scales<'a>(
         entry.scale = Some(Box::new(scale));
     }
     Ok(rest)
+}
+
+impl AdaptableWeights for MappedSafetensors {
+    fn rename(&mut self, from: &str, to: String) {
+        if let Some(entry) = self.tensors.remove(from) {
+            self.tensors.insert(to, entry);
+        }
+    }
+
+    /// An int8 tensor keeps its shape (its scales are per stored row): the shape check then
+    /// reports it.
+    fn reshape(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        if let Some(entry) = self.tensors.get_mut(name).filter(|e| e.scale.is_none()) {
+            entry.shape = shape.to_vec();
+        }
+        Ok(())
+    }
 }
 
 impl TensorShapes for MappedSafetensors {

@@ -121,41 +121,58 @@ pub fn expected_tensors(cfg: &ViTConfig) -> Vec<(String, Vec<usize>)> {
     tensors
 }
 
-/// Gives the tensors the names `config` reads them by ([`Layout::renamed`]) and those `layout`
-/// stores with merged dimensions the canonical shapes `config` expects
-/// ([`Layout::merged_dims`]); other tensors are left as they are (and a wrong size is
-/// reported by the shape check).
-pub fn unmerge_dims(state: &mut StateDict, layout: Layout, config: &ViTConfig) -> Result<()> {
-    for (from, to) in layout.renamed(config) {
-        if let Some(tensor) = state.remove(&from) {
-            state.insert(to, tensor);
+/// Weights whose tensors can be renamed and reshaped in place: a state dict, or mapped
+/// safetensors (where only the bookkeeping changes).
+pub trait AdaptableWeights: TensorShapes {
+    /// Tensor `from` under the name `to`, if there is one.
+    fn rename(&mut self, from: &str, to: String);
+    /// Tensor `name` read as `shape` (the same values in the same order).
+    fn reshape(&mut self, name: &str, shape: &[usize]) -> Result<()>;
+}
+
+impl AdaptableWeights for StateDict {
+    fn rename(&mut self, from: &str, to: String) {
+        if let Some(tensor) = self.remove(from) {
+            self.insert(to, tensor);
         }
     }
-    for (name, shape) in merged_shapes(state, layout, config)? {
-        let tensor = state.get_mut(&name).expect("a stored name");
-        if tensor.elem_count() == shape.iter().product::<usize>() {
+
+    fn reshape(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        if let Some(tensor) = self.get_mut(name) {
             *tensor = tensor.reshape(shape)?;
+        }
+        Ok(())
+    }
+}
+
+/// Gives the tensors the names `config` reads them by ([`Layout::renamed`]), and those
+/// `layout` stores with merged dimensions the canonical shapes `config` expects where they
+/// hold that many values ([`Layout::merged_dims`]); other tensors are left as they are (and
+/// a wrong size is reported by the shape check). Only the tensors the layout names are
+/// looked at before the layers are checked: the expected names grow with the config's layer
+/// count, the stored ones do not.
+pub fn adapt_to_config(
+    weights: &mut (impl AdaptableWeights + ?Sized),
+    layout: Layout,
+    config: &ViTConfig,
+) -> Result<()> {
+    for (from, to) in layout.renamed(config) {
+        weights.rename(&from, to);
+    }
+    if !weights.names().iter().any(|name| layout.merged_dims(name)) {
+        return Ok(());
+    }
+    check_layers(weights, "vit.encoder.layer", config.num_hidden_layers)?;
+    let count = |dims: &[usize]| dims.iter().product::<usize>();
+    for (name, shape) in expected_tensors(config) {
+        let Some(stored) = weights.shape(&name).filter(|_| layout.merged_dims(&name)) else {
+            continue;
+        };
+        if count(&stored) == count(&shape) {
+            weights.reshape(&name, &shape)?;
         }
     }
     Ok(())
-}
-
-/// The stored tensors `layout` keeps with merged dimensions, with the shapes `config`
-/// expects of them. The layers are checked first: the expected names grow with the config's
-/// layer count, the stored ones do not.
-pub fn merged_shapes(
-    weights: &(impl TensorShapes + ?Sized),
-    layout: Layout,
-    config: &ViTConfig,
-) -> Result<Vec<(String, Vec<usize>)>> {
-    if !weights.names().iter().any(|name| layout.merged_dims(name)) {
-        return Ok(Vec::new());
-    }
-    check_layers(weights, "vit.encoder.layer", config.num_hidden_layers)?;
-    Ok(expected_tensors(config)
-        .into_iter()
-        .filter(|(name, _)| layout.merged_dims(name) && weights.shape(name).is_some())
-        .collect())
 }
 
 /// The canonical name (under `prefix`, a layer's scope) and shape of every tensor of one

@@ -150,13 +150,8 @@ fn eva_rotary(
         true => EVA02_ROPE,
         false => ROPE_VIT_ROPE,
     };
-    let (mut theta, mut columns_first, mut reference) =
-        (registry.theta, registry.columns_first, registry.reference);
-    if let Some(value) = arg("rope_temperature") {
-        theta = value
-            .as_f64()
-            .context("model_args.rope_temperature is not a number")?;
-    }
+    let theta = rope_temperature(arg, registry.theta)?;
+    let (mut columns_first, mut reference) = (registry.columns_first, registry.reference);
     if let Some(value) = arg("rope_grid_indexing") {
         columns_first = match value.as_str() {
             Some("xy") => true,
@@ -224,12 +219,7 @@ fn dinov3_rotary(
     name: &str,
     arg: &dyn Fn(&str) -> Option<Value>,
 ) -> Result<Option<RotaryEmbedding>> {
-    let theta = match arg("rope_temperature") {
-        Some(value) => value
-            .as_f64()
-            .context("model_args.rope_temperature is not a number")?,
-        None => 100.0,
-    };
+    let theta = rope_temperature(arg, 100.0)?;
     match arg("rope_type").as_ref().and_then(Value::as_str) {
         None | Some("dinov3") => {}
         Some(other) => bail!("timm {name}: rope_type {other:?} is not supported (dinov3)"),
@@ -238,6 +228,16 @@ fn dinov3_rotary(
         bail!("timm {name}: rope_rotate_half false is not supported for DINOv3");
     }
     Ok(Some(RotaryEmbedding::dinov3(theta)))
+}
+
+/// `model_args.rope_temperature`, else the registry's `default`.
+fn rope_temperature(arg: &dyn Fn(&str) -> Option<Value>, default: f64) -> Result<f64> {
+    match arg("rope_temperature") {
+        Some(value) => value
+            .as_f64()
+            .context("model_args.rope_temperature is not a number"),
+        None => Ok(default),
+    }
 }
 
 /// The image size of a timm config without position embeddings to read it from:
