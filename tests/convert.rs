@@ -895,8 +895,13 @@ fn int8_folders_store_int8_weights_with_scales_and_run_as_load_time_int8() {
         let reference = f32_values(&io_logits(&io));
         let largest = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
         let f32_diff = max_abs_diff(&logits, &reference);
+        // A check for gross errors only (a wrong scale or transposed codes move the logits by
+        // their own size): the codes themselves are checked above, and the int8 product's
+        // rounding against its derived bound in the kernel's unit tests. With 32-wide layers
+        // (16 weight pairs a channel) the weights' pair bound coarsens the steps by about a
+        // fifth, and int8 lands 5-6% of the largest logit from f32.
         assert!(
-            f32_diff < 0.05 * largest,
+            f32_diff < 0.1 * largest,
             "{name}: {f32_diff} from HF's f32 logits (up to {largest})"
         );
     }

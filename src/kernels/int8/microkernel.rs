@@ -2,11 +2,10 @@
 //!
 //! Each kernel computes a full `MR x nr` tile of `sum_p A[r][p] W[c][p]` over the whole
 //! depth from a padded block of quantized A (rows `lda` bytes apart) and one packed panel of
-//! the weight, then stores it through [`store_tile`]. Two layouts, one per family of
-//! instructions (see [`super::Layout`]); the integer sums are exact in every kernel, so
-//! every kernel gives the same result bit for bit.
+//! the weight (see [`super::Int8Kernel`]), then stores it through [`store_tile`]. The
+//! integer sums are exact in every kernel (the AVX2 one by the weights' pair bound), so every
+//! kernel gives the same result bit for bit.
 
-use super::Layout;
 use crate::kernels::epilogue::Activation;
 use crate::kernels::microkernel::MR;
 
@@ -35,10 +34,10 @@ pub(super) struct TileStore {
     pub ld_residual: usize,
 }
 
-/// A kernel: `(steps, a, lda, panel, store)`; `steps` of the layout's depth each.
+/// A kernel: `(steps, a, lda, panel, store)`; `steps` of 4 depths each.
 pub(super) type Int8KernelFn = unsafe fn(usize, *const u8, usize, *const u8, &TileStore);
 
-/// The kernel for `layout` on this CPU, as `kernel` names it.
+/// The function of `kernel`.
 pub(super) fn kernel_for(kernel: super::Int8Kernel) -> Int8KernelFn {
     match kernel {
         #[cfg(target_arch = "x86_64")]
@@ -82,11 +81,11 @@ pub(super) unsafe fn store_tile(tile: &[i32], nr: usize, store: &TileStore) {
     }
 }
 
-/// 6 x 16 in plain Rust over the [`Layout::Pairs`] layout: any CPU.
+/// 6 x 16 in plain Rust: any CPU.
 ///
 /// # Safety
-/// `a` addresses 6 rows of `2 * steps` i16 values `lda` bytes apart, `b` a panel of `steps`
-/// steps; `store` as [`store_tile`] says.
+/// `a` addresses 6 rows of `4 * steps` bytes `lda` apart, `b` a panel of 16 columns and
+/// `steps` steps; `store` as [`store_tile`] says.
 unsafe fn kernel_6x16_portable(
     steps: usize,
     a: *const u8,
@@ -94,16 +93,19 @@ unsafe fn kernel_6x16_portable(
     b: *const u8,
     store: &TileStore,
 ) {
-    const NR: usize = Layout::Pairs.nr();
-    let (a, b) = (a.cast::<i16>(), b.cast::<i16>());
+    const NR: usize = 16;
     let mut tile = [0i32; MR * NR];
     for i in 0..MR {
-        let row = a.add(i * lda / 2);
-        for g in 0..steps {
-            let (a0, a1) = (*row.add(2 * g) as i32, *row.add(2 * g + 1) as i32);
-            let step = b.add(g * 2 * NR);
-            for j in 0..NR {
-                tile[i * NR + j] += a0 * *step.add(2 * j) as i32 + a1 * *step.add(2 * j + 1) as i32;
+        let row = std::slice::from_raw_parts(a.add(i * lda), 4 * steps);
+        let sums = &mut tile[i * NR..(i + 1) * NR];
+        for (g, codes) in row.chunks_exact(4).enumerate() {
+            let step = std::slice::from_raw_parts(b.add(g * 4 * NR).cast::<i8>(), 4 * NR);
+            for (sum, weights) in sums.iter_mut().zip(step.chunks_exact(4)) {
+                *sum += codes
+                    .iter()
+                    .zip(weights)
+                    .map(|(&u, &w)| u as i32 * w as i32)
+                    .sum::<i32>();
             }
         }
     }
@@ -112,7 +114,7 @@ unsafe fn kernel_6x16_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{store_tile, Layout, TileStore, MR};
+    use super::{store_tile, TileStore, MR};
     use std::arch::x86_64::*;
 
     /// 6 x 64 on AVX-512 VNNI: per step of 4 depths, 4 loads of the panel, 6 broadcasts of
@@ -121,7 +123,7 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX-512F, BW and VNNI; `a` addresses 6 rows of `4 * steps` bytes `lda`
-    /// apart, `b` a [`Layout::Quads`] panel of `steps` steps; `store` as [`store_tile`] says.
+    /// apart, `b` a panel of 64 columns and `steps` steps; `store` as [`store_tile`] says.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn kernel_6x64_vnni(
         steps: usize,
@@ -130,7 +132,7 @@ mod x86 {
         b: *const u8,
         store: &TileStore,
     ) {
-        const NR: usize = Layout::Quads.nr();
+        const NR: usize = 64;
         let mut acc = [[_mm512_setzero_si512(); 4]; MR];
         for g in 0..steps {
             let step = b.add(g * 4 * NR);
@@ -157,13 +159,18 @@ mod x86 {
         store_tile(&tile, NR, store);
     }
 
-    /// 6 x 16 on AVX2: per step of 2 depths, 2 loads of the panel, 6 broadcasts of a pair
-    /// of i16 of A and 12 `vpmaddwd` (i16 x i16, summed in pairs into int32: exact, unlike
-    /// `vpmaddubsw`'s saturating i16 sums).
+    /// 6 x 16 on AVX2: per step of 4 depths, 2 loads of the panel, 6 broadcasts of 4 bytes
+    /// of A, 12 `vpmaddubsw` (unsigned A times signed W, adjacent pairs summed into i16 with
+    /// saturation) and 12 `vpmaddwd` by ones (the i16 pairs summed into i32, exact). No pair
+    /// saturates: A's codes are at most 255 and the weights' of a pair of one sign sum to at
+    /// most 128 in magnitude ([`super::quantize::fits_pair_bound`]), so a pair's sum lies in
+    /// `[-255 * 128, 255 * 128] = [-32640, 32640]`, inside i16; the kernel's sums equal the
+    /// exact ones.
     ///
     /// # Safety
-    /// The CPU has AVX2; `a` addresses 6 rows of `2 * steps` i16 values `lda` bytes apart,
-    /// `b` a [`Layout::Pairs`] panel of `steps` steps; `store` as [`store_tile`] says.
+    /// The CPU has AVX2; `a` addresses 6 rows of `4 * steps` bytes `lda` apart, `b` a panel
+    /// of 16 columns and `steps` steps whose weights fit the pair bound; `store` as
+    /// [`store_tile`] says.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_6x16_avx2(
         steps: usize,
@@ -172,28 +179,106 @@ mod x86 {
         b: *const u8,
         store: &TileStore,
     ) {
-        const NR: usize = Layout::Pairs.nr();
-        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
-        for g in 0..steps {
-            let step = b.add(g * 4 * NR);
-            let bv = [
-                _mm256_loadu_si256(step.cast()),
-                _mm256_loadu_si256(step.add(32).cast()),
-            ];
-            for (i, row) in acc.iter_mut().enumerate() {
-                let pair = a.add(i * lda + 4 * g).cast::<i32>().read_unaligned();
-                let av = _mm256_set1_epi32(pair);
-                for (sum, &w) in row.iter_mut().zip(&bv) {
-                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(av, w));
-                }
-            }
-        }
+        const NR: usize = 16;
+        let ones = [1i16; 16];
         let mut tile = [0i32; MR * NR];
-        for (i, row) in acc.iter().enumerate() {
-            for (v, sum) in row.iter().enumerate() {
-                _mm256_storeu_si256(tile.as_mut_ptr().add(i * NR + v * 8).cast(), *sum);
-            }
-        }
+        // Written out in assembly: the 12 accumulators, 2 weight vectors, A's broadcast and a
+        // product take all 16 registers with the ones read from memory, which LLVM does not
+        // see (it keeps the ones in a register and spills accumulators every step).
+        // SAFETY: the loop reads `steps` steps of 4 bytes from each of the 6 rows at `a`,
+        // `lda` apart, and `steps * 64` bytes of the panel at `b`, as the caller guarantees;
+        // it writes the 96 sums into `tile`, and touches no other memory.
+        std::arch::asm!(
+            "vpxor ymm0, ymm0, ymm0",
+            "vpxor ymm1, ymm1, ymm1",
+            "vpxor ymm2, ymm2, ymm2",
+            "vpxor ymm3, ymm3, ymm3",
+            "vpxor ymm4, ymm4, ymm4",
+            "vpxor ymm5, ymm5, ymm5",
+            "vpxor ymm6, ymm6, ymm6",
+            "vpxor ymm7, ymm7, ymm7",
+            "vpxor ymm8, ymm8, ymm8",
+            "vpxor ymm9, ymm9, ymm9",
+            "vpxor ymm10, ymm10, ymm10",
+            "vpxor ymm11, ymm11, ymm11",
+            "test {steps}, {steps}",
+            "jz 3f",
+            "2:",
+            "vmovdqu ymm12, [{b}]",
+            "vmovdqu ymm13, [{b} + 32]",
+            "vpbroadcastd ymm14, [{a}]",
+            "vpmaddubsw ymm15, ymm14, ymm12",
+            "vpmaddwd ymm15, ymm15, [{ones}]",
+            "vpaddd ymm0, ymm0, ymm15",
+            "vpmaddubsw ymm14, ymm14, ymm13",
+            "vpmaddwd ymm14, ymm14, [{ones}]",
+            "vpaddd ymm1, ymm1, ymm14",
+            "vpbroadcastd ymm14, [{a} + {lda}]",
+            "vpmaddubsw ymm15, ymm14, ymm12",
+            "vpmaddwd ymm15, ymm15, [{ones}]",
+            "vpaddd ymm2, ymm2, ymm15",
+            "vpmaddubsw ymm14, ymm14, ymm13",
+            "vpmaddwd ymm14, ymm14, [{ones}]",
+            "vpaddd ymm3, ymm3, ymm14",
+            "vpbroadcastd ymm14, [{a} + 2 * {lda}]",
+            "vpmaddubsw ymm15, ymm14, ymm12",
+            "vpmaddwd ymm15, ymm15, [{ones}]",
+            "vpaddd ymm4, ymm4, ymm15",
+            "vpmaddubsw ymm14, ymm14, ymm13",
+            "vpmaddwd ymm14, ymm14, [{ones}]",
+            "vpaddd ymm5, ymm5, ymm14",
+            "vpbroadcastd ymm14, [{a3}]",
+            "vpmaddubsw ymm15, ymm14, ymm12",
+            "vpmaddwd ymm15, ymm15, [{ones}]",
+            "vpaddd ymm6, ymm6, ymm15",
+            "vpmaddubsw ymm14, ymm14, ymm13",
+            "vpmaddwd ymm14, ymm14, [{ones}]",
+            "vpaddd ymm7, ymm7, ymm14",
+            "vpbroadcastd ymm14, [{a3} + {lda}]",
+            "vpmaddubsw ymm15, ymm14, ymm12",
+            "vpmaddwd ymm15, ymm15, [{ones}]",
+            "vpaddd ymm8, ymm8, ymm15",
+            "vpmaddubsw ymm14, ymm14, ymm13",
+            "vpmaddwd ymm14, ymm14, [{ones}]",
+            "vpaddd ymm9, ymm9, ymm14",
+            "vpbroadcastd ymm14, [{a3} + 2 * {lda}]",
+            "vpmaddubsw ymm15, ymm14, ymm12",
+            "vpmaddwd ymm15, ymm15, [{ones}]",
+            "vpaddd ymm10, ymm10, ymm15",
+            "vpmaddubsw ymm14, ymm14, ymm13",
+            "vpmaddwd ymm14, ymm14, [{ones}]",
+            "vpaddd ymm11, ymm11, ymm14",
+            "add {a}, 4",
+            "add {a3}, 4",
+            "add {b}, 64",
+            "dec {steps}",
+            "jnz 2b",
+            "3:",
+            "vmovdqu [{tile}], ymm0",
+            "vmovdqu [{tile} + 32], ymm1",
+            "vmovdqu [{tile} + 64], ymm2",
+            "vmovdqu [{tile} + 96], ymm3",
+            "vmovdqu [{tile} + 128], ymm4",
+            "vmovdqu [{tile} + 160], ymm5",
+            "vmovdqu [{tile} + 192], ymm6",
+            "vmovdqu [{tile} + 224], ymm7",
+            "vmovdqu [{tile} + 256], ymm8",
+            "vmovdqu [{tile} + 288], ymm9",
+            "vmovdqu [{tile} + 320], ymm10",
+            "vmovdqu [{tile} + 352], ymm11",
+            steps = inout(reg) steps => _,
+            a = inout(reg) a => _,
+            a3 = inout(reg) a.add(3 * lda) => _,
+            lda = in(reg) lda,
+            b = inout(reg) b => _,
+            ones = in(reg) ones.as_ptr(),
+            tile = in(reg) tile.as_mut_ptr(),
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack),
+        );
         store_tile(&tile, NR, store);
     }
 }

@@ -19,14 +19,18 @@ use super::{pool, Isa, SendPtr};
 use microkernel::{kernel_for, TileStore};
 use quantize::{activation_params, min_max, quantize_unsigned};
 
-/// An int8 microkernel.
+/// An int8 microkernel. All of them read the same operands: A as unsigned 8-bit codes and
+/// the weight packed in panels of `nr` columns where a step holds the 4 int8 weights of 4
+/// successive depths of each column in turn (so that `vpdpbusd` and `vpmaddubsw` take a
+/// column's step as one 32-bit lane).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Int8Kernel {
-    /// AVX-512 with VNNI (`vpdpbusd`): 6 x 64 over [`Layout::Quads`].
+    /// AVX-512 with VNNI (`vpdpbusd`): 6 x 64.
     Avx512Vnni,
-    /// AVX2 (`vpmaddwd`): 6 x 16 over [`Layout::Pairs`]; also AVX-512 CPUs without VNNI.
+    /// AVX2 (`vpmaddubsw`, then `vpmaddwd` by ones): 6 x 16; also AVX-512 CPUs without
+    /// VNNI.
     Avx2,
-    /// Plain Rust over [`Layout::Pairs`]: any other CPU.
+    /// Plain Rust, 6 x 16: any other CPU.
     Portable,
 }
 
@@ -56,43 +60,17 @@ impl Int8Kernel {
         }
     }
 
-    fn layout(self) -> Layout {
-        match self {
-            Self::Avx512Vnni => Layout::Quads,
-            Self::Avx2 | Self::Portable => Layout::Pairs,
-        }
-    }
-}
-
-/// How a kernel reads its operands. Both read 4 bytes of each row of A per step, and a step
-/// of a weight panel is `4 * nr` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Layout {
-    /// A as u8, 4 depths a step; a panel holds, per step, the 4 int8 weights of
-    /// each of its 64 columns in turn.
-    Quads,
-    /// A's u8 codes as i16, 2 depths a step; a panel holds, per step, the 2 weights (as i16) of each of
-    /// its 16 columns in turn.
-    Pairs,
-}
-
-impl Layout {
     /// The columns of a panel.
     pub(crate) const fn nr(self) -> usize {
         match self {
-            Layout::Quads => 64,
-            Layout::Pairs => 16,
-        }
-    }
-
-    /// Depths per step.
-    const fn depths_per_step(self) -> usize {
-        match self {
-            Layout::Quads => 4,
-            Layout::Pairs => 2,
+            Self::Avx512Vnni => 64,
+            Self::Avx2 | Self::Portable => 16,
         }
     }
 }
+
+/// Depths per step of a panel (a 32-bit lane of 4 bytes).
+const DEPTHS_PER_STEP: usize = 4;
 
 /// A dense layer's int8 weight `W` (`n` output channels of `k`), packed for one kernel, with
 /// its per-channel scales.
@@ -121,7 +99,9 @@ impl std::fmt::Debug for PackedI8 {
 }
 
 impl PackedI8 {
-    /// From `n` int8 channels of `k` values, `row(j)` being channel `j`, and their scales.
+    /// From `n` int8 channels of `k` values, `row(j)` being channel `j`, and their scales. A
+    /// channel outside the pair bound ([`quantize::fits_pair_bound`], which
+    /// [`quantize::quantize_channel`] keeps) is quantized again from its values.
     pub fn new<'w>(
         kernel: Int8Kernel,
         (n, k): (usize, usize),
@@ -129,9 +109,25 @@ impl PackedI8 {
         scales: &[f32],
     ) -> Self {
         assert_eq!(scales.len(), n, "{} scales for {n} channels", scales.len());
-        let layout = kernel.layout();
-        let (nr, depths) = (layout.nr(), layout.depths_per_step());
-        let steps = k.div_ceil(depths);
+        let requantized: Vec<Option<(Vec<i8>, f32)>> = (0..n)
+            .map(|j| {
+                let codes = row(j);
+                (!quantize::fits_pair_bound(codes)).then(|| {
+                    let values: Vec<f32> = codes.iter().map(|&q| q as f32 * scales[j]).collect();
+                    quantize::quantize_channel(&values)
+                })
+            })
+            .collect();
+        let row = |j: usize| requantized[j].as_ref().map_or(row(j), |(codes, _)| codes);
+        let scales: Vec<f32> = (0..n)
+            .map(|j| {
+                requantized[j]
+                    .as_ref()
+                    .map_or(scales[j], |&(_, scale)| scale)
+            })
+            .collect();
+        let nr = kernel.nr();
+        let steps = k.div_ceil(DEPTHS_PER_STEP);
         let panel_count = n.div_ceil(nr);
         let panel_bytes = steps * 4 * nr;
         let mut panels = vec![0u8; panel_count * panel_bytes];
@@ -145,14 +141,8 @@ impl PackedI8 {
                     channel.len()
                 );
                 for (d, &w) in channel.iter().enumerate() {
-                    let (g, t) = (d / depths, d % depths);
-                    match layout {
-                        Layout::Quads => panel[g * 4 * nr + c * 4 + t] = w as u8,
-                        Layout::Pairs => {
-                            let at = g * 4 * nr + c * 4 + t * 2;
-                            panel[at..at + 2].copy_from_slice(&(w as i16).to_le_bytes());
-                        }
-                    }
+                    let (g, t) = (d / DEPTHS_PER_STEP, d % DEPTHS_PER_STEP);
+                    panel[g * 4 * nr + c * 4 + t] = w as u8;
                 }
             }
         };
@@ -165,7 +155,7 @@ impl PackedI8 {
         });
         let padded = panel_count * nr;
         let mut padded_scales = vec![0f32; padded];
-        padded_scales[..n].copy_from_slice(scales);
+        padded_scales[..n].copy_from_slice(&scales);
         let column_sums = (0..padded)
             .map(|j| match j < n {
                 true => row(j).iter().map(|&w| w as i32).sum::<i32>(),
@@ -207,7 +197,7 @@ impl PackedI8 {
     }
 }
 
-/// Rows of A quantized for one kernel: whole tiles of `MR` rows (the padding zero), each row
+/// Rows of A quantized: whole tiles of `MR` rows (the padding zero), each row
 /// `lda` bytes, and one scale and zero point per row.
 struct QuantizedRows {
     data: Vec<u8>,
@@ -218,7 +208,7 @@ struct QuantizedRows {
 
 impl QuantizedRows {
     /// `rows` rows of `k` values of `x`, each scaled by `scale` in its row scale too.
-    fn new(layout: Layout, x: &[f32], rows: usize, k: usize, steps: usize, scale: f32) -> Self {
+    fn new(x: &[f32], rows: usize, k: usize, steps: usize, scale: f32) -> Self {
         let lda = steps * 4;
         let padded_rows = rows.div_ceil(MR) * MR;
         let mut data = vec![0u8; padded_rows * lda];
@@ -238,7 +228,7 @@ impl QuantizedRows {
                         &mut *zero_base.at(r),
                     )
                 };
-                let (s, z) = quantize_row(layout, &x[r * k..(r + 1) * k], out);
+                let (s, z) = quantize_row(&x[r * k..(r + 1) * k], out);
                 *row_scale = s * scale;
                 *row_zero = z;
             }
@@ -252,21 +242,21 @@ impl QuantizedRows {
     }
 }
 
-/// Quantizes one row into `out` in `layout`'s form of A; returns its scale and zero point.
-fn quantize_row(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32, i32) {
+/// Quantizes one row into `out`, one byte a value; returns its scale and zero point.
+fn quantize_row(row: &[f32], out: &mut [u8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
-        return unsafe { quantize_row_avx2(layout, row, out) };
+        return unsafe { quantize_row_avx2(row, out) };
     }
-    quantize_row_generic(layout, row, out)
+    quantize_row_generic(row, out)
 }
 
 /// [`quantize_row_generic`] on AVX2, 32 values a step (the same operations in the same
 /// order, so the same codes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32, i32) {
+unsafe fn quantize_row_avx2(row: &[f32], out: &mut [u8]) -> (f32, i32) {
     use std::arch::x86_64::*;
     const STEP: usize = 32;
     let body = row.len() / STEP * STEP;
@@ -302,51 +292,26 @@ unsafe fn quantize_row_avx2(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32
     };
     for i in (0..body).step_by(STEP) {
         let [c0, c1, c2, c3] = [codes(i), codes(i + 8), codes(i + 16), codes(i + 24)];
-        match layout {
-            Layout::Quads => {
-                // packus works within 128-bit lanes: the bytes come out as 4-value groups
-                // (c0 lo, c1 lo, c2 lo, c3 lo, c0 hi, ...), put back in order by a permute.
-                let bytes =
-                    _mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3));
-                let ordered =
-                    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), ordered);
-            }
-            Layout::Pairs => {
-                for (half, (a, b)) in [(c0, c1), (c2, c3)].into_iter().enumerate() {
-                    let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
-                    _mm256_storeu_si256(out.as_mut_ptr().add(2 * (i + 16 * half)).cast(), words);
-                }
-            }
-        }
+        // packus works within 128-bit lanes: the bytes come out as 4-value groups
+        // (c0 lo, c1 lo, c2 lo, c3 lo, c0 hi, ...), put back in order by a permute.
+        let bytes = _mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3));
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), ordered);
     }
-    for (i, &x) in row.iter().enumerate().skip(body) {
-        let code = quantize_unsigned(x, inverse, zero);
-        match layout {
-            Layout::Quads => out[i] = code as u8,
-            Layout::Pairs => out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes()),
-        }
+    for (o, &x) in out.iter_mut().zip(row).skip(body) {
+        *o = quantize_unsigned(x, inverse, zero) as u8;
     }
     (scale, zero_point)
 }
 
 #[inline(always)]
-fn quantize_row_generic(layout: Layout, row: &[f32], out: &mut [u8]) -> (f32, i32) {
+fn quantize_row_generic(row: &[f32], out: &mut [u8]) -> (f32, i32) {
     let (lo, hi) = min_max(row);
     let (scale, zero_point) = activation_params(lo, hi);
     let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     let zero = zero_point as f32;
-    match layout {
-        Layout::Quads => {
-            for (o, &x) in out.iter_mut().zip(row) {
-                *o = quantize_unsigned(x, inverse, zero) as u8;
-            }
-        }
-        Layout::Pairs => {
-            for (o, &x) in out.chunks_exact_mut(2).zip(row) {
-                o.copy_from_slice(&quantize_unsigned(x, inverse, zero).to_le_bytes());
-            }
-        }
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = quantize_unsigned(x, inverse, zero) as u8;
     }
     (scale, zero_point)
 }
@@ -367,9 +332,8 @@ pub fn linear_int8(x: &[f32], weight: &PackedI8, epilogue: &Epilogue) -> Vec<f32
     if let Some(residual) = epilogue.residual {
         assert!(residual.len() >= rows * n, "residual of {}", residual.len());
     }
-    let layout = weight.kernel.layout();
-    let nr = layout.nr();
-    let a = QuantizedRows::new(layout, x, rows, k, weight.steps, epilogue.scale);
+    let nr = weight.kernel.nr();
+    let a = QuantizedRows::new(x, rows, k, weight.steps, epilogue.scale);
     let kernel = kernel_for(weight.kernel);
     let panels = n.div_ceil(nr);
     let max_mc = ((CacheSizes::current().l2 / 2) / a.lda.max(1) / MR * MR).max(MR);
@@ -525,11 +489,12 @@ mod tests {
     }
 
     /// The quantized product is within the bound its rounding allows of the exact one: a
-    /// weight of a channel whose step is `s_w` (its largest magnitude / 127) moves by at most
-    /// `s_w / 2`, an activation of a row whose step is `s_x` (its span / 255) by at most
-    /// `s_x` (half a step, and half another where the zero point's rounding pushes a code
-    /// past 255), so each output moves by at most `Σ (|x| s_w / 2 + |w| s_x + s_x s_w / 2)`;
-    /// the f32 scaling of the exact integer sum adds three roundings.
+    /// weight `w` moves by its own rounding `d_w = |w - s_w q|` (at most half its channel's
+    /// step `s_w`, one and a half where the pair bound took one from a code), an activation of
+    /// a row whose step is `s_x` (its span / 255) by at most `s_x` (half a step, and half
+    /// another where the zero point's rounding pushes a code past 255), so each output moves
+    /// by at most `Σ (|x| d_w + |w| s_x + s_x d_w)`; the f32 scaling of the exact integer sum
+    /// adds three roundings.
     #[test]
     fn the_quantized_product_is_close_to_the_f32_one() {
         let (rows, k, n) = (50, 384, 70);
@@ -545,15 +510,15 @@ mod tests {
                 let step_x = ((hi - lo) / 255.0) as f64;
                 for j in 0..n {
                     let channel = &w[j * k..(j + 1) * k];
-                    let step_w = quantize::max_abs(channel) as f64 / 127.0;
+                    let (codes, step_w) = quantize::quantize_channel(channel);
                     let exact = bounds::Dot::of(row, channel);
                     let rounding: f64 = row
                         .iter()
                         .zip(channel)
-                        .map(|(&a, &b)| {
-                            (a as f64).abs() * step_w / 2.0
-                                + (b as f64).abs() * step_x
-                                + step_x * step_w / 2.0
+                        .zip(&codes)
+                        .map(|((&a, &b), &q)| {
+                            let moved = (b as f64 - step_w as f64 * q as f64).abs();
+                            (a as f64).abs() * moved + (b as f64).abs() * step_x + step_x * moved
                         })
                         .sum();
                     expected.push(exact.value);
@@ -570,6 +535,38 @@ mod tests {
             assert!(
                 bound.iter().all(|&b| b < 0.25 * largest),
                 "bounds {bound:?}"
+            );
+        }
+    }
+
+    /// The largest sums a pair can reach: A's codes all 255 (a row of one value) times
+    /// weights whose every pair of one sign sums to the bound (a channel of one value gives
+    /// codes of 64, pairs of 128) or past it (raw codes of 127 given to `new`, quantized
+    /// again). Every kernel gives the exact sums, where a saturating `vpmaddubsw` would cap each
+    /// pair at 32767.
+    #[test]
+    fn the_largest_pairs_do_not_saturate() {
+        let (rows, k, n) = (7, 64, 20);
+        let x = vec![3.0f32; rows * k];
+        let w = vec![0.5f32; n * k];
+        let raw = vec![127i8; k];
+        for kernel in kernels() {
+            let packed = PackedI8::quantize(kernel, (n, k), |j| &w[j * k..(j + 1) * k]);
+            let got = linear_int8(&x, &packed, &Epilogue::none());
+            let expected = reference(&x, &w, (rows, k, n), &Epilogue::none());
+            assert_eq!(got, expected, "{kernel:?}");
+            let exact = 3.0 * 0.5 * k as f32;
+            assert!(
+                got.iter().all(|&y| (y - exact).abs() <= exact * 1e-5),
+                "{kernel:?}: {got:?}"
+            );
+            let scales = vec![0.25f32; n];
+            let packed = PackedI8::new(kernel, (n, k), |_| &raw, &scales);
+            let got = linear_int8(&x, &packed, &Epilogue::none());
+            let exact = 3.0 * 127.0 * 0.25 * k as f32;
+            assert!(
+                got.iter().all(|&y| (y - exact).abs() <= exact * 1e-5),
+                "{kernel:?}: {got:?}"
             );
         }
     }

@@ -2,8 +2,16 @@
 //! activations asymmetric per row, as each product starts (dynamic quantization, as ONNX
 //! Runtime's `quantize_dynamic` does per tensor).
 //!
-//! A weight `w` of a channel whose largest magnitude is `m` becomes `q = round(w / s)` with
-//! `s = m / 127`, so `q` lies in `[-127, 127]` and `w ≈ s q`. An activation `x` of a row
+//! A weight `w` of a channel becomes `q = round(w / s)` with `s = max(m / 127, p / 128)`,
+//! where `m` is the channel's largest magnitude and `p` the largest `|w[2t]| + |w[2t + 1]|`
+//! over its pairs of one sign. So `q` lies in `[-127, 127]`, `w ≈ s q`, and a pair of one
+//! sign has `|q[2t]| + |q[2t + 1]| <= 128` (two values summing to at most 128 round to at most
+//! 128 in exact arithmetic; a pair that f32's rounding pushes to 129 loses one from its
+//! larger code): the pair bound ([`fits_pair_bound`]) under which AVX2's `vpmaddubsw` never
+//! saturates. Most channels have `p` within a third above `m`, and lose at most that share of
+//! their precision, on every CPU alike, so that every kernel gives the same answer; the
+//! defining code (127, or a pair summing to 128) comes back, so quantizing the dequantized
+//! weights again gives the same codes. An activation `x` of a row
 //! spanning `[lo, hi]` (widened to hold 0) becomes `u = round(x / s) + z` in `[0, 255]` with
 //! `s = (hi - lo) / 255` and the zero point `z = round(-lo / s)`, so `x ≈ s (u - z)` and 0 is
 //! exact: the GELU outputs that feed the MLP's second layer span about `[-0.17, hi]`, where a
@@ -13,20 +21,32 @@
 /// The largest quantized magnitude.
 pub const QMAX: f32 = 127.0;
 
-/// The scale of values whose largest magnitude is `max_abs` (0 for a row of zeros).
+/// The most a pair of same-signed weight codes may sum to in magnitude: `255 * 128 = 32640`,
+/// the largest sum of a pair of unsigned 8-bit codes times such a pair, fits in an i16.
+pub const PAIR_BOUND: i32 = 128;
+
+/// The scale of a channel whose largest magnitude is `max_abs` and whose largest pair of one
+/// sign sums to `pair` in magnitude (0 for a channel of zeros).
 #[inline(always)]
-pub fn scale_for(max_abs: f32) -> f32 {
-    max_abs / QMAX
+pub fn scale_for(max_abs: f32, pair: f32) -> f32 {
+    (max_abs / QMAX).max(pair / PAIR_BOUND as f32)
 }
 
-/// Quantizes one weight channel: its int8 values and their scale.
+/// Quantizes one weight channel: its int8 values, within the pair bound, and their scale.
 pub fn quantize_channel(values: &[f32]) -> (Vec<i8>, f32) {
-    let scale = scale_for(max_abs(values));
+    let scale = scale_for(max_abs(values), largest_same_signed_pair(values));
     let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let quantized = values
+    let mut quantized: Vec<i8> = values
         .iter()
         .map(|&x| quantize_value(x, inverse) as i8)
         .collect();
+    for pair in quantized.chunks_exact_mut(2) {
+        let (a, b) = (pair[0] as i32, pair[1] as i32);
+        if (a >= 0) == (b >= 0) && a.abs() + b.abs() > PAIR_BOUND {
+            let larger = usize::from(b.abs() > a.abs());
+            pair[larger] -= pair[larger].signum();
+        }
+    }
     (quantized, scale)
 }
 
@@ -42,6 +62,27 @@ pub fn max_abs(values: &[f32]) -> f32 {
     }
     let tail = chunks.remainder().iter().fold(0f32, |m, &x| m.max(x.abs()));
     lanes.iter().fold(tail, |m, &x| m.max(x))
+}
+
+/// The largest `|w[2t]| + |w[2t + 1]|` over the pairs of `values` whose members share a sign
+/// (0 counting as either; a NaN as none).
+fn largest_same_signed_pair(values: &[f32]) -> f32 {
+    values
+        .chunks_exact(2)
+        .map(|pair| match pair[0] * pair[1] >= 0.0 {
+            true => pair[0].abs() + pair[1].abs(),
+            false => 0.0,
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Whether the codes of a channel keep the pair bound (every pair `(q[2t], q[2t + 1])` of one
+/// sign has `|q[2t]| + |q[2t + 1]| <= PAIR_BOUND`) and the range `[-127, 127]`.
+pub fn fits_pair_bound(codes: &[i8]) -> bool {
+    codes.chunks_exact(2).all(|pair| {
+        let (a, b) = (pair[0] as i32, pair[1] as i32);
+        (a >= 0) != (b >= 0) || a.abs() + b.abs() <= PAIR_BOUND
+    }) && codes.iter().all(|&q| q != i8::MIN)
 }
 
 /// The smallest and largest of `values`, widened to hold 0 (a NaN counts as none).
@@ -93,7 +134,10 @@ mod tests {
 
     #[test]
     fn channels_span_the_int8_range_and_round_trip_within_half_a_step() {
-        let values: Vec<f32> = (0..37).map(|i| (i as f32 - 20.0) * 0.37).collect();
+        // Pairs of opposite signs: the largest magnitude sets the scale.
+        let values: Vec<f32> = (0..37)
+            .map(|i| (i as f32 - 20.0) * 0.37 * if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
         let (quantized, scale) = quantize_channel(&values);
         assert_eq!(scale, 20.0 * 0.37 / 127.0);
         assert_eq!(quantized[0], -127);
@@ -104,6 +148,44 @@ mod tests {
                 "{q} {x}"
             );
         }
+    }
+
+    /// Channels of every shape keep the pair bound and the int8 range, come within half a
+    /// step of their values, and quantize again from their dequantized values to the same codes.
+    #[test]
+    fn channels_keep_the_pair_bound_and_quantize_again_to_the_same_codes() {
+        let channels: Vec<Vec<f32>> = vec![
+            vec![0.5; 64],
+            vec![-0.5; 63],
+            (0..96)
+                .map(|i| ((i * 7919) % 211) as f32 / 105.0 - 1.0)
+                .collect(),
+            (0..96)
+                .map(|i| if i % 2 == 0 { 1.0 } else { 0.9999 })
+                .collect(),
+            (0..50)
+                .map(|i| (i as f32 * 0.731).sin() * (1.0 + i as f32))
+                .collect(),
+            vec![1.0, -1.0, 0.3, 0.0, -0.2, -0.9],
+        ];
+        for values in &channels {
+            let (codes, scale) = quantize_channel(values);
+            assert!(fits_pair_bound(&codes), "{codes:?}");
+            for (&q, &x) in codes.iter().zip(values) {
+                assert!(
+                    (q as f32 * scale - x).abs() <= scale * 1.5 + 1e-6,
+                    "{q} {x}"
+                );
+            }
+            let dequantized: Vec<f32> = codes.iter().map(|&q| q as f32 * scale).collect();
+            let (again, _) = quantize_channel(&dequantized);
+            assert_eq!(again, codes);
+        }
+        let (codes, scale) = quantize_channel(&[0.5; 4]);
+        assert_eq!((codes, scale), (vec![64; 4], 1.0 / 128.0));
+        assert!(!fits_pair_bound(&[100, 29]));
+        assert!(fits_pair_bound(&[100, 28, -127, 127]));
+        assert!(!fits_pair_bound(&[i8::MIN, 1]));
     }
 
     #[test]
