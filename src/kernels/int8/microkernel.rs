@@ -48,36 +48,43 @@ pub(super) fn kernel_for(kernel: super::Int8Kernel) -> Int8KernelFn {
     }
 }
 
-/// Writes the valid corner of `tile` (rows `nr` apart) as `store` says.
+/// Writes the valid corner of `tile` (rows `NR` apart) as `store` says. Each row's values
+/// are made whole (scales, bias, activation) over the tile's full width in a local array, and
+/// written once with the residual: writing them out and reading them back for the
+/// activation stalls each load on the stores before it.
 ///
 /// # Safety
-/// `store`'s pointers address what [`TileStore`] says for its `rows x cols`.
+/// `store`'s pointers address what [`TileStore`] says for its `rows x cols`; its column
+/// scales and sums `NR` values (a panel's, padded).
 #[inline(always)]
-pub(super) unsafe fn store_tile(tile: &[i32], nr: usize, store: &TileStore) {
+pub(super) unsafe fn store_tile<const NR: usize>(tile: &[i32], store: &TileStore) {
     let cols = store.cols;
-    let col_scales = std::slice::from_raw_parts(store.col_scales, cols);
-    let column_sums = std::slice::from_raw_parts(store.column_sums, cols);
-    for i in 0..store.rows {
-        let sums = &tile[i * nr..i * nr + cols];
+    let col_scales = &*store.col_scales.cast::<[f32; NR]>();
+    let column_sums = &*store.column_sums.cast::<[i32; NR]>();
+    let mut bias = [0f32; NR];
+    if !store.bias.is_null() {
+        bias[..cols].copy_from_slice(std::slice::from_raw_parts(store.bias, cols));
+    }
+    for (i, sums) in tile.chunks_exact(NR).take(store.rows).enumerate() {
         let row_scale = *store.row_scales.add(i);
         let zero_point = *store.row_zero_points.add(i);
-        let row = store.c.add(i * store.ldc);
-        if store.bias.is_null() {
-            for j in 0..cols {
-                let sum = sums[j].wrapping_sub(zero_point.wrapping_mul(column_sums[j]));
-                *row.add(j) = sum as f32 * (row_scale * col_scales[j]);
-            }
-        } else {
-            let bias = std::slice::from_raw_parts(store.bias, cols);
-            for j in 0..cols {
-                let sum = sums[j].wrapping_sub(zero_point.wrapping_mul(column_sums[j]));
-                *row.add(j) = sum as f32 * (row_scale * col_scales[j]) + bias[j];
+        let mut values = [0f32; NR];
+        for j in 0..NR {
+            let sum = sums[j].wrapping_sub(zero_point.wrapping_mul(column_sums[j]));
+            values[j] = sum as f32 * (row_scale * col_scales[j]) + bias[j];
+        }
+        store.activation.apply_row(&mut values, None);
+        let row = std::slice::from_raw_parts_mut(store.c.add(i * store.ldc), cols);
+        match store.residual.is_null() {
+            true => row.copy_from_slice(&values[..cols]),
+            false => {
+                let residual =
+                    std::slice::from_raw_parts(store.residual.add(i * store.ld_residual), cols);
+                for ((out, v), r) in row.iter_mut().zip(&values).zip(residual) {
+                    *out = v + r;
+                }
             }
         }
-        let values = std::slice::from_raw_parts_mut(row, cols);
-        let residual = (!store.residual.is_null())
-            .then(|| std::slice::from_raw_parts(store.residual.add(i * store.ld_residual), cols));
-        store.activation.apply_row(values, residual);
     }
 }
 
@@ -109,7 +116,7 @@ unsafe fn kernel_6x16_portable(
             }
         }
     }
-    store_tile(&tile, NR, store);
+    store_tile::<NR>(&tile, store);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -156,7 +163,7 @@ mod x86 {
                 _mm512_storeu_si512(tile.as_mut_ptr().add(i * NR + v * 16).cast(), *sum);
             }
         }
-        store_tile(&tile, NR, store);
+        store_tile::<NR>(&tile, store);
     }
 
     /// 6 x 16 on AVX2: per step of 4 depths, 2 loads of the panel, 6 broadcasts of 4 bytes
@@ -279,6 +286,6 @@ mod x86 {
             out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
             options(nostack),
         );
-        store_tile(&tile, NR, store);
+        store_tile::<NR>(&tile, store);
     }
 }
