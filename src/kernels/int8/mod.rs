@@ -180,8 +180,12 @@ impl PackedI8 {
         (n, k): (usize, usize),
         row: impl Fn(usize) -> &'w [f32] + Sync,
     ) -> Self {
-        let channels: Vec<(Vec<i8>, f32)> =
-            (0..n).map(|j| quantize::quantize_channel(row(j))).collect();
+        let mut channels: Vec<(Vec<i8>, f32)> = vec![(Vec::new(), 0.0); n];
+        let slots = SendPtr(channels.as_mut_ptr());
+        pool::for_each(n, |j| {
+            // SAFETY: slot j is inside `channels` and written by this task only.
+            unsafe { *slots.at(j) = quantize::quantize_channel(row(j)) };
+        });
         let scales: Vec<f32> = channels.iter().map(|(_, s)| *s).collect();
         Self::new(kernel, (n, k), |j| &channels[j].0, &scales)
     }

@@ -18,6 +18,8 @@
 //! symmetric range would leave half of the codes unused. A row (or channel) of zeros has `s =
 //! 0` and codes that stand for 0.
 
+use crate::kernels::rows::vectorized;
+
 /// The largest quantized magnitude.
 pub const QMAX: f32 = 127.0;
 
@@ -36,10 +38,15 @@ pub fn scale_for(max_abs: f32, pair: f32) -> f32 {
 pub fn quantize_channel(values: &[f32]) -> (Vec<i8>, f32) {
     let scale = scale_for(max_abs(values), largest_same_signed_pair(values));
     let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let mut quantized: Vec<i8> = values
-        .iter()
-        .map(|&x| quantize_value(x, inverse) as i8)
-        .collect();
+    let mut quantized = vec![0i8; values.len()];
+    vectorized(
+        #[inline(always)]
+        || {
+            for (q, &x) in quantized.iter_mut().zip(values) {
+                *q = quantize_value(x, inverse) as i8;
+            }
+        },
+    );
     for pair in quantized.chunks_exact_mut(2) {
         let (a, b) = (pair[0] as i32, pair[1] as i32);
         if (a >= 0) == (b >= 0) && a.abs() + b.abs() > PAIR_BOUND {
