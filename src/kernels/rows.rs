@@ -188,6 +188,39 @@ pub(crate) fn softmax_rows(data: &mut [f32], cols: usize, ld: usize) {
     )
 }
 
+/// The exponentials of softmax, left unnormalized: each row of `cols` values of `data`
+/// (rows `ld` apart, the padding after each as in [`softmax_rows`]) becomes `e^(x - max)` in
+/// place, in the same pass as its sum, which goes into `sums`. Dividing a product with these
+/// rows by the sums gives the product with the probabilities, at a pass over the product's
+/// row instead of one over the scores. The padding's exponentials (about 1e-38 each, exp's
+/// clamp) vanish in a sum of at least 1, the row's maximum's term.
+pub(crate) fn exp_rows(data: &mut [f32], cols: usize, ld: usize, sums: &mut [f32]) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for (row, total) in data.chunks_mut(ld).zip(sums.iter_mut()) {
+                let padding = cols.min(row.len());
+                row[padding..].fill(f32::NEG_INFINITY);
+                let max = max(row);
+                let mut lanes = [0f32; LANES];
+                let mut chunks = row.chunks_exact_mut(LANES);
+                for chunk in &mut chunks {
+                    for (x, lane) in chunk.iter_mut().zip(&mut lanes) {
+                        *x = exp(*x - max);
+                        *lane += *x;
+                    }
+                }
+                let mut tail = 0.0;
+                for x in chunks.into_remainder() {
+                    *x = exp(*x - max);
+                    tail += *x;
+                }
+                *total = lanes.iter().sum::<f32>() + tail;
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
