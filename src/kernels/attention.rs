@@ -48,6 +48,7 @@ pub(crate) fn attention_rows(
     let head = Head {
         qkv,
         seq,
+        heads,
         hidden,
         head_dim,
         ld,
@@ -69,9 +70,9 @@ pub(crate) fn attention_rows(
                 let scores = unsafe {
                     std::slice::from_raw_parts_mut(all.at((pair * seq + first) * seq), rows * seq)
                 };
-                let (b, h) = (pair / heads, pair % heads);
+                let block = QueryBlock { pair, first, rows };
                 // SAFETY: this task's own rows of the context.
-                unsafe { head.block(b, h, first, rows, None, Softmax::Probabilities(scores)) };
+                unsafe { head.block(block, None, Softmax::Probabilities(scores)) };
             });
             probs
         }
@@ -79,12 +80,12 @@ pub(crate) fn attention_rows(
             Some(kernel) if row_blocks >= SHARED_PACKING_MIN_BLOCKS => {
                 let (mut keys, mut values) = (AlignedBuf::default(), AlignedBuf::default());
                 for pair in 0..pairs {
-                    let (b, h) = (pair / heads, pair % heads);
-                    let packed = head.pack(kernel, b, h, keys, values);
+                    let packed = head.pack(kernel, pair, keys, values);
                     pool::for_each(row_blocks, |block| {
                         let (first, rows) = task_rows(block);
+                        let block = QueryBlock { pair, first, rows };
                         // SAFETY: this task's own rows of the context.
-                        unsafe { head.with_scores(b, h, first, rows, Some(&packed)) };
+                        unsafe { head.with_scores(block, Some(&packed)) };
                     });
                     (keys, values) = (packed.0.into_buffer(), packed.1.into_buffer());
                 }
@@ -94,7 +95,7 @@ pub(crate) fn attention_rows(
                 pool::for_each(pairs * row_blocks, |t| {
                     let (pair, (first, rows)) = (t / row_blocks, task_rows(t % row_blocks));
                     // SAFETY: this task's own rows of the context.
-                    unsafe { head.with_scores(pair / heads, pair % heads, first, rows, None) };
+                    unsafe { head.with_scores(QueryBlock { pair, first, rows }, None) };
                 });
                 Vec::new()
             }
@@ -126,6 +127,7 @@ fn query_blocks(seq: usize, pairs: usize, ld: usize, threads: usize) -> (usize, 
 struct Head<'a> {
     qkv: &'a [f32],
     seq: usize,
+    heads: usize,
     hidden: usize,
     head_dim: usize,
     /// Scores' row stride.
@@ -133,6 +135,14 @@ struct Head<'a> {
     isa: Isa,
     /// The context's first value.
     out: SendPtr,
+}
+
+/// The query rows `first..first + rows` of one (image, head) pair, `image * heads + head`.
+#[derive(Clone, Copy)]
+struct QueryBlock {
+    pair: usize,
+    first: usize,
+    rows: usize,
 }
 
 /// How a block's scores become weights of the values.
@@ -144,20 +154,20 @@ enum Softmax<'s> {
 }
 
 impl Head<'_> {
-    /// q, k or v (`part` 0, 1, 2) of image `b`, head `h`: `count` rows from `from`.
-    fn view(&self, b: usize, h: usize, part: usize, from: usize, count: usize) -> View<'_> {
+    /// q, k or v (`part` 0, 1, 2) of an (image, head) pair: `count` rows from `from`.
+    fn view(&self, pair: usize, part: usize, from: usize, count: usize) -> View<'_> {
+        let (b, h) = (pair / self.heads, pair % self.heads);
         let stride = 3 * self.hidden;
         let base = b * self.seq * stride + h * self.head_dim + part * self.hidden;
         View::strided(self.qkv, base + from * stride, count, self.head_dim, stride)
     }
 
-    /// Image `b`, head `h`'s keys (as the `head_dim x seq` right-hand side of the scores) and
-    /// values, packed into `keys` and `values`' memory.
+    /// An (image, head) pair's keys (as the `head_dim x seq` right-hand side of the scores)
+    /// and values, packed into `keys` and `values`' memory.
     fn pack(
         &self,
         kernel: Microkernel,
-        b: usize,
-        h: usize,
+        pair: usize,
         keys: AlignedBuf,
         values: AlignedBuf,
     ) -> (PackedB, PackedB) {
@@ -168,7 +178,7 @@ impl Head<'_> {
                 PackedB::from_view(
                     self.isa,
                     kernel,
-                    self.view(b, h, 1, 0, seq).transposed(),
+                    self.view(pair, 1, 0, seq).transposed(),
                     (d, seq),
                     true,
                     keys,
@@ -176,7 +186,7 @@ impl Head<'_> {
                 PackedB::from_view(
                     self.isa,
                     kernel,
-                    self.view(b, h, 2, 0, seq),
+                    self.view(pair, 2, 0, seq),
                     (seq, d),
                     true,
                     values,
@@ -189,43 +199,29 @@ impl Head<'_> {
     ///
     /// # Safety
     /// As [`Head::block`].
-    unsafe fn with_scores(
-        &self,
-        b: usize,
-        h: usize,
-        first: usize,
-        rows: usize,
-        packed: Option<&(PackedB, PackedB)>,
-    ) {
+    unsafe fn with_scores(&self, block: QueryBlock, packed: Option<&(PackedB, PackedB)>) {
+        let rows = block.rows;
         SCORES.with_borrow_mut(|(scores, sums)| {
             scores.resize(rows * self.ld, 0.0);
             sums.resize(rows, 0.0);
-            self.block(
-                b,
-                h,
-                first,
-                rows,
-                packed,
-                Softmax::Deferred(&mut scores[..rows * self.ld], &mut sums[..rows]),
-            )
+            let softmax = Softmax::Deferred(&mut scores[..rows * self.ld], &mut sums[..rows]);
+            self.block(block, packed, softmax)
         })
     }
 
-    /// The context rows `first..first + rows` of image `b`, head `h`: scores, softmax, and
-    /// the product with the values, from `packed` keys and values when given.
+    /// The context rows of `block`: scores, softmax, and the product with the values, from
+    /// `packed` keys and values when given.
     ///
     /// # Safety
     /// No other task writes those context rows meanwhile.
     unsafe fn block(
         &self,
-        b: usize,
-        h: usize,
-        first: usize,
-        rows: usize,
+        QueryBlock { pair, first, rows }: QueryBlock,
         packed: Option<&(PackedB, PackedB)>,
         mut softmax: Softmax,
     ) {
         let (seq, d) = (self.seq, self.head_dim);
+        let (b, h) = (pair / self.heads, pair % self.heads);
         let (scores, ld) = match &mut softmax {
             Softmax::Probabilities(scores) => (scores.as_mut_ptr(), seq),
             Softmax::Deferred(scores, _) => (scores.as_mut_ptr(), self.ld),
@@ -234,7 +230,7 @@ impl Head<'_> {
             scale: 1.0 / (d as f32).sqrt(),
             ..Epilogue::none()
         };
-        let q = self.view(b, h, 0, first, rows);
+        let q = self.view(pair, 0, first, rows);
         let context = self.out.at((b * seq + first) * self.hidden + h * d);
         // SAFETY (both products): q, k and v are checked views inside qkv, or packed from
         // them; scores is this task's own rows x ld block; the context rows of (b, h) from
@@ -245,7 +241,7 @@ impl Head<'_> {
                 self.isa,
                 (rows, seq, d),
                 q,
-                self.view(b, h, 1, 0, seq).transposed(),
+                self.view(pair, 1, 0, seq).transposed(),
                 scores,
                 ld,
                 &scaled,
@@ -276,7 +272,7 @@ impl Head<'_> {
                 self.isa,
                 (rows, d, seq),
                 weights,
-                self.view(b, h, 2, 0, seq),
+                self.view(pair, 2, 0, seq),
                 context,
                 self.hidden,
                 &Epilogue::none(),
