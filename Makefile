@@ -201,8 +201,9 @@ done
 endef
 
 # The machine's matrix-product peaks, into $(BENCH_OUT)/peaks.jsonl: BENCH_PEAK_SIZES (n of the
-# n^3 products) and BENCH_PEAK_SECONDS per library and size (at least two calls each:
-# torch._int_mm, about 1 GOP/s on a 2-core Zen 3, takes minutes at 4096^3).
+# n^3 products) and BENCH_PEAK_SECONDS per library and size (at least two calls each; a size
+# whose three calls would take over ten times that, judged from the size below it, is skipped:
+# torch._int_mm, about 1 GOP/s on a 2-core Zen 3, took 10 minutes at 4096^3).
 BENCH_PEAK_SIZES   ?= 2048,4096
 BENCH_PEAK_SECONDS ?= 3
 define bench-peaks

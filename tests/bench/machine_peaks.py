@@ -8,7 +8,9 @@ Prints JSON lines:
 one peak line per library (f32: numpy's BLAS, torch.mm; int8 ("matmul_peak": "int8", GOP/s):
 torch._int_mm, and ONNX Runtime's quantize_dynamic MatMul) and size (2048 and 4096): GFLOP/s of
 an n x n by n x n product with N threads, the best call of those that fit in --seconds after a
-warm-up call (best, as `vit bench --peak` reports its own kernel; the mean is there too). Each
+warm-up call (best, as `vit bench --peak` reports its own kernel; the mean is there too); a
+size whose calls would take far over --seconds, judged from the size below it, is skipped
+with a note on stderr (compare.py prints "-" there). Each
 library runs in its own process, with OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and
 MKL_NUM_THREADS set to N before it is imported, so that neither's idle threads spin beside the
 other's.
@@ -53,6 +55,10 @@ def cpu_line(threads):
         except OSError:
             pass
     return {"cpu": name, "flags": " ".join(f for f in RELEVANT_FLAGS if f in flags), "threads": threads}
+
+
+# How many times its time budget a (library, size) may take before larger sizes are skipped.
+SKIP_FACTOR = 10
 
 
 def time_product(matmul, a, b, seconds):
@@ -209,10 +215,21 @@ def main():
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy or torch is imported
     dtype, runner = RUNNERS[args.library]
-    for library, n, (best, mean, runs) in runner(sizes, args.seconds, args.threads):
-        flop = 2 * n**3
-        print(json.dumps({"matmul_peak": dtype, "library": library, "size": n, "threads": args.threads,
-                          "gflops": flop / best / 1e9, "gflops_mean": flop / mean / 1e9, "runs": runs}), flush=True)
+    previous = None  # (size, best seconds) of the last size timed
+    for n in sorted(sizes):
+        # A product far off the ceiling (torch._int_mm without a fast int8 kernel: 0.7 GOP/s on
+        # a Zen 3, minutes a call at 4096^3) is not timed at larger sizes: its three calls would
+        # take more than SKIP_FACTOR times the budget and cannot be the ceiling.
+        if previous and 3 * previous[1] * (n / previous[0]) ** 3 > SKIP_FACTOR * args.seconds:
+            print(f"machine_peaks: {args.library} at {n}^3 skipped (about "
+                  f"{previous[1] * (n / previous[0]) ** 3:.0f} s a call)", file=sys.stderr)
+            continue
+        for library, size, (best, mean, runs) in runner([n], args.seconds, args.threads):
+            flop = 2 * size**3
+            print(json.dumps({"matmul_peak": dtype, "library": library, "size": size, "threads": args.threads,
+                              "gflops": flop / best / 1e9, "gflops_mean": flop / mean / 1e9, "runs": runs}),
+                  flush=True)
+            previous = (size, best)
 
 
 if __name__ == "__main__":
