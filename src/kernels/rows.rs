@@ -224,6 +224,38 @@ pub(crate) fn exp_rows(data: &mut [f32], cols: usize, ld: usize, sums: &mut [f32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bounds;
+
+    /// Unnormalized exponentials divided by their sums are softmax's probabilities, for rows
+    /// with and without padding and with a scalar tail; every sum holds the maximum's term, 1.
+    /// The same exponentials on both sides: the two sums differ only in their order (each
+    /// within `γ(cols)` of the exact sum), then a division against a reciprocal and a product
+    /// add three roundings.
+    #[test]
+    fn exponentials_over_their_sums_are_the_softmax() {
+        for (cols, ld) in [(5, 5), (197, 208), (19, 19), (64, 64)] {
+            let rows = 3;
+            let data: Vec<f32> = (0..rows * ld)
+                .map(|i| ((i * 7919) % 211) as f32 / 13.0 - 8.0)
+                .collect();
+            let (mut exps, mut probs) = (data.clone(), data);
+            let mut sums = vec![0f32; rows];
+            exp_rows(&mut exps, cols, ld, &mut sums);
+            softmax_rows(&mut probs, cols, ld);
+            for r in 0..rows {
+                assert!(sums[r] >= 1.0, "{cols}/{ld}: sum {}", sums[r]);
+                for c in 0..cols {
+                    let (got, want) = (exps[r * ld + c] / sums[r], probs[r * ld + c]);
+                    let bound =
+                        (2.0 * bounds::gamma(cols) + 3.0 * bounds::UNIT_ROUNDOFF) * want as f64;
+                    assert!(
+                        ((got - want).abs() as f64) <= bound + f32::MIN_POSITIVE as f64,
+                        "{cols}/{ld} at ({r}, {c}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn lane_reductions_match_plain_ones() {
