@@ -126,6 +126,16 @@ impl PackedI8 {
                     .map_or(scales[j], |&(_, scale)| scale)
             })
             .collect();
+        Self::pack(kernel, (n, k), row, &scales)
+    }
+
+    /// [`PackedI8::new`] of channels already within the pair bound.
+    fn pack<'w>(
+        kernel: Int8Kernel,
+        (n, k): (usize, usize),
+        row: impl Fn(usize) -> &'w [i8] + Sync,
+        scales: &[f32],
+    ) -> Self {
         let nr = kernel.nr();
         let steps = k.div_ceil(DEPTHS_PER_STEP);
         let panel_count = n.div_ceil(nr);
@@ -155,7 +165,7 @@ impl PackedI8 {
         });
         let padded = panel_count * nr;
         let mut padded_scales = vec![0f32; padded];
-        padded_scales[..n].copy_from_slice(&scales);
+        padded_scales[..n].copy_from_slice(scales);
         let column_sums = (0..padded)
             .map(|j| match j < n {
                 true => row(j).iter().map(|&w| w as i32).sum::<i32>(),
@@ -187,7 +197,8 @@ impl PackedI8 {
             unsafe { *slots.at(j) = quantize::quantize_channel(row(j)) };
         });
         let scales: Vec<f32> = channels.iter().map(|(_, s)| *s).collect();
-        Self::new(kernel, (n, k), |j| &channels[j].0, &scales)
+        // quantize_channel keeps the pair bound: no channel to check again.
+        Self::pack(kernel, (n, k), |j| &channels[j].0, &scales)
     }
 
     /// `(k, n)`: inputs and outputs.
