@@ -48,9 +48,8 @@ pub fn quantize_channel(values: &[f32]) -> (Vec<i8>, f32) {
         },
     );
     for pair in quantized.chunks_exact_mut(2) {
-        let (a, b) = (pair[0] as i32, pair[1] as i32);
-        if (a >= 0) == (b >= 0) && a.abs() + b.abs() > PAIR_BOUND {
-            let larger = usize::from(b.abs() > a.abs());
+        if over_pair_bound(pair[0], pair[1]) {
+            let larger = usize::from(pair[1].unsigned_abs() > pair[0].unsigned_abs());
             pair[larger] -= pair[larger].signum();
         }
     }
@@ -86,10 +85,15 @@ fn largest_same_signed_pair(values: &[f32]) -> f32 {
 /// Whether the codes of a channel keep the pair bound (every pair `(q[2t], q[2t + 1])` of one
 /// sign has `|q[2t]| + |q[2t + 1]| <= PAIR_BOUND`) and the range `[-127, 127]`.
 pub fn fits_pair_bound(codes: &[i8]) -> bool {
-    codes.chunks_exact(2).all(|pair| {
-        let (a, b) = (pair[0] as i32, pair[1] as i32);
-        (a >= 0) != (b >= 0) || a.abs() + b.abs() <= PAIR_BOUND
-    }) && codes.iter().all(|&q| q != i8::MIN)
+    codes
+        .chunks_exact(2)
+        .all(|pair| !over_pair_bound(pair[0], pair[1]))
+        && codes.iter().all(|&q| q != i8::MIN)
+}
+
+/// Whether two neighbouring codes share a sign and sum past [`PAIR_BOUND`] in magnitude.
+fn over_pair_bound(a: i8, b: i8) -> bool {
+    (a >= 0) == (b >= 0) && a.unsigned_abs() as i32 + b.unsigned_abs() as i32 > PAIR_BOUND
 }
 
 /// The smallest and largest of `values`, widened to hold 0 (a NaN counts as none).
