@@ -31,6 +31,7 @@ pub mod classifier;
 pub mod convert;
 pub mod device;
 pub mod embeddings;
+pub mod explain;
 pub mod fuzzing;
 pub mod hub;
 pub mod inputs;

@@ -44,6 +44,28 @@ fn standard_attention(qkv: &Tensor, isa: Isa) -> Result<Tensor> {
 /// Attention over `qkv` (as [`AttentionKernel::attend`]) with `mask`, `(seq, seq)` of 0 and
 /// `-inf` added to the scores (a causal mask), on candle's ops.
 pub fn masked_attention(qkv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    Ok(candle_attention(qkv, mask)?.0)
+}
+
+/// Standard attention over `qkv` (as [`AttentionKernel::attend`], with an optional `mask` as
+/// [`masked_attention`]) that also gives the probabilities `(batch, heads, seq, seq)`, as HF's
+/// eager attention returns them with `output_attentions=True`: the fused CPU kernel keeping
+/// them where it applies, candle's ops elsewhere.
+pub fn attention_with_probabilities(
+    qkv: &Tensor,
+    mask: Option<&Tensor>,
+    isa: Isa,
+) -> Result<(Tensor, Tensor)> {
+    if mask.is_none() {
+        if let Some(both) = super::cpu_kernels::attention_with_probabilities(qkv, isa)? {
+            return Ok(both);
+        }
+    }
+    candle_attention(qkv, mask)
+}
+
+/// The context `(batch, seq, heads, head_dim)` and the probabilities on candle's ops.
+fn candle_attention(qkv: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
     let head_dim = qkv.dim(4)?;
     let part = |i: usize| {
         qkv.narrow(2, i, 1)?
@@ -58,7 +80,8 @@ pub fn masked_attention(qkv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         None => scores,
     };
     let probs = super::encoder::softmax_last_dim(&scores)?;
-    probs.matmul(&v)?.transpose(1, 2)?.contiguous()
+    let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?;
+    Ok((context, probs))
 }
 
 #[cfg(feature = "flash-attn")]

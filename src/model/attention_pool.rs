@@ -91,6 +91,12 @@ impl AttentionPool {
 
     /// `(batch, tokens, hidden)` to the pooled `(batch, hidden)`.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with_probabilities(tokens)?.0)
+    }
+
+    /// The pooled `(batch, hidden)` and the probe's attention probabilities over the tokens,
+    /// `(batch, heads, tokens)`.
+    pub fn forward_with_probabilities(&self, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, n, h) = tokens.dims3()?;
         let (heads, head_dim) = (self.num_heads, h / self.num_heads);
         let key_value = self
@@ -113,8 +119,10 @@ impl AttentionPool {
             .transpose(1, 2)?
             .reshape((b, 1, h))?;
         let attended = self.output.forward(&context)?;
-        self.mlp
+        let pooled = self
+            .mlp
             .forward(&self.layernorm.forward(&attended)?, Some(&attended))?
-            .squeeze(1)
+            .squeeze(1)?;
+        Ok((pooled, weights.squeeze(2)?))
     }
 }

@@ -105,10 +105,12 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// Softmax attention over `qkv` of shape `(batch, seq, 3, heads, head_dim)`, giving
-/// `(batch, seq, heads, head_dim)` ([`kernels::attention::attention_rows`], without keeping
-/// the probabilities).
+/// `(batch, seq, heads, head_dim)` ([`kernels::attention::attention_rows`]); with
+/// `keep_probs`, one flat buffer of the context followed by the probabilities
+/// `(batch, heads, seq, seq)`.
 struct FusedAttention {
     isa: Isa,
+    keep_probs: bool,
 }
 
 impl CustomOp1 for FusedAttention {
@@ -125,12 +127,21 @@ impl CustomOp1 for FusedAttention {
             );
         }
         let qkv = contiguous_f32(storage, layout, "attention input")?;
-        let (out, _) =
-            kernels::attention::attention_rows(qkv, (batch, seq, heads, head_dim), false, self.isa);
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((batch, seq, heads, head_dim)),
-        ))
+        let (mut out, probs) = kernels::attention::attention_rows(
+            qkv,
+            (batch, seq, heads, head_dim),
+            self.keep_probs,
+            self.isa,
+        );
+        if !self.keep_probs {
+            return Ok((
+                CpuStorage::F32(out),
+                Shape::from((batch, seq, heads, head_dim)),
+            ));
+        }
+        out.extend_from_slice(&probs);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 
@@ -210,10 +221,34 @@ pub fn attention(qkv: &Tensor, isa: Isa) -> Result<Option<Tensor>> {
     if !applies(&[qkv]) {
         return Ok(None);
     }
-    Ok(Some(
-        qkv.contiguous()?
-            .apply_op1_no_bwd(&FusedAttention { isa })?,
-    ))
+    let op = FusedAttention {
+        isa,
+        keep_probs: false,
+    };
+    Ok(Some(qkv.contiguous()?.apply_op1_no_bwd(&op)?))
+}
+
+/// The fused attention kernel keeping the probabilities when it applies: the context
+/// `(batch, seq, heads, head_dim)` and the probabilities `(batch, heads, seq, seq)`; `None`
+/// otherwise.
+pub fn attention_with_probabilities(qkv: &Tensor, isa: Isa) -> Result<Option<(Tensor, Tensor)>> {
+    if !applies(&[qkv]) {
+        return Ok(None);
+    }
+    let (batch, seq, _, heads, head_dim) = qkv.dims5()?;
+    let op = FusedAttention {
+        isa,
+        keep_probs: true,
+    };
+    let both = qkv.contiguous()?.apply_op1_no_bwd(&op)?;
+    let context_len = batch * seq * heads * head_dim;
+    let context = both
+        .narrow(0, 0, context_len)?
+        .reshape((batch, seq, heads, head_dim))?;
+    let probs = both
+        .narrow(0, context_len, batch * heads * seq * seq)?
+        .reshape((batch, heads, seq, seq))?;
+    Ok(Some((context, probs)))
 }
 
 #[cfg(test)]

@@ -335,13 +335,16 @@ impl SelfAttention {
 
     /// Attention over `xs`, plus `residual` (added by the output projection as it stores);
     /// `mask` (`(seq, seq)`, added to the scores) for a text tower's causal attention;
-    /// `rotary`, the angles of the patch grid, turn the patches' queries and keys.
+    /// `rotary`, the angles of the patch grid, turn the patches' queries and keys. With
+    /// `probabilities`, the attention probabilities `(batch, heads, seq, seq)` are pushed
+    /// onto it (standard attention, whatever the kernel).
     pub fn forward(
         &self,
         xs: &Tensor,
         residual: Option<&Tensor>,
         mask: Option<&Tensor>,
         rotary: Option<&RotaryTables>,
+        probabilities: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let qkv = self
@@ -352,9 +355,15 @@ impl SelfAttention {
             Some(tables) => tables.rotate(qkv)?,
             None => qkv,
         };
-        let context = match mask {
-            None => self.kernel.attend(&qkv, self.isa)?,
-            Some(mask) => super::attention::masked_attention(&qkv, Some(mask))?,
+        let context = match (probabilities, mask) {
+            (Some(kept), mask) => {
+                let (context, probs) =
+                    super::attention::attention_with_probabilities(&qkv, mask, self.isa)?;
+                kept.push(probs);
+                context
+            }
+            (None, None) => self.kernel.attend(&qkv, self.isa)?,
+            (None, Some(mask)) => super::attention::masked_attention(&qkv, Some(mask))?,
         };
         self.output
             .forward_fused(&context.reshape((b, s, h))?, None, residual)
@@ -502,18 +511,22 @@ impl Layer {
 
     /// The block over `xs`, with the patch grid's rotary angles for families that have them.
     pub fn forward(&self, xs: &Tensor, rotary: Option<&RotaryTables>) -> Result<Tensor> {
-        self.forward_masked(xs, None, rotary)
+        self.forward_masked(xs, None, rotary, None)
     }
 
-    /// The block with `mask` added to the attention scores (see [`SelfAttention::forward`]).
+    /// The block with `mask` added to the attention scores, keeping the attention
+    /// probabilities in `probabilities` when given (see [`SelfAttention::forward`]).
     pub fn forward_masked(
         &self,
         xs: &Tensor,
         mask: Option<&Tensor>,
         rotary: Option<&RotaryTables>,
+        probabilities: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let normed = self.layernorm_before.forward(xs)?;
-        let xs = self.attention.forward(&normed, Some(xs), mask, rotary)?;
+        let xs = self
+            .attention
+            .forward(&normed, Some(xs), mask, rotary, probabilities)?;
         self.mlp
             .forward(&self.layernorm_after.forward(&xs)?, Some(&xs))
     }
@@ -579,8 +592,13 @@ impl Encoder {
     }
 
     /// `(batch, channels, height, width)` to the tokens `(batch, prefix + patches, hidden)`
-    /// after the final norm.
-    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+    /// after the final norm; with `attentions`, every layer's attention probabilities
+    /// `(batch, heads, tokens, tokens)` pushed onto it, the first layer's first.
+    pub fn forward(
+        &self,
+        pixel_values: &Tensor,
+        mut attentions: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
         let mut xs = self.embeddings.forward(pixel_values)?;
         let (_, _, height, width) = pixel_values.dims4()?;
         let grid = (height / self.patch_size, width / self.patch_size);
@@ -601,13 +619,25 @@ impl Encoder {
         }
         for (index, layer) in self.layers.iter().enumerate() {
             let rotary = tables.get(index).or(tables.first());
-            xs = layer.forward(&xs, rotary)?;
+            xs = layer.forward_masked(&xs, None, rotary, attentions.as_deref_mut())?;
         }
         match &self.layernorm {
             Some(norm) => norm.forward(&xs),
             None => Ok(xs),
         }
     }
+}
+
+/// A forward pass with its attention probabilities ([`VisionTransformer::output_with_attentions`]).
+#[derive(Debug, Clone)]
+pub struct Attentions {
+    /// The logits of a classifier, else the model's own embedding ([`EmbeddingKind::Auto`]).
+    pub output: Tensor,
+    /// Every layer's probabilities `(batch, heads, tokens, tokens)`, the first layer's first.
+    pub layers: Vec<Tensor>,
+    /// The attention pool's probe's probabilities `(batch, heads, tokens)`, for a model
+    /// pooled by one (SigLIP).
+    pub pool: Option<Tensor>,
 }
 
 /// The embedding [`VisionTransformer::embed`] returns.
@@ -712,7 +742,8 @@ impl VisionTransformer {
 
     /// Every token after the final norm, `(batch, tokens, hidden)`.
     pub fn tokens(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.encoder.forward(&pixel_values.to_dtype(self.dtype)?)
+        self.encoder
+            .forward(&pixel_values.to_dtype(self.dtype)?, None)
     }
 
     /// The embedding `kind` of `tokens`: `(batch, width)`, or every token for
@@ -725,10 +756,21 @@ impl VisionTransformer {
             },
             EmbeddingKind::Class => self.class_token(tokens),
             EmbeddingKind::Mean => self.patch_mean(tokens),
-            EmbeddingKind::Auto => match &self.projection {
-                Some(projection) => projection.forward(&self.pooled(tokens)?),
-                None => self.pooled(tokens),
-            },
+            EmbeddingKind::Auto => self.own_embedding(tokens, None),
+        }
+    }
+
+    /// The model's own embedding of `tokens` ([`EmbeddingKind::Auto`]), keeping an attention
+    /// pool's probabilities in `pool_attention`.
+    fn own_embedding(
+        &self,
+        tokens: &Tensor,
+        pool_attention: Option<&mut Option<Tensor>>,
+    ) -> Result<Tensor> {
+        let pooled = self.pooled(tokens, pool_attention)?;
+        match &self.projection {
+            Some(projection) => projection.forward(&pooled),
+            None => Ok(pooled),
         }
     }
 
@@ -753,8 +795,13 @@ impl VisionTransformer {
         self.patch_tokens(tokens)?.mean(1)
     }
 
-    /// What the head reads: the variant's pooling of `tokens`, then its pooled norm.
-    fn pooled(&self, tokens: &Tensor) -> Result<Tensor> {
+    /// What the head reads: the variant's pooling of `tokens`, then its pooled norm, keeping
+    /// an attention pool's probabilities in `pool_attention`.
+    fn pooled(
+        &self,
+        tokens: &Tensor,
+        pool_attention: Option<&mut Option<Tensor>>,
+    ) -> Result<Tensor> {
         let pooled = match self.pooling {
             Pooling::Class => self.class_token(tokens)?,
             Pooling::Mean => self.patch_mean(tokens)?,
@@ -764,11 +811,17 @@ impl VisionTransformer {
             Pooling::ClassDistillationAverage => {
                 ((tokens.narrow(1, 0, 1)? + tokens.narrow(1, 1, 1)?)?.squeeze(1)? / 2.0)?
             }
-            Pooling::AttentionPool => self
-                .attention_pool
-                .as_ref()
-                .expect("built for attention pooling")
-                .forward(tokens)?,
+            Pooling::AttentionPool => {
+                let pool = self
+                    .attention_pool
+                    .as_ref()
+                    .expect("built for attention pooling");
+                let (pooled, probabilities) = pool.forward_with_probabilities(tokens)?;
+                if let Some(kept) = pool_attention {
+                    *kept = Some(probabilities);
+                }
+                pooled
+            }
         };
         match &self.pool_layernorm {
             Some(norm) => norm.forward(&pooled),
@@ -791,22 +844,57 @@ impl VisionTransformer {
     /// Classification logits `(batch, num_labels)`, in the model's dtype.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         on_cpu_workers(pixel_values, || {
-            let tokens = self.tokens(pixel_values)?;
-            match &self.classifier {
-                Classifier::None => candle_core::bail!(
-                    "the model has no classification head (a backbone): use `vit embed`"
-                ),
-                Classifier::Linear(head) => head.forward(&self.pooled(&tokens)?),
-                Classifier::Distilled {
-                    class,
-                    distillation,
-                } => {
-                    let class_logits = class.forward(&tokens.narrow(1, 0, 1)?.squeeze(1)?)?;
-                    let distilled = distillation.forward(&tokens.narrow(1, 1, 1)?.squeeze(1)?)?;
-                    (class_logits + distilled)? / 2.0
-                }
-            }
+            self.logits(&self.tokens(pixel_values)?, None)
         })
+    }
+
+    /// The head's logits of `tokens`, keeping an attention pool's probabilities in
+    /// `pool_attention`.
+    fn logits(
+        &self,
+        tokens: &Tensor,
+        pool_attention: Option<&mut Option<Tensor>>,
+    ) -> Result<Tensor> {
+        match &self.classifier {
+            Classifier::None => candle_core::bail!(
+                "the model has no classification head (a backbone): use `vit embed`"
+            ),
+            Classifier::Linear(head) => head.forward(&self.pooled(tokens, pool_attention)?),
+            Classifier::Distilled {
+                class,
+                distillation,
+            } => {
+                let class_logits = class.forward(&tokens.narrow(1, 0, 1)?.squeeze(1)?)?;
+                let distilled = distillation.forward(&tokens.narrow(1, 1, 1)?.squeeze(1)?)?;
+                (class_logits + distilled)? / 2.0
+            }
+        }
+    }
+
+    /// What [`Self::output`] computes, with the attention probabilities that led to it (for
+    /// attention maps): standard attention keeping its probabilities in every layer.
+    pub fn output_with_attentions(&self, pixel_values: &Tensor) -> Result<Attentions> {
+        on_cpu_workers(pixel_values, || {
+            let mut layers = Vec::new();
+            let tokens = self
+                .encoder
+                .forward(&pixel_values.to_dtype(self.dtype)?, Some(&mut layers))?;
+            let mut pool = None;
+            let output = match self.has_head() {
+                true => self.logits(&tokens, Some(&mut pool))?,
+                false => self.own_embedding(&tokens, Some(&mut pool))?,
+            };
+            Ok(Attentions {
+                output,
+                layers,
+                pool,
+            })
+        })
+    }
+
+    /// Tokens before the patches: class, distillation and register tokens.
+    pub fn prefix_tokens(&self) -> usize {
+        self.prefix_tokens
     }
 
     /// What the model computes: logits for a classifier, its own embedding

@@ -23,7 +23,7 @@ use candle_nn::VarBuilder;
 
 pub use attention::AttentionKernel;
 pub use config::{Activation, Head, Pooling, Variant, ViTConfig};
-pub use encoder::{EmbeddingKind, ModelOptions, VisionTransformer};
+pub use encoder::{Attentions, EmbeddingKind, ModelOptions, VisionTransformer};
 pub use layouts::Layout;
 pub use weights::{ModelFiles, StateDict};
 

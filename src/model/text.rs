@@ -219,7 +219,7 @@ impl TextTransformer {
         };
         let mut xs = xs;
         for layer in &self.layers {
-            xs = layer.forward_masked(&xs, mask.as_ref(), None)?;
+            xs = layer.forward_masked(&xs, mask.as_ref(), None, None)?;
         }
         let xs = self.final_layer_norm.forward(&xs)?;
         let position = match self.pooling {
