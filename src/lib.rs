@@ -40,6 +40,7 @@ pub mod model;
 pub mod panics;
 pub mod preprocess;
 pub mod quantize;
+pub mod render;
 pub mod tokenizer;
 pub mod train;
 pub mod zero_shot;
