@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
+use crate::explain::BatchAttention;
 use crate::inputs::Input;
 use crate::model::config::PosInterpolation;
 use crate::model::{EmbeddingKind, LoadedModel, ViTConfig, VisionTransformer};
@@ -266,6 +267,25 @@ impl Classifier {
 }
 
 impl Classifier {
+    /// A batch's forward pass keeping every layer's attention probabilities (for attention
+    /// maps): its outputs are the logits (the head's, or the zero-shot labels'), or the
+    /// model's own embedding for a backbone.
+    pub fn attentions(&self, images: &[&PixelValues]) -> Result<BatchAttention> {
+        if images.iter().any(|p| p.tiles != 1) {
+            bail!("images cut into tiles have no attention map");
+        }
+        let pixel_values = self.batch_tensor(images)?;
+        let forward = self
+            .model
+            .output_with_attentions(&pixel_values)
+            .context("forward pass failed")?;
+        let outputs = match &self.zero_shot {
+            Some(zero_shot) => zero_shot.logits(&forward.output)?,
+            None => forward.output.clone(),
+        };
+        BatchAttention::new(&outputs, &forward, self.model.prefix_tokens())
+    }
+
     /// The embeddings `kind` of a batch as f32 values in row order with their shape, one per
     /// image: `(width)`, or `(tokens, hidden)` for [`EmbeddingKind::Tokens`]. An image cut
     /// into tiles has its tiles' tokens one after the other, and the mean of them all.

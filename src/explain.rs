@@ -8,7 +8,10 @@
 //! the paper says (that code divides columns: `a / a.sum(dim=-1)` without `keepdim`).
 //! Models without a class token (SigLIP) are read through their attention pool's probe.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::Attentions;
 
 /// How a map is made from the attention probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,87 @@ pub enum Query {
     Token(usize),
     /// The attention pool's probe (models pooled by one, such as SigLIP).
     Probe,
+}
+
+/// A batch's forward pass with its attention probabilities, as f32 values on the CPU.
+#[derive(Debug, Clone)]
+pub struct BatchAttention {
+    /// One row per image: logits (the head's, or zero-shot labels'), or the model's own
+    /// embedding for a backbone.
+    pub outputs: Vec<Vec<f32>>,
+    /// Per layer, `(images, heads, tokens, tokens)` row-major.
+    layers: Vec<Vec<f32>>,
+    /// The attention pool's probe, `(images, heads, tokens)`.
+    probe: Option<Vec<f32>>,
+    pub heads: usize,
+    pub tokens: usize,
+    /// Tokens before the patches (class, distillation, registers).
+    pub prefix: usize,
+}
+
+impl BatchAttention {
+    /// Copies a forward pass's `outputs` rows and `attentions` to the CPU; `prefix` is the
+    /// model's count of tokens before the patches.
+    pub fn new(outputs: &Tensor, attentions: &Attentions, prefix: usize) -> Result<Self> {
+        let to_cpu = |tensor: &Tensor| -> Result<Vec<f32>> {
+            Ok(tensor
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let first = attentions
+            .layers
+            .first()
+            .context("the model has no layers")?;
+        let (_, heads, tokens, _) = first.dims4()?;
+        let layers = attentions
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(index, layer)| {
+                to_cpu(layer).with_context(|| format!("attention of layer {index}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let probe = attentions.pool.as_ref().map(to_cpu).transpose()?;
+        let outputs = outputs
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        Ok(Self {
+            outputs,
+            layers,
+            probe,
+            heads,
+            tokens,
+            prefix,
+        })
+    }
+
+    /// The model's layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Image `index`'s probabilities.
+    pub fn image(&self, index: usize) -> ImageAttention<'_> {
+        let square = self.heads * self.tokens * self.tokens;
+        let row = self.heads * self.tokens;
+        ImageAttention {
+            layers: self
+                .layers
+                .iter()
+                .map(|layer| &layer[index * square..(index + 1) * square])
+                .collect(),
+            probe: self
+                .probe
+                .as_deref()
+                .map(|probe| &probe[index * row..(index + 1) * row]),
+            heads: self.heads,
+            tokens: self.tokens,
+            prefix: self.prefix,
+        }
+    }
 }
 
 /// One image's attention probabilities, borrowed from a batch's.
@@ -159,12 +243,14 @@ impl ImageAttention<'_> {
                     .collect()
             }
         };
+        let mut fused = vec![0f64; t];
         for layer in self.layers[..=last].iter().rev() {
-            let fused = self.rollout_matrix(layer, discard_ratio);
+            let discarded = self.discarded(layer, discard_ratio);
             let mut next = vec![0.0; t];
-            for (weight, fused_row) in row.iter().zip(fused.chunks(t)) {
-                for (out, value) in next.iter_mut().zip(fused_row) {
-                    *out += weight * value;
+            for (i, &weight) in row.iter().enumerate().filter(|(_, &w)| w != 0.0) {
+                let scale = weight / self.fused_row(layer, i, &discarded, &mut fused);
+                for (out, value) in next.iter_mut().zip(&fused) {
+                    *out += scale * value;
                 }
             }
             row = next;
@@ -180,33 +266,50 @@ impl ImageAttention<'_> {
             .collect())
     }
 
-    /// One layer's rollout matrix, `tokens x tokens` (see [`Self::rollout`]).
-    fn rollout_matrix(&self, layer: &[f32], discard_ratio: f64) -> Vec<f64> {
+    /// Row `i` of one layer's rollout matrix (see [`Self::rollout`]) times `2 * heads` in
+    /// `fused`, and the sum it is divided by: the heads' sum with the `discarded` values
+    /// zeroed (none when it is empty), plus `heads` on the diagonal. (Twice the mean plus the
+    /// identity, halved, over its row's sum, is this over its sum.)
+    fn fused_row(&self, layer: &[f32], i: usize, discarded: &[bool], fused: &mut [f64]) -> f64 {
         let t = self.tokens;
-        let mut fused = vec![0f64; t * t];
-        for head in layer.chunks(t * t) {
-            fused
-                .iter_mut()
-                .zip(head)
-                .for_each(|(f, &p)| *f += p as f64);
+        let mut heads = layer.chunks(t * t).map(|head| &head[i * t..(i + 1) * t]);
+        let first = heads.next().unwrap_or_default();
+        fused
+            .iter_mut()
+            .zip(first)
+            .for_each(|(f, &p)| *f = p as f64);
+        for row in heads {
+            fused.iter_mut().zip(row).for_each(|(f, &p)| *f += p as f64);
         }
-        fused.iter_mut().for_each(|f| *f /= self.heads as f64);
-        let discarded = ((t * t) as f64 * discard_ratio) as usize;
-        if discarded > 0 {
-            let mut order: Vec<usize> = (0..t * t).collect();
-            order.sort_by(|&a, &b| fused[a].total_cmp(&fused[b]).then(a.cmp(&b)));
-            for &index in &order[..discarded] {
-                if index != 0 {
-                    fused[index] = 0.0;
-                }
+        if let Some(discarded) = discarded.get(i * t..(i + 1) * t) {
+            for (value, _) in fused.iter_mut().zip(discarded).filter(|(_, &d)| d) {
+                *value = 0.0;
             }
         }
-        for (i, row) in fused.chunks_mut(t).enumerate() {
-            row[i] += 1.0;
-            let sum: f64 = row.iter().sum();
-            row.iter_mut().for_each(|value| *value /= sum);
+        fused[i] += self.heads as f64;
+        fused.iter().sum()
+    }
+
+    /// Which of one layer's `tokens x tokens` head-mean values a discard ratio zeroes: the
+    /// lowest `floor(tokens^2 * ratio)` (ties by position), never the first (the class
+    /// token's own). Empty when none are.
+    fn discarded(&self, layer: &[f32], discard_ratio: f64) -> Vec<bool> {
+        let t = self.tokens;
+        let count = ((t * t) as f64 * discard_ratio) as usize;
+        if count == 0 {
+            return Vec::new();
         }
-        fused
+        let mut mean = vec![0f64; t * t];
+        for head in layer.chunks(t * t) {
+            mean.iter_mut().zip(head).for_each(|(m, &p)| *m += p as f64);
+        }
+        let mut order: Vec<usize> = (0..t * t).collect();
+        order.sort_by(|&a, &b| mean[a].total_cmp(&mean[b]).then(a.cmp(&b)));
+        let mut discarded = vec![false; t * t];
+        for &index in &order[..count] {
+            discarded[index] = index != 0;
+        }
+        discarded
     }
 }
 
@@ -282,12 +385,16 @@ mod tests {
             tokens: 3,
             prefix: 1,
         };
-        let matrix = image.rollout_matrix(&layer, 0.34);
-        // Row 0: (0 + 1, 0, 0.95) / 2 -> renormalised over its sum 0.975.
-        let row0 = [0.5 / 0.975, 0.0, 0.475 / 0.975];
-        for (got, expected) in matrix[..3].iter().zip(row0) {
-            assert!((got - expected).abs() < 1e-7, "{matrix:?}");
+        let discarded = image.discarded(&layer, 0.34);
+        let expected: Vec<bool> = (0..9).map(|i| i == 1 || i == 3).collect();
+        assert_eq!(discarded, expected);
+        // Row 0 of the one head: (0 + 1, 0, 0.95), over its sum 1.95.
+        let mut row = [0.0; 3];
+        let sum = image.fused_row(&layer, 0, &discarded, &mut row);
+        for (got, expected) in row.iter().zip([1.0, 0.0, 0.95]) {
+            assert!((got - expected).abs() < 1e-7, "{row:?}");
         }
+        assert!((sum - 1.95).abs() < 1e-7);
         let kept = image.rollout(0, Query::Token(0), 0.0).unwrap();
         let discarded = image.rollout(0, Query::Token(0), 0.34).unwrap();
         assert_eq!(discarded, [0.0, 1.0]);

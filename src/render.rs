@@ -109,13 +109,21 @@ pub fn colormap(value: f32) -> [u8; 3] {
         value.clamp(0.0, 1.0)
     };
     let position = value * 255.0;
-    let index = (position.floor() as usize).min(254);
+    // The position is not negative: truncation is its floor.
+    let index = (position as usize).min(254);
     let t = position - index as f32;
     let (a, b) = (INFERNO[index], INFERNO[index + 1]);
     std::array::from_fn(|c| {
         let (a, b) = (f32::from(a[c]), f32::from(b[c]));
-        (a + t * (b - a)).round() as u8
+        round_to_u8(a + t * (b - a))
     })
+}
+
+/// `value` (in [0, 255]) rounded to the nearest byte, halves up: an addition and a
+/// truncation, where `f32::round` is a library call on baseline x86-64 (a fifth of an
+/// overlay's time).
+fn round_to_u8(value: f32) -> u8 {
+    (value + 0.5) as u8
 }
 
 /// `photo` with `map` (row-major values on a `grid` = (rows, cols) patch grid, any
@@ -166,7 +174,7 @@ pub fn overlay(photo: &RgbImage, map: &[f32], grid: (usize, usize), alpha: f32) 
             let colour = colormap(upper + fy * (lower - upper));
             let pixel = out.get_pixel_mut(x as u32, y as u32);
             for (p, c) in pixel.0.iter_mut().zip(colour) {
-                *p = ((1.0 - alpha) * f32::from(*p) + alpha * f32::from(c)).round() as u8;
+                *p = round_to_u8((1.0 - alpha) * f32::from(*p) + alpha * f32::from(c));
             }
         }
     }

@@ -14,6 +14,7 @@ mod bench;
 mod classify;
 mod convert;
 mod embed;
+mod explain;
 mod finetune;
 
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Train on a folder of labelled images and save a model `classify` loads.
     Finetune(finetune::FinetuneArgs),
+    /// Show where the model looked: attention maps over the images (PNGs, safetensors).
+    Explain(explain::ExplainArgs),
     /// Print a shell completion script: `vit completions bash > /etc/bash_completion.d/vit`,
     /// `vit completions zsh > ~/.zfunc/_vit`, `vit completions fish >
     /// ~/.config/fish/completions/vit.fish`.
@@ -335,6 +338,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Finetune(args) => finetune::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Completions { shell } => completions(shell),
         Command::ManPages { dir } => man_pages(&dir),
     };

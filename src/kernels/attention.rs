@@ -21,28 +21,70 @@ const SHARED_PACKING_MIN_BLOCKS: usize = 4;
 
 /// Softmax attention over `qkv` of `(batch, seq, 3, heads, head_dim)`: the context
 /// `(batch, seq, heads, head_dim)` and, with `keep_probs`, the probabilities
-/// `(batch, heads, seq, seq)` (empty otherwise). Each (batch, head) pair is split into blocks
-/// of query rows, one task each: scores by one matrix product read straight from the strided
-/// q and k, a softmax in place, then the product with v written into the context's strided
-/// slot, by the CPU engine on `isa`. Without `keep_probs` the exponentials stay unnormalized
-/// and the context rows are divided by their sums instead (a pass over `head_dim` values per
-/// row instead of `seq`), and long sequences share each head's packed keys and values.
+/// `(batch, heads, seq, seq)` (empty otherwise), as [`attend`] computes them.
 pub(crate) fn attention_rows(
     qkv: &[f32],
-    (batch, seq, heads, head_dim): (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize),
     keep_probs: bool,
     isa: Isa,
 ) -> (Vec<f32>, Vec<f32>) {
+    let (batch, seq, heads, head_dim) = dims;
+    let mut probs = match keep_probs {
+        true => vec![0f32; batch * heads * seq * seq],
+        false => Vec::new(),
+    };
+    let len = batch * seq * heads * head_dim;
+    let mut context = Vec::with_capacity(len);
+    let out = SendPtr(context.spare_capacity_mut().as_mut_ptr().cast());
+    // SAFETY: out has room for the whole context.
+    unsafe { attend(qkv, dims, out, keep_probs.then_some(&mut probs[..]), isa) };
+    // SAFETY: attend wrote every value of the context (a panic in one of its tasks is raised
+    // before this line).
+    unsafe { context.set_len(len) };
+    (context, probs)
+}
+
+/// [`attention_rows`] keeping the probabilities, both in one buffer: the context, then the
+/// probabilities.
+pub(crate) fn attention_rows_and_probs(
+    qkv: &[f32],
+    dims: (usize, usize, usize, usize),
+    isa: Isa,
+) -> Vec<f32> {
+    let (batch, seq, heads, head_dim) = dims;
+    let len = batch * seq * heads * head_dim;
+    let mut both = vec![0f32; len + batch * heads * seq * seq];
+    let (context, probs) = both.split_at_mut(len);
+    // SAFETY: context is a buffer of the whole context's size.
+    unsafe { attend(qkv, dims, SendPtr(context.as_mut_ptr()), Some(probs), isa) };
+    both
+}
+
+/// Writes the context of the attention over `qkv` through `out` and, given `probs`, the
+/// probabilities into it. Each (batch, head) pair is split into blocks of query rows, one task
+/// each: scores by one matrix product read straight from the strided q and k, a softmax in
+/// place, then the product with v written into the context's strided slot, by the CPU engine
+/// on `isa`. Without `probs` the exponentials stay unnormalized and the context rows are
+/// divided by their sums instead (a pass over `head_dim` values per row instead of `seq`),
+/// and long sequences share each head's packed keys and values.
+///
+/// # Safety
+/// `out` points to `batch * seq * heads * head_dim` writable values that nothing else reads
+/// or writes meanwhile.
+unsafe fn attend(
+    qkv: &[f32],
+    (batch, seq, heads, head_dim): (usize, usize, usize, usize),
+    out: SendPtr,
+    probs: Option<&mut [f32]>,
+    isa: Isa,
+) {
     let hidden = heads * head_dim;
     // Rows of scores `ld` apart (a whole number of vectors: see softmax_rows), unless the
     // caller keeps them as probabilities, `seq` apart.
-    let ld = match keep_probs {
-        true => seq,
-        false => seq.next_multiple_of(16),
+    let ld = match probs {
+        Some(_) => seq,
+        None => seq.next_multiple_of(16),
     };
-    // Every (image, head, query row) slot of the context is written by one task below.
-    let mut context = Vec::with_capacity(batch * seq * hidden);
-    let out = SendPtr(context.spare_capacity_mut().as_mut_ptr().cast());
     let pairs = batch * heads;
     let (block_rows, row_blocks) = query_blocks(seq, pairs, ld, rayon::current_num_threads());
     let head = Head {
@@ -59,9 +101,13 @@ pub(crate) fn attention_rows(
         let first = block * block_rows;
         (first, block_rows.min(seq - first))
     };
-    let probs = match keep_probs {
-        true => {
-            let mut probs = vec![0f32; pairs * seq * seq];
+    match probs {
+        Some(probs) => {
+            assert_eq!(
+                probs.len(),
+                pairs * seq * seq,
+                "attention probabilities' size"
+            );
             let all = SendPtr(probs.as_mut_ptr());
             pool::for_each(pairs * row_blocks, |t| {
                 let (pair, (first, rows)) = (t / row_blocks, task_rows(t % row_blocks));
@@ -74,9 +120,8 @@ pub(crate) fn attention_rows(
                 // SAFETY: this task's own rows of the context.
                 unsafe { head.block(block, None, Softmax::Probabilities(scores)) };
             });
-            probs
         }
-        false => match microkernel::for_isa(isa) {
+        None => match microkernel::for_isa(isa) {
             Some(kernel) if row_blocks >= SHARED_PACKING_MIN_BLOCKS => {
                 let (mut keys, mut values) = (AlignedBuf::default(), AlignedBuf::default());
                 for pair in 0..pairs {
@@ -89,7 +134,6 @@ pub(crate) fn attention_rows(
                     });
                     (keys, values) = (packed.0.into_buffer(), packed.1.into_buffer());
                 }
-                Vec::new()
             }
             _ => {
                 pool::for_each(pairs * row_blocks, |t| {
@@ -97,14 +141,9 @@ pub(crate) fn attention_rows(
                     // SAFETY: this task's own rows of the context.
                     unsafe { head.with_scores(QueryBlock { pair, first, rows }, None) };
                 });
-                Vec::new()
             }
         },
-    };
-    // SAFETY: the tasks covered every (image, query row, head) of the context (a panic in
-    // one is raised by for_each before this line).
-    unsafe { context.set_len(batch * seq * hidden) };
-    (context, probs)
+    }
 }
 
 /// The query rows of a task and the tasks per head, for `pairs` (image, head) pairs of `seq`
@@ -329,6 +368,10 @@ mod tests {
                 let what = format!("{dims:?} on {isa:?}, probabilities kept: {keep_probs}");
                 bounds::assert_within(&context, &expected, &bound, &what);
                 assert_eq!(probs.is_empty(), !keep_probs);
+                if keep_probs {
+                    let both = attention_rows_and_probs(&qkv, dims, isa);
+                    assert!(both == [context, probs].concat(), "{what}: in one buffer");
+                }
             }
         }
     }

@@ -127,21 +127,14 @@ impl CustomOp1 for FusedAttention {
             );
         }
         let qkv = contiguous_f32(storage, layout, "attention input")?;
-        let (mut out, probs) = kernels::attention::attention_rows(
-            qkv,
-            (batch, seq, heads, head_dim),
-            self.keep_probs,
-            self.isa,
-        );
-        if !self.keep_probs {
-            return Ok((
-                CpuStorage::F32(out),
-                Shape::from((batch, seq, heads, head_dim)),
-            ));
+        let dims = (batch, seq, heads, head_dim);
+        if self.keep_probs {
+            let both = kernels::attention::attention_rows_and_probs(qkv, dims, self.isa);
+            let len = both.len();
+            return Ok((CpuStorage::F32(both), Shape::from(len)));
         }
-        out.extend_from_slice(&probs);
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
+        let (context, _) = kernels::attention::attention_rows(qkv, dims, false, self.isa);
+        Ok((CpuStorage::F32(context), Shape::from(dims)))
     }
 }
 

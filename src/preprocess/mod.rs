@@ -519,6 +519,29 @@ impl PreprocessConfig {
         value
     }
 
+    /// The image the model saw: `pixels` (one tile) with the normalization and rescaling
+    /// undone, rounded to 8 bits.
+    pub fn model_view(&self, pixels: &PixelValues) -> Result<RgbImage> {
+        if pixels.tiles != 1 || pixels.data.len() != 3 * pixels.height * pixels.width {
+            bail!(
+                "an image cut into {} tiles has no single view",
+                pixels.tiles
+            );
+        }
+        let (mean, std) = self.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
+        let factor = self.rescale_factor.unwrap_or(1.0) as f32;
+        let plane = pixels.height * pixels.width;
+        let (width, height) = (pixels.width as u32, pixels.height as u32);
+        Ok(RgbImage::from_fn(width, height, |x, y| {
+            let at = y as usize * pixels.width + x as usize;
+            image::Rgb(std::array::from_fn(|c| {
+                let value = (pixels.data[c * plane + at] * std[c] + mean[c]) / factor;
+                // Rounded halves up by truncation (f32::round is a library call here).
+                (value.clamp(0.0, 255.0) + 0.5) as u8
+            }))
+        }))
+    }
+
     /// `(height, width)` of the pixel values for an image of `width` x `height`.
     pub fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
         if let Some(crop) = self.center_crop {
@@ -767,6 +790,20 @@ mod tests {
         assert_eq!(config.center_crop, Some((224, 224)));
         assert_eq!(config.normalize.unwrap().0, [0.485, 0.456, 0.406]);
         assert_eq!(config.output_size(640, 480), (224, 224));
+    }
+
+    #[test]
+    fn the_model_view_undoes_rescaling_and_normalization() {
+        let mut config = PreprocessConfig::from_json(DEIT).unwrap();
+        config.resize = None;
+        config.center_crop = None;
+        let image = RgbImage::from_fn(7, 5, |x, y| {
+            image::Rgb([(x * 36) as u8, (y * 60) as u8, (255 - x * y * 10) as u8])
+        });
+        let pixels = config.pixel_values(&image);
+        assert_eq!(config.model_view(&pixels).unwrap(), image);
+        let tiled = PixelValues { tiles: 2, ..pixels };
+        assert!(config.model_view(&tiled).is_err());
     }
 
     #[test]
