@@ -283,7 +283,7 @@ impl Classifier {
             Some(zero_shot) => zero_shot.logits(&forward.output)?,
             None => forward.output.clone(),
         };
-        BatchAttention::new(&outputs, &forward, self.model.prefix_tokens())
+        BatchAttention::new(&outputs, forward, self.model.prefix_tokens())
     }
 
     /// The embeddings `kind` of a batch as f32 values in row order with their shape, one per

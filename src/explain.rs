@@ -61,9 +61,10 @@ pub struct BatchAttention {
 }
 
 impl BatchAttention {
-    /// Copies a forward pass's `outputs` rows and `attentions` to the CPU; `prefix` is the
+    /// Copies a forward pass's `outputs` rows and `attentions` to the CPU, each layer's
+    /// tensor dropped once copied (so that its memory holds the next copy); `prefix` is the
     /// model's count of tokens before the patches.
-    pub fn new(outputs: &Tensor, attentions: &Attentions, prefix: usize) -> Result<Self> {
+    pub fn new(outputs: &Tensor, attentions: Attentions, prefix: usize) -> Result<Self> {
         let to_cpu = |tensor: &Tensor| -> Result<Vec<f32>> {
             Ok(tensor
                 .to_dtype(DType::F32)?
@@ -78,10 +79,10 @@ impl BatchAttention {
         let (_, heads, tokens, _) = first.dims4()?;
         let layers = attentions
             .layers
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(index, layer)| {
-                to_cpu(layer).with_context(|| format!("attention of layer {index}"))
+                to_cpu(&layer).with_context(|| format!("attention of layer {index}"))
             })
             .collect::<Result<Vec<_>>>()?;
         let probe = attentions.pool.as_ref().map(to_cpu).transpose()?;
