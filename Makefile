@@ -297,6 +297,23 @@ int8-accuracy: build
 		--sample-f32 $(INT8_OUT)/sample-f32.jsonl --sample-int8 $(INT8_OUT)/sample-int8.jsonl \
 		--photo-labels $(SHARED)/images/labels.csv --photos-int8 $(INT8_OUT)/photos-int8.jsonl
 
+# bench-explain: `vit explain` (rollout, pictures) against `vit classify` of the shared photos
+# with the shared DeiT-Tiny, whole commands in turn (tests/bench/bench_explain.py); issue 27's
+# target is at most 1.3x.
+EXPLAIN_MODEL ?= $(SHARED)/models/deit-tiny-patch16-224
+
+.PHONY: bench-explain explain-assets
+bench-explain: build
+	$(PYTHON) tests/bench/bench_explain.py --vit $(VIT) --model $(EXPLAIN_MODEL) --images $(SHARED)/images
+
+# explain-assets: the README's attention pictures, made by `vit explain` from the sample photos
+# with the shared DeiT-Tiny: the last layer's class attention per head (chelsea), rollout with
+# 90% of each layer's lowest attention discarded (coffee), the last layer's mean (astronaut).
+explain-assets: build samples
+	$(VIT) explain -m $(EXPLAIN_MODEL) $(SAMPLES)/chelsea.png --method class-heads -o assets/explain --force
+	$(VIT) explain -m $(EXPLAIN_MODEL) $(SAMPLES)/coffee.png --discard-ratio 0.9 -o assets/explain --force
+	$(VIT) explain -m $(EXPLAIN_MODEL) $(SAMPLES)/astronaut.png --method attention -o assets/explain --force
+
 # --- GPU builds ---
 # Checks of the CUDA build that need no GPU and no CUDA toolkit installed (README, "GPU builds").
 # Each uses its own target dir, so the CPU build above is never touched.
