@@ -41,6 +41,7 @@ pub mod panics;
 pub mod preprocess;
 pub mod quantize;
 pub mod render;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 pub mod zero_shot;

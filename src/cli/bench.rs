@@ -136,7 +136,7 @@ fn plan(args: BenchArgs) -> Result<Plan> {
         if threads == 0 {
             bail!("--threads must be at least 1");
         }
-        set_threads(threads)?;
+        super::set_threads(threads)?;
     }
     if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
         bail!("--batch-sizes must be positive");
@@ -226,15 +226,6 @@ fn plan(args: BenchArgs) -> Result<Plan> {
         peak: args.peak,
         layers: args.layers,
     })
-}
-
-/// Sizes the rayon pool (and candle's matmul threads, which follow `RAYON_NUM_THREADS`).
-fn set_threads(threads: usize) -> Result<()> {
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("cannot size the thread pool")
 }
 
 /// A model built for one (dtype, kernel) pair.

@@ -16,6 +16,7 @@ mod convert;
 mod embed;
 mod explain;
 mod finetune;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Show where the model looked: attention maps over the images (PNGs, safetensors).
     Explain(explain::ExplainArgs),
+    /// Serve classification and embeddings over HTTP (OpenAI's embeddings API), batched.
+    Serve(serve::ServeArgs),
     /// Print a shell completion script: `vit completions bash > /etc/bash_completion.d/vit`,
     /// `vit completions zsh > ~/.zfunc/_vit`, `vit completions fish >
     /// ~/.config/fish/completions/vit.fish`.
@@ -288,6 +291,15 @@ pub fn collect_texts(
     Ok(texts)
 }
 
+/// Sizes the rayon pool (and candle's matmul threads, which follow `RAYON_NUM_THREADS`).
+pub fn set_threads(threads: usize) -> Result<()> {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("cannot size the thread pool")
+}
+
 /// A progress bar on stderr, only for a terminal and more than a few images.
 pub fn progress_bar(total: usize) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
@@ -339,6 +351,7 @@ pub fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Finetune(args) => finetune::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Completions { shell } => completions(shell),
         Command::ManPages { dir } => man_pages(&dir),
     };
