@@ -314,6 +314,22 @@ explain-assets: build samples
 	$(VIT) explain -m $(EXPLAIN_MODEL) $(SAMPLES)/coffee.png --discard-ratio 0.9 -o assets/explain --force
 	$(VIT) explain -m $(EXPLAIN_MODEL) $(SAMPLES)/astronaut.png --method attention -o assets/explain --force
 
+# bench-serve: `vit serve` with the shared DeiT-Tiny under a bounded load on loopback
+# (tests/bench/bench_serve.py, standard library only): 2,000 raw-image requests of the shared
+# photos from 64 concurrent clients, every answer checked against `vit classify`, p50/p99 and
+# images/s against `vit bench` at batch 32 on the same threads; then the overload case, 256
+# clients against --queue 32 (only 200s and 503s, /health throughout, recovery, peak RSS).
+SERVE_MODEL ?= $(SHARED)/models/deit-tiny-patch16-224
+
+.PHONY: bench-serve
+bench-serve: build
+	@mkdir -p $(BENCH_OUT)
+	$(PYTHON) tests/bench/bench_serve.py --vit $(VIT) --model $(SERVE_MODEL) --images $(SHARED)/images \
+		--requests 2000 --concurrency 64 --threads $(BENCH_THREADS) > $(BENCH_OUT)/serve.jsonl
+	$(PYTHON) tests/bench/bench_serve.py --vit $(VIT) --model $(SERVE_MODEL) --images $(SHARED)/images \
+		--requests 2000 --concurrency 256 --queue 32 --threads $(BENCH_THREADS) --no-bench >> $(BENCH_OUT)/serve.jsonl
+	@cat $(BENCH_OUT)/serve.jsonl
+
 # --- GPU builds ---
 # Checks of the CUDA build that need no GPU and no CUDA toolkit installed (README, "GPU builds").
 # Each uses its own target dir, so the CPU build above is never touched.

@@ -33,12 +33,25 @@ pub enum Work {
 }
 
 impl Work {
-    /// The queue places it takes: its images, or one for texts.
-    fn weight(&self) -> usize {
+    /// Its images (a text counts for none).
+    fn images(&self) -> usize {
         match self {
-            Self::Embed { images, .. } | Self::Logits { images, .. } => images.len().max(1),
-            Self::Texts(_) => 1,
+            Self::Embed { images, .. } | Self::Logits { images, .. } => images.len(),
+            Self::Texts(_) => 0,
         }
+    }
+}
+
+/// Places held in the queue, given back when dropped: taken before a request's images are
+/// decoded (so that a full queue costs a refused request nothing), held until its answer.
+pub struct Ticket {
+    queued: Arc<AtomicUsize>,
+    places: usize,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.places, Ordering::SeqCst);
     }
 }
 
@@ -48,6 +61,8 @@ pub type Rows = std::result::Result<Vec<Vec<f32>>, String>;
 struct Job {
     work: Work,
     reply: tokio::sync::oneshot::Sender<Rows>,
+    /// Given back once the job is answered.
+    _ticket: Ticket,
 }
 
 /// What a batch of the worker did, for the metrics.
@@ -91,7 +106,6 @@ impl Batcher {
             classifier,
             text,
             zero_shot: HashMap::new(),
-            queued: queued.clone(),
             max_batch: max_batch.max(1),
         };
         std::thread::Builder::new()
@@ -105,22 +119,34 @@ impl Batcher {
         }
     }
 
-    /// Queues `work`: its answer comes on the returned channel.
+    /// Takes `places` in the queue (at least one), or refuses when they do not fit; a request
+    /// larger than the whole queue still runs when the queue is empty.
+    pub fn reserve(&self, places: usize) -> std::result::Result<Ticket, Refused> {
+        let places = places.max(1);
+        let before = self.queued.fetch_add(places, Ordering::SeqCst);
+        let ticket = Ticket {
+            queued: self.queued.clone(),
+            places,
+        };
+        match before + places > self.capacity && before > 0 {
+            true => Err(Refused::Full),
+            false => Ok(ticket),
+        }
+    }
+
+    /// Queues `work` on the places of `ticket`: its answer comes on the returned channel.
     pub fn submit(
         &self,
+        ticket: Ticket,
         work: Work,
     ) -> std::result::Result<tokio::sync::oneshot::Receiver<Rows>, Refused> {
-        let weight = work.weight();
-        let before = self.queued.fetch_add(weight, Ordering::SeqCst);
-        if before + weight > self.capacity && before > 0 {
-            self.queued.fetch_sub(weight, Ordering::SeqCst);
-            return Err(Refused::Full);
-        }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.sender.send(Job { work, reply }).is_err() {
-            self.queued.fetch_sub(weight, Ordering::SeqCst);
-            return Err(Refused::Stopped);
-        }
+        let job = Job {
+            work,
+            reply,
+            _ticket: ticket,
+        };
+        self.sender.send(job).map_err(|_| Refused::Stopped)?;
         Ok(answer)
     }
 
@@ -136,7 +162,6 @@ struct Worker {
     text: Option<TextTower>,
     /// Label embeddings by (labels, template), made once.
     zero_shot: HashMap<(Vec<String>, String), Arc<ZeroShot>>,
-    queued: Arc<AtomicUsize>,
     max_batch: usize,
 }
 
@@ -176,23 +201,21 @@ impl Worker {
     ) {
         // Ends when every sender has gone (the server has stopped) and the queue is empty.
         while let Ok(first) = receiver.recv() {
+            let mut images = first.work.images();
             let mut jobs = vec![first];
-            let mut images = jobs[0].work.weight();
             let deadline = Instant::now() + max_wait;
             while images < self.max_batch {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match receiver.recv_timeout(left) {
                     Ok(job) => {
-                        images += job.work.weight();
+                        images += job.work.images();
                         jobs.push(job);
                     }
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
             on_batch(BatchReport { images });
-            let weight: usize = jobs.iter().map(|job| job.work.weight()).sum();
             self.run_jobs(jobs);
-            self.queued.fetch_sub(weight, Ordering::SeqCst);
         }
     }
 

@@ -26,7 +26,7 @@ use crate::embeddings::l2_normalize;
 use crate::model::{EmbeddingKind, TextTower};
 use crate::preprocess::{decode_rgb, PixelValues};
 use api::{ApiError, ClassifyRequest, EmbeddingsRequest, Item};
-use batcher::{Batcher, Refused, Rows, Work};
+use batcher::{Batcher, Refused, Rows, Ticket, Work};
 use metrics::Metrics;
 
 /// How the server runs.
@@ -345,9 +345,15 @@ async fn pixel_values(
     Ok(pixels)
 }
 
-/// Queues work and waits for its rows: a full queue is 503 with `Retry-After`.
-async fn run_work(app: &App, work: Work) -> Result<Vec<Vec<f32>>, ApiError> {
-    let answer = app.batcher.submit(work).map_err(|refused| match refused {
+/// Takes `places` in the queue before any work: a full queue is 503 with `Retry-After`.
+fn reserve(app: &App, places: usize) -> Result<Ticket, ApiError> {
+    app.batcher
+        .reserve(places)
+        .map_err(|refused| refused_error(app, refused))
+}
+
+fn refused_error(app: &App, refused: Refused) -> ApiError {
+    match refused {
         Refused::Full => ApiError {
             retry_after: Some(1),
             ..ApiError::new(
@@ -364,7 +370,15 @@ async fn run_work(app: &App, work: Work) -> Result<Vec<Vec<f32>>, ApiError> {
             "stopped",
             "the model's thread has stopped",
         ),
-    })?;
+    }
+}
+
+/// Queues work on its reserved places and waits for its rows.
+async fn run_work(app: &App, ticket: Ticket, work: Work) -> Result<Vec<Vec<f32>>, ApiError> {
+    let answer = app
+        .batcher
+        .submit(ticket, work)
+        .map_err(|refused| refused_error(app, refused))?;
     let rows: Rows = answer.await.map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -426,10 +440,12 @@ async fn embeddings(State(app): State<Arc<App>>, body: Body) -> Result<Json<Valu
     let mut rows: Vec<Option<Vec<f32>>> = vec![None; count];
     let image_count = images.len();
     if !images.is_empty() {
+        let ticket = reserve(&app, images.len())?;
         let indices: Vec<usize> = images.iter().map(|(index, _)| *index).collect();
         let pixels = pixel_values(&app, images).await?;
         let embedded = run_work(
             &app,
+            ticket,
             Work::Embed {
                 images: pixels,
                 kind,
@@ -447,8 +463,10 @@ async fn embeddings(State(app): State<Arc<App>>, body: Body) -> Result<Json<Valu
             .map(|(_, t)| t.split_whitespace().count())
             .sum();
         let indices: Vec<usize> = texts.iter().map(|(index, _)| *index).collect();
+        let ticket = reserve(&app, 1)?;
         let embedded = run_work(
             &app,
+            ticket,
             Work::Texts(texts.into_iter().map(|(_, t)| t).collect()),
         )
         .await?;
@@ -563,9 +581,11 @@ async fn classify(
         None => 5.min(names.len()),
     };
     let image_count = images.len();
+    let ticket = reserve(&app, image_count)?;
     let pixels = pixel_values(&app, images).await?;
     let rows = run_work(
         &app,
+        ticket,
         Work::Logits {
             images: pixels,
             labels,
