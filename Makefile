@@ -330,6 +330,15 @@ bench-serve: build
 		--requests 2000 --concurrency 256 --queue 32 --threads $(BENCH_THREADS) --no-bench >> $(BENCH_OUT)/serve.jsonl
 	@cat $(BENCH_OUT)/serve.jsonl
 
+# test-openai-client: `vit serve` through OpenAI's Python client (tests/serve_openai_client.py;
+# `openai` from PyPI into the venv): embeddings of images as data URIs and of texts equal
+# `vit embed`'s within 1e-5, a wrong key refused. Outside `make test`, which needs no Python.
+.PHONY: test-openai-client
+test-openai-client: build
+	@$(VENV)/bin/python -c 'import openai' 2>/dev/null || \
+		{ test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV); $(VENV)/bin/pip install --quiet openai; }
+	$(VENV)/bin/python tests/serve_openai_client.py --vit $(VIT)
+
 # --- GPU builds ---
 # Checks of the CUDA build that need no GPU and no CUDA toolkit installed (README, "GPU builds").
 # Each uses its own target dir, so the CPU build above is never touched.
