@@ -684,30 +684,7 @@ fn a_closed_pipe_ends_the_run_quietly_with_exit_0() {
 /// allocated, naming the size and the limit, and `--max-image-pixels` moves the limit.
 #[test]
 fn an_image_claiming_too_many_pixels_is_refused_before_decoding() {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= b as u32;
-            for _ in 0..8 {
-                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-            }
-        }
-        !crc
-    }
-    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-        let mut out = (data.len() as u32).to_be_bytes().to_vec();
-        let mut body = kind.to_vec();
-        body.extend(data);
-        out.extend(&body);
-        out.extend(crc32(&body).to_be_bytes());
-        out
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut header = 100_000u32.to_be_bytes().to_vec();
-    header.extend(100_000u32.to_be_bytes());
-    header.extend([8, 2, 0, 0, 0]); // 8-bit RGB
-    png.extend(chunk(b"IHDR", &header));
-    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x01]));
+    let png = common::png_bomb();
     let dir = tempfile::tempdir().unwrap();
     let bomb = dir.path().join("bomb.png");
     std::fs::write(&bomb, &png).unwrap();

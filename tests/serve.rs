@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -471,4 +471,95 @@ fn image_text_models_classify_into_labels_and_embed_texts() {
     for (a, b) in got.iter().zip(expected.as_array().unwrap()) {
         assert!(close(a, b), "text embedding");
     }
+}
+
+/// Raw HTTP on a socket: `head` (request line and headers), then `body` bytes; the answer's
+/// status line, or what the server did instead.
+fn raw_request(base: &str, head: &str, body: &[u8]) -> String {
+    let address = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer and close before taking every byte.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn faults_cost_only_their_own_request() {
+    let server = Server::start(
+        &[
+            "-m",
+            &deit(),
+            "--image-size",
+            "32",
+            "--max-body-mb",
+            "2",
+            "--body-timeout-s",
+            "2",
+        ],
+        &[],
+    );
+    let good = json!({"input": [data_uri(&photos()[0])]});
+    // A decompression bomb's header: refused before decoding, naming the input.
+    let bomb = base64::engine::general_purpose::STANDARD.encode(common::png_bomb());
+    let (status, answer) = server.post_json("/v1/classify", &json!({"input": [bomb]}), &[]);
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("input 0: "),
+        "{answer}"
+    );
+    assert!(
+        answer.to_string().contains("more than the limit"),
+        "{answer}"
+    );
+
+    // A body that claims 1 GB: 413 after the first 2 MB, the rest never read.
+    let head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+                Content-Length: 1073741824\r\n\r\n";
+    let status = raw_request(&server.base, head, &vec![0u8; 8 << 20]);
+    assert!(status.contains(" 413 "), "{status}");
+
+    // A client that sends a few bytes of its body and then nothing: 408 after the timeout,
+    // while another client is answered meanwhile.
+    let base = server.base.clone();
+    let slow = std::thread::spawn(move || {
+        let head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+                    Content-Length: 1000\r\n\r\n";
+        raw_request(&base, head, b"\x89PNG")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, answer) = server.post_json("/v1/classify", &good, &[]);
+    assert_eq!(status, 200, "{answer}");
+    let slow = slow.join().unwrap();
+    assert!(slow.contains(" 408 "), "{slow}");
+
+    // A client that disconnects mid-upload.
+    let address = server.base.strip_prefix("http://").unwrap().to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+                Content-Length: 100000\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[0u8; 1000]).unwrap();
+    drop(stream);
+
+    // Still serving, and nothing was lost from the queue.
+    let (status, answer) = server.post_json("/v1/classify", &good, &[]);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(server.curl("/health", &[]).0, 200);
+    let (_, metrics) = server.curl("/metrics", &[]);
+    assert!(metrics.contains("vit_queue_images 0"), "{metrics}");
+    let (status, _) = server.stop();
+    assert!(status.success());
 }

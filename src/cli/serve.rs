@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// The largest request body, in MB (413 beyond).
     #[arg(long, default_value_t = 20)]
     max_body_mb: usize,
+    /// The longest a request's body may take to arrive, in seconds (408 beyond).
+    #[arg(long, default_value_t = 60)]
+    body_timeout_s: u64,
     /// A file holding the bearer key requests must carry (or VIT_API_KEY).
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<PathBuf>,
@@ -119,6 +122,7 @@ pub fn run(args: ServeArgs) -> Result<Outcome> {
         max_wait: Duration::from_millis(args.max_wait_ms),
         queue: args.queue,
         max_body_bytes: args.max_body_mb << 20,
+        body_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
         api_key: plan.api_key,
         decode_threads: args.threads.unwrap_or_else(rayon::current_num_threads),
         log: match args.log_format {

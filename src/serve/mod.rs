@@ -38,6 +38,9 @@ pub struct ServeOptions {
     /// Places in the queue (images).
     pub queue: usize,
     pub max_body_bytes: usize,
+    /// The longest a request's body may take to arrive (408 beyond): a client that sends a
+    /// byte a second holds its own connection this long, nothing else.
+    pub body_timeout: Duration,
     /// The bearer key requests must carry, when set.
     pub api_key: Option<String>,
     /// Threads that decode and preprocess images.
@@ -269,23 +272,34 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-/// The body, at most the limit (413 beyond it).
+/// The body, at most the limit (413 beyond it) and within the body timeout (408 beyond).
 async fn body_bytes(app: &App, body: Body) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, app.options.max_body_bytes)
-        .await
-        .map_err(|err| {
-            let too_large = std::error::Error::source(&err)
-                .is_some_and(|cause| cause.to_string().contains("length limit exceeded"))
-                || err.to_string().contains("length limit exceeded");
-            match too_large {
-                true => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the body is over {} bytes", app.options.max_body_bytes),
-                ),
-                false => ApiError::bad_request(format!("cannot read the body: {err}")),
-            }
-        })
+    let limit = app.options.max_body_bytes;
+    let read = tokio::time::timeout(app.options.body_timeout, axum::body::to_bytes(body, limit));
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} s",
+                app.options.body_timeout.as_secs_f64()
+            ),
+        ));
+    };
+    read.map_err(|err| {
+        // axum's error wraps http-body-util's LengthLimitError, known by its message (the
+        // crate is not a dependency of ours).
+        let too_large = std::error::Error::source(&err)
+            .is_some_and(|cause| cause.to_string() == "length limit exceeded");
+        match too_large {
+            true => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is over {limit} bytes"),
+            ),
+            false => ApiError::bad_request(format!("cannot read the body: {err}")),
+        }
+    })
 }
 
 /// A JSON body as `T`: bad JSON is 400, a bad field 422.

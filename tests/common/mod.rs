@@ -200,3 +200,33 @@ pub fn assert_close(what: &str, ours: &candle_core::Tensor, expected: &candle_co
         "{what}: max |diff| {diff} against the reference"
     );
 }
+
+/// A PNG whose header claims 100000 x 100000 8-bit RGB pixels (a decompression bomb's
+/// header, with a valid CRC), followed by a truncated IDAT.
+pub fn png_bomb() -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    }
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        let mut body = kind.to_vec();
+        body.extend(data);
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+        out
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut header = 100_000u32.to_be_bytes().to_vec();
+    header.extend(100_000u32.to_be_bytes());
+    header.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    png.extend(chunk(b"IHDR", &header));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x01]));
+    png
+}
