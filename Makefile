@@ -318,7 +318,8 @@ explain-assets: build samples
 # (tests/bench/bench_serve.py, standard library only): 2,000 raw-image requests of the shared
 # photos from 64 concurrent clients, every answer checked against `vit classify`, p50/p99 and
 # images/s against `vit bench` at batch 32 on the same threads; then the overload case, 256
-# clients against --queue 32 (only 200s and 503s, /health throughout, recovery, peak RSS).
+# clients against --queue 32 (only 200s and 503s, /health throughout, recovery, peak RSS); then
+# SIGTERM 5 s into the first load (every request the server answered reaches its client, exit 0).
 SERVE_MODEL ?= $(SHARED)/models/deit-tiny-patch16-224
 
 .PHONY: bench-serve
@@ -328,6 +329,8 @@ bench-serve: build
 		--requests 2000 --concurrency 64 --threads $(BENCH_THREADS) > $(BENCH_OUT)/serve.jsonl
 	$(PYTHON) tests/bench/bench_serve.py --vit $(VIT) --model $(SERVE_MODEL) --images $(SHARED)/images \
 		--requests 2000 --concurrency 256 --queue 32 --threads $(BENCH_THREADS) --no-bench >> $(BENCH_OUT)/serve.jsonl
+	$(PYTHON) tests/bench/bench_serve.py --vit $(VIT) --model $(SERVE_MODEL) --images $(SHARED)/images \
+		--requests 2000 --concurrency 64 --threads $(BENCH_THREADS) --sigterm-after 5 >> $(BENCH_OUT)/serve.jsonl
 	@cat $(BENCH_OUT)/serve.jsonl
 
 # test-openai-client: `vit serve` through OpenAI's Python client (tests/serve_openai_client.py;

@@ -10,7 +10,9 @@ latency p50/p99, the server's peak RSS, /health answers polled throughout, and, 
 comparison, `vit bench`'s images/s at batch --max-batch on the same threads.
 
 With a small --queue and many clients it is the overload test: only 200s and 503s are
-expected, /health stays 200 and the server answers again afterwards.
+expected, /health stays 200 and the server answers again afterwards. With --sigterm-after S
+the server gets SIGTERM S seconds into the load: it must answer every request it accepted
+(the 200s its log counts all reach their clients) and exit 0; clients stop once it is gone.
 """
 
 import argparse
@@ -28,6 +30,21 @@ from pathlib import Path
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
+class ServerLog:
+    """Reads the server's stderr (so that it never blocks on a full pipe), counting the
+    answered classify requests its log lines report."""
+
+    def __init__(self, stream):
+        self.answered = 0
+        self.thread = threading.Thread(target=self.read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def read(self, stream):
+        for line in stream:
+            if line.startswith("POST /v1/classify 200 "):
+                self.answered += 1
+
+
 def start_server(args) -> tuple:
     command = [args.vit, "serve", "--model", args.model, "--port", "0", "--threads",
                str(args.threads), "--max-batch", str(args.max_batch), "--queue", str(args.queue),
@@ -36,9 +53,7 @@ def start_server(args) -> tuple:
     for line in server.stderr:
         if line.startswith("vit: serving on http://"):
             host, port = line.strip().rsplit("/", 1)[1].rsplit(":", 1)
-            # Keep reading stderr so that the server never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-            return server, host, int(port)
+            return server, host, int(port), ServerLog(server.stderr)
     raise SystemExit(f"vit serve did not start: exit {server.wait()}")
 
 
@@ -81,12 +96,15 @@ def main() -> int:
     parser.add_argument("--queue", type=int, default=256)
     parser.add_argument("--bench-seconds", type=float, default=10)
     parser.add_argument("--no-bench", action="store_true", help="skip vit bench's reference")
+    parser.add_argument("--sigterm-after", type=float, default=None, metavar="S",
+                        help="send SIGTERM S seconds into the load, then check the drain")
     args = parser.parse_args()
 
     photos = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_TYPES)
     expected = expected_labels(args, photos)
     bodies = [(p.read_bytes(), IMAGE_TYPES[p.suffix.lower()], expected[str(p)]) for p in photos]
-    server, host, port = start_server(args)
+    server, host, port, log = start_server(args)
+    terminated = threading.Event()
     lock = threading.Lock()
     statuses, latencies, wrong, failed, health = {}, [], [], [], {}
     counter = iter(range(args.requests))
@@ -120,6 +138,8 @@ def main() -> int:
                 response = connection.getresponse()
                 answer = response.read()
             except (OSError, http.client.HTTPException) as err:
+                if terminated.is_set():
+                    return  # the server is draining or gone: this client stops
                 with lock:
                     failed.append(repr(err))
                 connection = http.client.HTTPConnection(host, port, timeout=120)
@@ -133,6 +153,13 @@ def main() -> int:
                     if top != label:
                         wrong.append((index, top, label))
 
+    if args.sigterm_after is not None:
+        def terminate():
+            time.sleep(args.sigterm_after)
+            terminated.set()
+            server.terminate()
+        threading.Thread(target=terminate, daemon=True).start()
+        return drain_result(args, server, log, lock, statuses, failed, wrong, client)
     health_thread = threading.Thread(target=poll_health, daemon=True)
     health_thread.start()
     started = time.perf_counter()
@@ -173,6 +200,24 @@ def main() -> int:
     print(json.dumps(result))
     ok = not failed and not wrong and recovered == 200 and exit_status == 0 and \
         set(statuses) <= {200, 503} and set(health) == {200}
+    return 0 if ok else 1
+
+
+def drain_result(args, server, log, lock, statuses, failed, wrong, client) -> int:
+    """Runs the load through a SIGTERM: every request the server answered reached its client."""
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        for _ in range(args.concurrency):
+            pool.submit(client)
+    exit_status = server.wait(timeout=120)
+    log.thread.join(timeout=10)
+    received = statuses.get(200, 0)
+    result = {"requests": args.requests, "concurrency": args.concurrency,
+              "sigterm_after_s": args.sigterm_after, "statuses": statuses,
+              "answered_by_server": log.answered, "received_by_clients": received,
+              "lost": log.answered - received, "failed_before_sigterm": len(failed),
+              "wrong_answers": len(wrong), "exit_status": exit_status}
+    print(json.dumps(result))
+    ok = exit_status == 0 and log.answered == received and not failed and not wrong
     return 0 if ok else 1
 
 
