@@ -333,6 +333,27 @@ bench-serve: build
 		--requests 2000 --concurrency 64 --threads $(BENCH_THREADS) --sigterm-after 5 >> $(BENCH_OUT)/serve.jsonl
 	@cat $(BENCH_OUT)/serve.jsonl
 
+# bench-serve-infinity: `vit serve` against Infinity (infinity-emb 0.0.78, torch engine, in its
+# own venv: its vision extra needs torch < 2.12 and transformers < 5) serving the random CLIP
+# ViT-B/32 that bench-zero-shot writes, image embeddings, the same threads, batch 32 and client
+# load on each, one server at a time (tests/bench/bench_serve_infinity.py).
+INFINITY_VENV ?= .venv-infinity
+SERVE_INFINITY_REQUESTS ?= 500
+
+$(INFINITY_VENV)/.done:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install --quiet "infinity-emb[server,torch,vision]==0.0.78" aiohttp
+	@touch $@
+
+.PHONY: bench-serve-infinity
+bench-serve-infinity: build $(BENCH_CLIP)/config.json $(INFINITY_VENV)/.done
+	@mkdir -p $(BENCH_OUT)
+	$(VENV)/bin/python tests/bench/bench_serve_infinity.py --vit $(VIT) --model $(BENCH_CLIP) \
+		--images $(SHARED)/images --infinity-python $(INFINITY_VENV)/bin/python \
+		--threads $(BENCH_THREADS) --concurrency 64 --requests $(SERVE_INFINITY_REQUESTS) \
+		--max-batch 32 > $(BENCH_OUT)/serve-infinity.jsonl
+	@cat $(BENCH_OUT)/serve-infinity.jsonl
+
 # test-openai-client: `vit serve` through OpenAI's Python client (tests/serve_openai_client.py;
 # `openai` from PyPI into the venv): embeddings of images as data URIs and of texts equal
 # `vit embed`'s within 1e-5, a wrong key refused. Outside `make test`, which needs no Python.

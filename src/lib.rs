@@ -45,3 +45,19 @@ pub mod serve;
 pub mod tokenizer;
 pub mod train;
 pub mod zero_shot;
+
+/// The error chain as `context: cause: cause`, each part cut at its first line (candle
+/// appends a backtrace to its errors when `RUST_BACKTRACE` is set).
+pub fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|cause| {
+            cause
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}

@@ -325,21 +325,7 @@ pub fn csv_field(value: &str) -> String {
     }
 }
 
-/// The error chain as `context: cause: cause`, each part cut at its first line (candle
-/// appends a backtrace to its errors when `RUST_BACKTRACE` is set).
-pub fn one_line(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(|cause| {
-            cause
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(": ")
-}
+pub use vit::one_line;
 
 /// Parses the command line, runs the subcommand and maps the outcome to an exit status.
 pub fn main() -> ExitCode {

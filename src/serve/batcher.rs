@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use candle_core::{DType, Device};
 
-use super::one_line;
 use crate::classifier::Classifier;
 use crate::model::{EmbeddingKind, TextTower};
+use crate::one_line;
 use crate::preprocess::PixelValues;
 use crate::zero_shot::ZeroShot;
 

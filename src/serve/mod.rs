@@ -330,7 +330,7 @@ async fn pixel_values(
                             ApiError::new(
                                 StatusCode::BAD_REQUEST,
                                 "invalid_image",
-                                format!("input {index}: {}", crate::serve::one_line(&err)),
+                                format!("input {index}: {}", crate::one_line(&err)),
                             )
                         })
                 })
@@ -559,7 +559,7 @@ async fn classify(
                 .unwrap_or_else(|| crate::zero_shot::DEFAULT_TEMPLATE.to_string());
             let labels: Vec<String> = labels.iter().map(|l| l.trim().to_string()).collect();
             crate::zero_shot::label_texts(&labels, &template)
-                .map_err(|e| ApiError::bad_field(one_line(&e)))?;
+                .map_err(|e| ApiError::bad_field(crate::one_line(&e)))?;
             Some((labels, template))
         }
         (None, Some(_)) => return Err(ApiError::bad_field("`template` needs `labels`")),
@@ -616,21 +616,6 @@ async fn classify(
         })
         .collect();
     Ok(Json(json!({"object": "list", "data": results})))
-}
-
-/// The error chain on one line.
-pub(crate) fn one_line(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(|cause| {
-            cause
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 #[cfg(test)]
