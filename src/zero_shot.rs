@@ -54,10 +54,16 @@ impl ZeroShot {
     /// How the pipeline turns these logits into scores: a softmax over the labels (CLIP), a
     /// sigmoid per label (SigLIP).
     pub fn score_function(&self) -> ScoreFunction {
-        match self.loss {
-            ContrastiveLoss::Softmax => ScoreFunction::Softmax,
-            ContrastiveLoss::Sigmoid => ScoreFunction::Sigmoid,
-        }
+        score_function(self.loss)
+    }
+}
+
+/// How zero-shot logits of a model trained with `loss` become scores, as HF's pipeline does:
+/// a softmax over the labels (CLIP's contrastive loss), a sigmoid per label (SigLIP's).
+pub fn score_function(loss: ContrastiveLoss) -> ScoreFunction {
+    match loss {
+        ContrastiveLoss::Softmax => ScoreFunction::Softmax,
+        ContrastiveLoss::Sigmoid => ScoreFunction::Sigmoid,
     }
 }
 

@@ -9,7 +9,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::{f32_values, fixture, max_abs_diff};
 use serde_json::Value;
-use vit::explain::{ImageAttention, Query};
+use vit::explain::{BatchAttention, Query};
 use vit::model::ModelOptions;
 
 /// The bar for probabilities and maps: values in [0, 1] after two layers of f32 arithmetic.
@@ -66,49 +66,31 @@ fn check_case(case: &Value, model: ModelOptions, tracked: bool) {
         &f32_values(&stacked),
         &reference["attentions"],
     );
-    let probe = match &run.pool {
-        Some(pool) => {
-            assert_within(
-                &format!("{name}: pool attentions"),
-                &f32_values(pool),
-                &reference["pool_attentions"],
-            );
-            Some(f32_values(pool))
-        }
-        None => {
-            assert!(
-                !reference.contains_key("pool_attentions"),
-                "{name}: no pool"
-            );
-            None
-        }
+    match &run.pool {
+        Some(pool) => assert_within(
+            &format!("{name}: pool attentions"),
+            &f32_values(pool),
+            &reference["pool_attentions"],
+        ),
+        None => assert!(
+            !reference.contains_key("pool_attentions"),
+            "{name}: no pool"
+        ),
+    }
+    let query = match run.pool {
+        Some(_) => Query::Probe,
+        None => Query::Token(0),
     };
 
     // Maps from our probabilities, per image, against the generator's from HF's.
-    let per_layer: Vec<Vec<f32>> = run.layers.iter().map(f32_values).collect();
     let images = reference["pixel_values"].dim(0).unwrap();
-    let (square, query) = (
-        heads * tokens * tokens,
-        match probe {
-            Some(_) => Query::Probe,
-            None => Query::Token(0),
-        },
-    );
+    let output = run.output.clone();
+    let batch = BatchAttention::new(&output, run, prefix).unwrap();
+    assert_eq!((batch.heads, batch.tokens), (heads, tokens), "{name}");
     let (mut attention, mut first, mut class_heads) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rollout, mut discarded, mut registers) = (Vec::new(), Vec::new(), Vec::new());
     for image in 0..images {
-        let attentions = ImageAttention {
-            layers: per_layer
-                .iter()
-                .map(|layer| &layer[image * square..(image + 1) * square])
-                .collect(),
-            probe: probe
-                .as_deref()
-                .map(|probe| &probe[image * heads * tokens..(image + 1) * heads * tokens]),
-            heads,
-            tokens,
-            prefix,
-        };
+        let attentions = batch.image(image);
         attentions.check().unwrap();
         let last = layers - 1;
         attention.extend(attentions.attention(last, query).unwrap());

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use vit::classifier::{top_k, Classifier, Prediction, ScoreFunction};
@@ -127,27 +127,22 @@ pub fn run(args: ClassifyArgs) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let ready = args.model.load(AttentionKernel::Standard)?;
     let loaded = started.elapsed();
-    let has_text = ready.loaded.text.is_some();
-    let classifier = match plan.zero_shot.take() {
-        Some((labels, template)) => Classifier::zero_shot(
-            ready.loaded,
-            ready.device,
-            args.image_size,
-            labels,
-            &template,
-        )
-        .with_context(|| args.model.model.clone())?,
-        None if has_text => bail!(
-            "{}: an image-text model classifies into zero-shot labels: give them with \
-             --labels or --labels-file",
-            args.model.model
-        ),
-        None if !ready.loaded.model.has_head() => bail!(
-            "{}: the model has no classification head (a backbone): use `vit embed`",
-            args.model.model
-        ),
-        None => Classifier::new(ready.loaded, ready.device, args.image_size)?,
-    };
+    if plan.zero_shot.is_none() {
+        if ready.loaded.text.is_some() {
+            bail!(
+                "{}: an image-text model classifies into zero-shot labels: give them with \
+                 --labels or --labels-file",
+                args.model.model
+            );
+        }
+        if !ready.loaded.model.has_head() {
+            bail!(
+                "{}: the model has no classification head (a backbone): use `vit embed`",
+                args.model.model
+            );
+        }
+    }
+    let classifier = ready.classifier(&args.model.model, args.image_size, plan.zero_shot.take())?;
     let num_labels = classifier.labels().len();
     let function = match args.function {
         None => match &classifier.zero_shot {

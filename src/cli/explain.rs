@@ -109,6 +109,10 @@ struct Plan {
     /// Where each input's PNG goes, when PNGs are written.
     pictures: Option<Vec<PathBuf>>,
     maps: Option<PathBuf>,
+    /// Every layer's probabilities go into the maps file too.
+    all_attentions: bool,
+    /// How strongly pictures' maps cover their photos.
+    alpha: f32,
     zero_shot: Option<(Vec<String>, String)>,
 }
 
@@ -168,6 +172,8 @@ fn plan(args: &ExplainArgs) -> Result<Plan> {
         discard_ratio: args.discard_ratio,
         pictures,
         maps: args.maps.clone(),
+        all_attentions: args.all_attentions,
+        alpha: args.alpha,
         zero_shot,
     })
 }
@@ -260,6 +266,14 @@ struct ImageMaps {
     grid: (usize, usize),
 }
 
+/// What every image of a run is explained with.
+struct Explainer<'a> {
+    classifier: &'a Classifier,
+    plan: &'a Plan,
+    target: &'a Target,
+    scores: &'a Scores,
+}
+
 /// The outcome of one input.
 enum Record {
     Done {
@@ -274,17 +288,7 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
     let mut plan = plan(&args)?;
     let ready = args.model.load(AttentionKernel::Standard)?;
     let model = args.model.model.clone();
-    let classifier = match plan.zero_shot.take() {
-        Some((labels, template)) => Classifier::zero_shot(
-            ready.loaded,
-            ready.device,
-            args.image_size,
-            labels,
-            &template,
-        )
-        .with_context(|| model.clone())?,
-        None => Classifier::new(ready.loaded, ready.device, args.image_size)?,
-    };
+    let classifier = ready.classifier(&model, args.image_size, plan.zero_shot.take())?;
     let target = target(&args, &classifier, &model)?;
     let scores = Scores::new(&classifier, args.label.as_deref())?;
     if let Some(dir) = &args.output {
@@ -296,23 +300,19 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
     let mut out = std::io::stdout().lock();
     let mut maps = MapsFile::default();
     let mut failures = 0usize;
+    let explainer = Explainer {
+        classifier: &classifier,
+        plan: &plan,
+        target: &target,
+        scores: &scores,
+    };
     for (chunk_index, chunk) in plan.inputs.chunks(args.batch_size).enumerate() {
         let first = chunk_index * args.batch_size;
         let pictures = plan
             .pictures
             .as_ref()
             .map(|paths| &paths[first..first + chunk.len()]);
-        let records = explain_chunk(
-            &classifier,
-            chunk,
-            &plan,
-            &target,
-            &scores,
-            pictures,
-            args.alpha,
-            &mut maps,
-            args.all_attentions,
-        );
+        let records = explain_chunk(&explainer, chunk, pictures, &mut maps);
         for (input, record) in chunk.iter().zip(records) {
             let file = input.path().display().to_string();
             if let Record::Error(message) = &record {
@@ -398,19 +398,13 @@ impl Scores {
 
 /// Decodes a chunk in parallel, runs the decodable images as one batch keeping the
 /// attention, and makes, draws and keeps each image's maps: one record per input, in order.
-#[allow(clippy::too_many_arguments)]
 fn explain_chunk(
-    classifier: &Classifier,
+    explainer: &Explainer,
     chunk: &[Input],
-    plan: &Plan,
-    target: &Target,
-    scores: &Scores,
     pictures: Option<&[PathBuf]>,
-    alpha: f32,
     maps: &mut MapsFile,
-    all_attentions: bool,
 ) -> Vec<Record> {
-    let prepared = classifier.prepare(chunk);
+    let prepared = explainer.classifier.prepare(chunk);
     let mut records: Vec<Option<Record>> = Vec::with_capacity(chunk.len());
     let mut ready: Vec<(usize, &PixelValues)> = Vec::new();
     for (slot, result) in prepared.iter().enumerate() {
@@ -424,7 +418,7 @@ fn explain_chunk(
     }
     if !ready.is_empty() {
         let batch: Vec<&PixelValues> = ready.iter().map(|(_, p)| *p).collect();
-        match classifier.attentions(&batch) {
+        match explainer.classifier.attentions(&batch) {
             Err(err) => {
                 let message = super::one_line(&err);
                 for (slot, _) in &ready {
@@ -438,10 +432,7 @@ fn explain_chunk(
                     .map(|(index, (slot, pixels))| {
                         let picture = pictures.map(|paths| paths[*slot].as_path());
                         vit::panics::catch("cannot draw the map", || {
-                            explain_image(
-                                classifier, &attention, index, pixels, plan, target, scores,
-                                picture, alpha,
-                            )
+                            explain_image(explainer, &attention, index, pixels, picture)
                         })
                     })
                     .collect();
@@ -452,7 +443,10 @@ fn explain_chunk(
                             let kept = maps.add(
                                 chunk[*slot].path(),
                                 &image_maps,
-                                all_attentions.then(|| attention.image(index)),
+                                explainer
+                                    .plan
+                                    .all_attentions
+                                    .then(|| attention.image(index)),
                             );
                             match kept {
                                 Ok(()) => Record::Done {
@@ -476,18 +470,19 @@ fn explain_chunk(
 }
 
 /// One image's maps, its prediction, and its picture written to `picture`.
-#[allow(clippy::too_many_arguments)]
 fn explain_image(
-    classifier: &Classifier,
+    explainer: &Explainer,
     attention: &BatchAttention,
     index: usize,
     pixels: &PixelValues,
-    plan: &Plan,
-    target: &Target,
-    scores: &Scores,
     picture: Option<&Path>,
-    alpha: f32,
 ) -> Result<(ImageMaps, Option<Prediction>)> {
+    let Explainer {
+        classifier,
+        plan,
+        target,
+        scores,
+    } = explainer;
     let patch = classifier.config.patch_size;
     let grid = (pixels.height / patch, pixels.width / patch);
     let image = attention.image(index);
@@ -521,7 +516,7 @@ fn explain_image(
     };
     if let Some(path) = picture {
         let photo = classifier.preprocess.model_view(pixels)?;
-        let drawn = draw(&photo, &image_maps, plan, target, &prediction, alpha);
+        let drawn = draw(&photo, &image_maps, plan, target, &prediction);
         vit::atomic::write_file(path, &vit::render::png_bytes(&drawn)?)?;
     }
     Ok((image_maps, prediction))
@@ -535,9 +530,8 @@ fn draw(
     plan: &Plan,
     target: &Target,
     prediction: &Option<Prediction>,
-    alpha: f32,
 ) -> image::RgbImage {
-    let overlay = |map: &[f32]| vit::render::overlay(photo, map, maps.grid, alpha);
+    let overlay = |map: &[f32]| vit::render::overlay(photo, map, maps.grid, plan.alpha);
     let mut panels: Vec<(String, image::RgbImage)> = match plan.method {
         Method::ClassHeads => maps
             .maps

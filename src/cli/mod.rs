@@ -198,6 +198,27 @@ pub struct ReadyModel {
     pub device: candle_core::Device,
 }
 
+impl ReadyModel {
+    /// The model as a classifier of `image_size` inputs: into `zero_shot` labels put into
+    /// their template (an image-text model's text tower embeds them), or its own classes.
+    /// `model` names it in errors.
+    pub fn classifier(
+        self,
+        model: &str,
+        image_size: Option<usize>,
+        zero_shot: Option<(Vec<String>, String)>,
+    ) -> Result<vit::classifier::Classifier> {
+        use vit::classifier::Classifier;
+        match zero_shot {
+            Some((labels, template)) => {
+                Classifier::zero_shot(self.loaded, self.device, image_size, labels, &template)
+                    .with_context(|| model.to_string())
+            }
+            None => Classifier::new(self.loaded, self.device, image_size),
+        }
+    }
+}
+
 impl ModelArgs {
     /// Opens the device, fetches the model and loads it, logging what was used on stderr.
     pub fn load(&self, attention: AttentionKernel) -> Result<ReadyModel> {

@@ -107,7 +107,7 @@ pub fn run(args: ServeArgs) -> Result<Outcome> {
     let info = json!({
         "model": args.model.model,
         "layout": layout,
-        "dtype": if int8 { "int8".to_string() } else { format!("{:?}", classifier.model.dtype()).to_lowercase() },
+        "dtype": if int8 { "int8" } else { classifier.model.dtype().as_str() },
         "device": vit::device::device_name(&classifier.device),
         "image_size": classifier.preprocess.output_size(640, 480),
         "patch_size": config.patch_size,

@@ -91,8 +91,8 @@ pub struct EmbeddingsRequest {
     pub normalize: bool,
 }
 
-/// `POST /v1/classify`.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/classify` (its default: a raw image body's, every option unset).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyRequest {
     pub input: Value,

@@ -166,30 +166,12 @@ struct Worker {
 }
 
 /// How jobs share a forward pass.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Pass {
-    Embed(EmbeddingKindKey),
+    Embed(EmbeddingKind),
     Head,
     ZeroShot,
     Texts,
-}
-
-/// [`EmbeddingKind`] as a key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum EmbeddingKindKey {
-    Auto,
-    Class,
-    Mean,
-    Tokens,
-}
-
-fn key(kind: EmbeddingKind) -> EmbeddingKindKey {
-    match kind {
-        EmbeddingKind::Auto => EmbeddingKindKey::Auto,
-        EmbeddingKind::Class => EmbeddingKindKey::Class,
-        EmbeddingKind::Mean => EmbeddingKindKey::Mean,
-        EmbeddingKind::Tokens => EmbeddingKindKey::Tokens,
-    }
 }
 
 impl Worker {
@@ -224,7 +206,7 @@ impl Worker {
         let mut groups: Vec<(Pass, Vec<Job>)> = Vec::new();
         for job in jobs {
             let pass = match &job.work {
-                Work::Embed { kind, .. } => Pass::Embed(key(*kind)),
+                Work::Embed { kind, .. } => Pass::Embed(*kind),
                 Work::Logits { labels: None, .. } => Pass::Head,
                 Work::Logits {
                     labels: Some(_), ..

@@ -73,8 +73,6 @@ struct App {
     metrics: Metrics,
     /// Set once SIGTERM or SIGINT arrives: `/health` answers 503.
     draining: AtomicBool,
-    /// The embedding width, for `dimensions`.
-    width: usize,
 }
 
 /// Serves `classifier` (and the text tower of an image-text model) until SIGTERM or SIGINT,
@@ -99,19 +97,13 @@ pub fn run(
         .context("cannot start the decoding threads")?;
     let metrics = Metrics::default();
     let batch_metrics = metrics.clone();
-    let width = classifier
-        .config
-        .variant
-        .pooled_width(classifier.config.hidden_size);
-    let width = classifier.config.variant.projection.unwrap_or(width);
     let app = Arc::new(App {
         classifier_labels: classifier.labels().to_vec(),
         has_head: classifier.model.has_head(),
         has_text: text.is_some(),
-        zero_shot_function: text.as_ref().map(|t| match t.config.loss {
-            crate::model::text::ContrastiveLoss::Softmax => ScoreFunction::Softmax,
-            crate::model::text::ContrastiveLoss::Sigmoid => ScoreFunction::Sigmoid,
-        }),
+        zero_shot_function: text
+            .as_ref()
+            .map(|t| crate::zero_shot::score_function(t.config.loss)),
         preprocess: classifier.preprocess.clone(),
         batcher: Batcher::start(
             classifier,
@@ -124,7 +116,6 @@ pub fn run(
         decode,
         metrics,
         draining: AtomicBool::new(false),
-        width,
         options,
     });
     runtime.block_on(serve(app, ready))
@@ -490,7 +481,8 @@ async fn embeddings(State(app): State<Arc<App>>, body: Body) -> Result<Json<Valu
     }
     let mut rows: Vec<Vec<f32>> = rows.into_iter().map(Option::unwrap_or_default).collect();
     if let Some(dimensions) = request.dimensions {
-        let width = rows.first().map_or(app.width, Vec::len);
+        // `input` is never empty: every row has the model's width.
+        let width = rows[0].len();
         if dimensions != width {
             return Err(ApiError::bad_field(format!(
                 "`dimensions` {dimensions}: the model's embeddings have {width}"
@@ -523,15 +515,8 @@ async fn classify(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("image/") || t == "application/octet-stream");
     let bytes = body_bytes(&app, body).await?;
-    let request = match raw_image {
-        true => ClassifyRequest {
-            input: Value::Null,
-            model: None,
-            top_k: None,
-            labels: None,
-            template: None,
-            function: None,
-        },
+    let request: ClassifyRequest = match raw_image {
+        true => ClassifyRequest::default(),
         false => parse(&bytes)?,
     };
     let images: Vec<(usize, Vec<u8>)> = match raw_image {
@@ -571,10 +556,10 @@ async fn classify(
             false => "the model has no classification head (a backbone): use /v1/embeddings",
         }));
     }
-    let names = match &labels {
-        Some((labels, _)) => labels.clone(),
-        None => app.classifier_labels.clone(),
-    };
+    // The zero-shot labels are kept here (the model's thread takes its own), the model's
+    // own are borrowed.
+    let zero_shot_names = labels.as_ref().map(|(labels, _)| labels.clone());
+    let names: &[String] = zero_shot_names.as_deref().unwrap_or(&app.classifier_labels);
     let function = match request.function.as_deref() {
         None => match (&labels, app.zero_shot_function) {
             (Some(_), Some(function)) => function,
@@ -612,7 +597,7 @@ async fn classify(
         .enumerate()
         .map(|(index, logits)| {
             let scores = function.apply(logits);
-            json!({"index": index, "predictions": top_k(&scores, &names, k)})
+            json!({"index": index, "predictions": top_k(&scores, names, k)})
         })
         .collect();
     Ok(Json(json!({"object": "list", "data": results})))
